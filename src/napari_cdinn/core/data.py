@@ -1,0 +1,155 @@
+"""Data objects that every reader returns and every algorithm consumes.
+
+Conventions (see DESIGN.md): intensities are float32 ``(N, H, W)`` with the zero frequency at the
+array centre; masks are boolean with True = valid pixel; objects are complex64; ptychography
+positions are ``(N, 2)`` (y, x) in object pixels; orientations are unit quaternions (w, x, y, z).
+Stacks that do not fit in memory are dask arrays and stay lazy until an algorithm asks for frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PLANCK_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength [m] = PLANCK_EV_M / energy [eV]
+JOULE_PER_EV = 1.602176634e-19
+
+
+@dataclass
+class Metadata:
+    """Where the data came from and the experimental geometry, when the file says it."""
+
+    source: str | None = None
+    reader: str = ""
+    dataset: str | None = None  # the path inside the file the frames were read from
+    energy_ev: float | None = None
+    distance_m: float | None = None
+    pixel_size_m: tuple[float, float] | None = None  # detector pixel (y, x)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def wavelength_m(self) -> float | None:
+        return PLANCK_EV_M / self.energy_ev if self.energy_ev else None
+
+    def object_pixel_size_m(self, shape: tuple[int, int]) -> tuple[float, float] | None:
+        """Far-field object pixel size lambda*z/(N*p) along y and x, if the geometry is known."""
+        if not (self.wavelength_m and self.distance_m and self.pixel_size_m):
+            return None
+        lz = self.wavelength_m * self.distance_m
+        return (lz / (shape[0] * self.pixel_size_m[0]), lz / (shape[1] * self.pixel_size_m[1]))
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat, JSON-friendly summary (for layer metadata, `info` and result files)."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "reader": self.reader,
+            "dataset": self.dataset,
+            "energy_ev": self.energy_ev,
+            "wavelength_m": self.wavelength_m,
+            "distance_m": self.distance_m,
+            "pixel_size_m": list(self.pixel_size_m) if self.pixel_size_m else None,
+        }
+        out.update(self.extra)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
+class DiffractionStack:
+    """Far-field intensities ``(N, H, W)``, numpy or dask, plus an optional validity mask."""
+
+    intensities: Any  # np.ndarray | dask.array.Array, float32
+    mask: np.ndarray | None = None  # (H, W) or (N, H, W) bool, True = valid pixel
+    meta: Metadata = field(default_factory=Metadata)
+    truth: np.ndarray | None = None  # (N, h, w) complex64 true objects, when known (simulations)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.intensities.shape)  # type: ignore[return-value]
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.intensities.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self.intensities.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def is_lazy(self) -> bool:
+        return not isinstance(self.intensities, np.ndarray)
+
+    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``start:stop`` as an in-memory float32 array (computes lazy stacks piecewise)."""
+        block = self.intensities[start:stop]
+        return np.asarray(block.compute() if hasattr(block, "compute") else block, np.float32)
+
+
+@dataclass
+class PtychoScan:
+    """A ptychography scan: the diffraction stack, where each frame was taken, and a probe guess."""
+
+    stack: DiffractionStack
+    positions: np.ndarray  # (N, 2) float, (y, x) in object pixels
+    probe: np.ndarray | None = None  # (H, W) complex64, or (M, H, W) for several modes
+    object_pixel_size_m: tuple[float, float] | None = None
+
+    @property
+    def meta(self) -> Metadata:
+        return self.stack.meta
+
+
+@dataclass
+class ShotSet:
+    """Single-shot wide-angle scattering images ``(N, H, W)`` as log10 intensity (float32)."""
+
+    images: np.ndarray
+    meta: Metadata = field(default_factory=Metadata)
+    scaling: str = "log10 intensity"  # how pixel values relate to intensity; readers say
+
+
+Dataset = DiffractionStack | PtychoScan | ShotSet
+
+
+@dataclass
+class Provenance:
+    """How a result was made: recorded with every result written to disk."""
+
+    method: str
+    model_name: str | None = None
+    model_version: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    source: str | None = None
+
+
+@dataclass
+class ObjectResult:
+    """Complex object(s): ``(N, H, W)`` per pattern (cdi) or ``(H, W)`` stitched (ptycho)."""
+
+    objects: np.ndarray  # complex64
+    provenance: Provenance
+    probe: np.ndarray | None = None
+    support: np.ndarray | None = None  # bool, same shape as objects
+    chi2: np.ndarray | None = None  # reciprocal-space error per pattern, when computed
+
+    @property
+    def amplitude(self) -> np.ndarray:
+        return np.abs(self.objects).astype(np.float32)
+
+    @property
+    def phase(self) -> np.ndarray:
+        return np.angle(self.objects).astype(np.float32)
+
+
+@dataclass
+class OrientationResult:
+    """Per shot: unit quaternion (w, x, y, z) in the icosahedral fundamental domain, radius in nm."""
+
+    quaternions: np.ndarray  # (N, 4) float64
+    radii_nm: np.ndarray  # (N,) float64
+    provenance: Provenance
+
+
+Result = ObjectResult | OrientationResult

@@ -1,0 +1,133 @@
+"""Readers and writers: any supported file -> a core data object, and results -> one HDF5 layout.
+
+``read(path)`` picks the reader from the file name (and, for HDF5, from its content); every
+problem surfaces as an :class:`~napari_cdinn.core.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Dataset, DiffractionStack, PtychoScan, ShotSet
+from ..errors import InputError
+from .arrays import read_npy, read_npz
+from .hdf5 import numeric_datasets, open_h5, read_cxi, read_hdf5
+from .images import PNG_SUFFIXES, TIFF_SUFFIXES, frame_files, read_png, read_tiff
+from .results import is_results_file, read_results, write_results, write_tiff
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".cxi")
+NUMPY_SUFFIXES = (".npy", ".npz", ".npz.bz2")
+SUPPORTED_SUFFIXES = HDF5_SUFFIXES + NUMPY_SUFFIXES + TIFF_SUFFIXES + PNG_SUFFIXES
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "describe",
+    "file_kind",
+    "list_datasets",
+    "read",
+    "read_results",
+    "write_results",
+    "write_tiff",
+]
+
+
+def file_kind(path: str | Path) -> str | None:
+    """'cxi', 'hdf5', 'npy', 'npz', 'tiff', 'png' from the name (a folder: its frames), or None."""
+    path = Path(path)
+    if path.is_dir():
+        if frame_files(path, TIFF_SUFFIXES):
+            return "tiff"
+        return "png" if frame_files(path, PNG_SUFFIXES) else None
+    name = path.name.lower()
+    for kind, suffixes in (
+        ("cxi", (".cxi",)),
+        ("hdf5", HDF5_SUFFIXES),
+        ("npz", (".npz", ".npz.bz2")),
+        ("npy", (".npy",)),
+        ("tiff", TIFF_SUFFIXES),
+        ("png", PNG_SUFFIXES),
+    ):
+        if name.endswith(suffixes):
+            return kind
+    return None
+
+
+def read(path: str | Path, dataset: str | None = None, lazy: bool | None = None) -> Dataset:
+    """Read any supported file or folder into a :class:`DiffractionStack`, :class:`PtychoScan`
+    or :class:`ShotSet`.
+
+    ``dataset`` overrides the automatic choice inside HDF5/NPZ files (a path or an array name);
+    ``lazy`` forces (True) or forbids (False) dask-backed loading; by default large data stays lazy.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    kind = file_kind(path)
+    if kind == "cxi":
+        return read_cxi(path, dataset, lazy)
+    if kind == "hdf5":
+        return read_hdf5(path, dataset, lazy)
+    if kind == "npz":
+        return read_npz(path, dataset, lazy)
+    if kind == "npy":
+        return read_npy(path, lazy)
+    if kind == "tiff":
+        return read_tiff(path, lazy)
+    if kind == "png":
+        return read_png(path)
+    raise InputError(
+        path, f"unsupported file type; napari-cdinn reads {', '.join(SUPPORTED_SUFFIXES)}"
+    )
+
+
+def list_datasets(path: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
+    """Candidate frame datasets in an HDF5 file (path, shape, dtype), largest first."""
+    with open_h5(path) as h5:
+        return numeric_datasets(h5)
+
+
+def is_results(path: str | Path) -> bool:
+    """True for a file written by :func:`write_results`."""
+    if file_kind(path) not in ("hdf5", "cxi"):
+        return False
+    try:
+        with open_h5(path) as h5:
+            return is_results_file(h5)
+    except InputError:
+        return False
+
+
+def describe(data: Dataset) -> dict[str, Any]:
+    """What was found, as a flat dict: kind, shapes, dtypes, geometry, positions, which reader."""
+    meta = data.meta
+    out: dict[str, Any] = {"kind": type(data).__name__}
+    stack = data.stack if isinstance(data, PtychoScan) else data
+    if isinstance(stack, DiffractionStack):
+        out["frames"] = f"{stack.shape} {np.dtype(stack.intensities.dtype)}"
+        out["lazy"] = stack.is_lazy
+        if stack.mask is not None:
+            out["mask"] = f"{stack.mask.shape}, {int((~stack.mask).sum())} invalid pixel(s)"
+        if stack.truth is not None:
+            out["truth"] = f"{stack.truth.shape} {stack.truth.dtype}"
+        if not stack.is_lazy:
+            out["intensity range"] = (
+                f"{float(stack.intensities.min()):.4g} .. {float(stack.intensities.max()):.4g}"
+            )
+    if isinstance(data, ShotSet):
+        out["images"] = f"{data.images.shape} {data.images.dtype} ({data.scaling})"
+    if isinstance(data, PtychoScan):
+        pos = data.positions
+        out["positions"] = (
+            f"{pos.shape} (y, x) object pixels; y {pos[:, 0].min():.2f} .. {pos[:, 0].max():.2f},"
+            f" x {pos[:, 1].min():.2f} .. {pos[:, 1].max():.2f}"
+        )
+        if data.probe is not None:
+            out["probe"] = f"{data.probe.shape} {data.probe.dtype}"
+        if data.object_pixel_size_m:
+            out["object pixel (m)"] = "{:.4g} x {:.4g}".format(*data.object_pixel_size_m)
+    for key, value in meta.as_dict().items():
+        out.setdefault(key, value)
+    return out

@@ -1,0 +1,117 @@
+"""NumPy readers: ``.npy`` stacks and ``.npz`` archives in the tike and PtychoNN layouts.
+
+``.npz.bz2`` (how tike ships its test scans) is decompressed in memory with the standard library.
+Pickled objects are never loaded: ``allow_pickle`` stays False, so a file cannot run code.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..data import DiffractionStack, Metadata, PtychoScan
+from ..errors import InputError
+from .checks import check_positions, check_stack_shape, repair_intensities, to_stack
+from .hdf5 import LAZY_BYTES
+
+
+def _load(path: Path, mmap: bool) -> Any:
+    try:
+        if path.name.endswith(".bz2"):
+            with bz2.open(path) as handle:
+                return np.load(io.BytesIO(handle.read()), allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(
+            path, f"not a readable NumPy file (truncated or corrupt?): {err}"
+        ) from None
+
+
+def _stack(array: Any, source: str, meta: Metadata, lazy: bool | None) -> DiffractionStack:
+    check_stack_shape(array.shape, array.dtype, source)
+    if lazy is None:
+        lazy = array.nbytes > LAZY_BYTES
+    if lazy:
+        return DiffractionStack(
+            to_stack(da.from_array(array), source).astype(np.float32), None, meta
+        )
+    frames, mask = repair_intensities(to_stack(np.asarray(array, np.float32), source), None, source)
+    return DiffractionStack(frames, mask, meta)
+
+
+def read_npy(path: str | Path, lazy: bool | None = None) -> DiffractionStack:
+    """A ``.npy`` array of 2 to 4 dimensions as a diffraction stack (memory-mapped when large)."""
+    path = Path(path)
+    array = _load(path, mmap=True)
+    return _stack(array, str(path), Metadata(source=str(path), reader="npy"), lazy)
+
+
+def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = None):
+    """A ``.npz`` (or ``.npz.bz2``) archive.
+
+    - tike layout ``data``/``probe``/``scan``: a :class:`PtychoScan`, scan (y, x) in object pixels;
+    - PtychoNN layout ``reciprocal``/``real``: diffraction plus the true objects;
+    - otherwise ``dataset`` or the largest 2-4-D numeric array.
+    """
+    path = Path(path)
+    source = str(path)
+    archive = _load(path, mmap=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        return _stack(archive, source, Metadata(source=source, reader="npy"), lazy)
+    try:
+        arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise InputError(source, f"an array in the archive is unreadable: {err}") from None
+    if dataset:
+        if dataset not in arrays:
+            raise InputError(source, f"no array '{dataset}' (arrays: {sorted(arrays)})")
+        return _stack(arrays[dataset], source, Metadata(source, "npz", dataset), lazy)
+    if {"data", "scan"} <= arrays.keys():
+        return _tike_scan(arrays, source, lazy)
+    if "reciprocal" in arrays:
+        stack = _stack(
+            arrays["reciprocal"], source, Metadata(source, "npz-ptychonn", "reciprocal"), lazy
+        )
+        if "real" in arrays:
+            stack.truth = _complex_objects(arrays["real"], source)
+        return stack
+    numeric = [k for k, a in arrays.items() if a.dtype.kind in "biuf" and 2 <= a.ndim <= 4]
+    if not numeric:
+        raise InputError(
+            source, f"no numeric array of 2 to 4 dimensions (arrays: {sorted(arrays)})"
+        )
+    key = max(numeric, key=lambda k: arrays[k].size)
+    return _stack(arrays[key], source, Metadata(source, "npz", key), lazy)
+
+
+def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) -> PtychoScan:
+    stack = _stack(arrays["data"], source, Metadata(source, "npz-tike", "data"), lazy)
+    positions = check_positions(np.reshape(arrays["scan"], (-1, 2)), stack.n_frames, source)
+    probe = None
+    if "probe" in arrays:
+        probe = np.asarray(arrays["probe"]).astype(np.complex64)
+        probe = probe.reshape((-1, *probe.shape[-2:]))
+        if probe.shape[0] == 1:
+            probe = probe[0]
+        if probe.shape[-2:] != stack.frame_shape:
+            raise InputError(
+                source, f"probe shape {probe.shape[-2:]} differs from frames {stack.frame_shape}"
+            )
+    return PtychoScan(stack, positions, probe)
+
+
+def _complex_objects(real: np.ndarray, source: str) -> np.ndarray:
+    """PtychoNN's ``real``: complex objects, or amplitude and phase along axis 1."""
+    if np.iscomplexobj(real):
+        return np.asarray(real, np.complex64)
+    if real.ndim == 4 and real.shape[1] == 2:
+        return (real[:, 0] * np.exp(1j * real[:, 1])).astype(np.complex64)
+    raise InputError(source, f"'real' has shape {real.shape}; expected complex or (N, 2, H, W)")

@@ -1,0 +1,110 @@
+"""Shape and value checks shared by every reader, so each bad input gets the same clear message."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, InputWarning
+
+
+def check_stack_shape(
+    shape: tuple[int, ...], dtype: Any, source: object, what: str = "diffraction data"
+) -> None:
+    """Refuse 1-D, 5-D and higher, empty, tiny, complex and non-numeric data, naming ``source``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise InputError(source, f"{what} is complex ({dtype}); expected real intensities")
+    if dtype.kind not in "biuf":
+        raise InputError(source, f"{what} is not numeric (dtype {dtype})")
+    if len(shape) < 2 or len(shape) > 4:
+        raise InputError(
+            source, f"{what} has {len(shape)} dimension(s) {shape}; expected 2 to 4 (frames, H, W)"
+        )
+    if 0 in shape:
+        raise InputError(source, f"{what} is an empty stack {shape}")
+    if min(shape[-2:]) < 2:
+        raise InputError(source, f"{what} frames are {shape[-2:]}; frames must be at least 2x2")
+
+
+def to_stack(array: Any, source: object, what: str = "diffraction data") -> Any:
+    """Return ``array`` as ``(N, H, W)``: 2-D becomes one frame, 4-D scan grids are flattened.
+
+    Works on numpy and dask arrays alike (no data is read); refuses what
+    :func:`check_stack_shape` refuses.
+    """
+    shape = tuple(array.shape)
+    check_stack_shape(shape, array.dtype, source, what)
+    if len(shape) == 2:
+        return array[None]
+    if len(shape) == 4:
+        return array.reshape((shape[0] * shape[1], *shape[2:]))
+    return array
+
+
+def repair_intensities(
+    intensities: np.ndarray, mask: np.ndarray | None, source: object
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mask NaN/Inf pixels and clip negative values to zero, warning once for each repair.
+
+    Detector gaps often arrive as NaN and background subtraction leaves small negatives: both are
+    usable data, so they are repaired and reported rather than refused.  A stack without a single
+    valid finite pixel is refused.
+    """
+    bad = ~np.isfinite(intensities)
+    n_bad = int(bad.sum())
+    if n_bad == intensities.size:
+        raise InputError(source, "no finite intensity values (all NaN or Inf)")
+    if n_bad:
+        warnings.warn(
+            f"{source}: {n_bad} NaN/Inf pixel value(s) were masked as invalid",
+            InputWarning,
+            stacklevel=3,
+        )
+        intensities = np.where(bad, 0, intensities).astype(np.float32)
+        valid = ~bad
+        if valid.ndim == 3 and (valid == valid[:1]).all():
+            valid = valid[0]
+        mask = valid if mask is None else (mask & valid)
+    negative = intensities < 0
+    n_negative = int(negative.sum())
+    if n_negative:
+        warnings.warn(
+            f"{source}: {n_negative} negative intensity value(s) (min "
+            f"{float(intensities.min()):.3g}) were clipped to 0",
+            InputWarning,
+            stacklevel=3,
+        )
+        intensities = np.maximum(intensities, 0, dtype=np.float32)
+    if mask is not None and not mask.any():
+        raise InputError(source, "the mask marks every pixel invalid")
+    return intensities, mask
+
+
+def check_mask(mask: np.ndarray, frame_shape: tuple[int, ...], source: object) -> np.ndarray:
+    """A boolean validity mask of shape ``(H, W)`` or ``(N, H, W)`` matching the frames."""
+    mask = np.asarray(mask)
+    if tuple(mask.shape[-2:]) != tuple(frame_shape[-2:]) or mask.ndim not in (2, 3):
+        raise InputError(
+            source, f"mask shape {mask.shape} does not match frames of shape {frame_shape[-2:]}"
+        )
+    return mask.astype(bool)
+
+
+def check_positions(positions: Any, n_frames: int, source: object) -> np.ndarray:
+    """Scan positions as float64 ``(N, 2)``, one finite (y, x) pair per frame."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim == 3 and positions.shape[0] == 1:
+        positions = positions[0]
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise InputError(source, f"scan positions have shape {positions.shape}; expected (N, 2)")
+    if len(positions) != n_frames:
+        raise InputError(
+            source,
+            f"{len(positions)} scan positions for {n_frames} diffraction frames; they must match",
+        )
+    if not np.isfinite(positions).all():
+        raise InputError(source, "scan positions contain NaN or Inf")
+    return positions

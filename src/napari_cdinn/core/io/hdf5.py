@@ -1,0 +1,238 @@
+"""HDF5 readers: CXI 1.6 files, NeXus ``NXdata``, and plain HDF5 (largest 2-4-D numeric dataset).
+
+Large datasets open lazily as dask arrays over the open h5py file, one chunk per frame, so napari
+can page through a stack bigger than memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import h5py
+import numpy as np
+
+from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
+from ..errors import InputError
+from .checks import check_mask, check_positions, check_stack_shape, repair_intensities, to_stack
+
+LAZY_BYTES = 256 * 2**20  # datasets larger than this stay on disk (dask) unless asked otherwise
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file read-only, turning h5py's errors into a clear :class:`InputError`."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except OSError as err:
+        raise InputError(path, f"not a readable HDF5 file (truncated or corrupt?): {err}") from None
+
+
+def is_cxi(h5: h5py.File) -> bool:
+    return "cxi_version" in h5 or any(_cxi_frames_path(h5, e) for e in _entries(h5))
+
+
+def _entries(h5: h5py.File) -> list[str]:
+    names = [k for k in h5 if k.startswith("entry_") and isinstance(h5[k], h5py.Group)]
+    return sorted(names, key=lambda n: int(n.split("_")[1]) if n.split("_")[1].isdigit() else 0)
+
+
+def _cxi_frames_path(h5: h5py.File, entry: str) -> str | None:
+    group = h5[entry]
+    data_groups = sorted(k for k in group if k.startswith("data_"))
+    candidates = [f"{entry}/{g}/data" for g in data_groups]
+    candidates += [f"{entry}/instrument_1/detector_1/data"]
+    for path in candidates:
+        if path in h5 and isinstance(h5[path], h5py.Dataset) and h5[path].ndim >= 2:
+            return path
+    return None
+
+
+def numeric_datasets(h5: h5py.File) -> list[tuple[str, tuple[int, ...], str]]:
+    """Every real numeric dataset of 2 to 4 dimensions: (path, shape, dtype), largest first."""
+    found: list[tuple[str, tuple[int, ...], str]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if (
+            isinstance(obj, h5py.Dataset)
+            and 2 <= obj.ndim <= 4
+            and obj.dtype.kind in "biuf"
+            and obj.size > 0
+        ):
+            found.append((name, tuple(obj.shape), str(obj.dtype)))
+
+    h5.visititems(visit)
+    return sorted(found, key=lambda item: -int(np.prod(item[1])))
+
+
+def _nxdata_signal(h5: h5py.File) -> str | None:
+    """The path of the first NXdata group's ``signal`` dataset (NeXus default plottable data)."""
+    found: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if found or not isinstance(obj, h5py.Group):
+            return
+        if _attr_str(obj.attrs.get("NX_class")) == "NXdata" and "signal" in obj.attrs:
+            signal = _attr_str(obj.attrs["signal"])
+            if signal in obj and isinstance(obj[signal], h5py.Dataset):
+                found.append(f"{name}/{signal}")
+
+    h5.visititems(visit)
+    return found[0] if found else None
+
+
+def _attr_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return _attr_str(value.flat[0]) if value.size else None
+    return str(value)
+
+
+def _scalar(h5: h5py.File, path: str) -> float | None:
+    if path not in h5 or not isinstance(h5[path], h5py.Dataset):
+        return None
+    value = np.asarray(h5[path][()])
+    if value.dtype.kind not in "biuf" or value.size == 0:
+        return None
+    value = float(value.flat[0])
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
+    """The dataset as a float32 stack: a numpy array, or a dask array when large."""
+    check_stack_shape(dset.shape, dset.dtype, source)
+    if lazy is None:
+        lazy = dset.size * dset.dtype.itemsize > LAZY_BYTES
+    if lazy:
+        chunks = (1,) * (dset.ndim - 2) + tuple(dset.shape[-2:])
+        return to_stack(da.from_array(dset, chunks=chunks), source).astype(np.float32)
+    try:
+        return to_stack(np.asarray(dset[()], dtype=np.float32), source)
+    except OSError as err:
+        raise InputError(source, f"could not read {dset.name} (truncated file?): {err}") from None
+
+
+def _finish(frames: Any, mask: np.ndarray | None, meta: Metadata) -> DiffractionStack:
+    if mask is not None:
+        mask = check_mask(mask, frames.shape, meta.source)
+    if isinstance(frames, np.ndarray):
+        frames, mask = repair_intensities(frames, mask, meta.source)
+    return DiffractionStack(frames, mask, meta)
+
+
+def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = None):
+    """Read a CXI 1.6 file: frames, bit mask, geometry and, when present, a ptychography scan.
+
+    ``dataset`` picks an entry (``entry_2``) or a frames dataset path; by default the first entry
+    with data.  Translations (N x 3 metres, x y z) become positions (y, x) = -translation / pixel,
+    with the far-field object pixel lambda*z/(N*p).
+    """
+    source = str(path)
+    h5 = open_h5(path)
+    entry, frames_path = _pick_cxi_frames(h5, dataset, source)
+    detector = f"{entry}/instrument_1/detector_1"
+    energy_j = _scalar(h5, f"{entry}/instrument_1/source_1/energy")
+    wavelength = _scalar(h5, f"{entry}/instrument_1/source_1/wavelength")
+    energy_ev = energy_j / JOULE_PER_EV if energy_j else None
+    if energy_ev is None and wavelength:
+        energy_ev = PLANCK_EV_M / wavelength
+    x_pixel = _scalar(h5, f"{detector}/x_pixel_size")
+    y_pixel = _scalar(h5, f"{detector}/y_pixel_size") or x_pixel
+    meta = Metadata(
+        source=source,
+        reader="cxi",
+        dataset=frames_path,
+        energy_ev=energy_ev,
+        distance_m=_scalar(h5, f"{detector}/distance"),
+        pixel_size_m=(y_pixel, x_pixel or y_pixel) if y_pixel else None,
+        extra={"entries": _entries(h5)},
+    )
+    frames = _frames(h5[frames_path], source, lazy)
+    mask = None
+    for mask_path in (f"{detector}/mask", f"{entry}/data_1/mask"):
+        if mask_path in h5:
+            mask = np.asarray(h5[mask_path][()]) == 0  # CXI bit mask: 0 = good pixel
+            break
+    stack = _finish(frames, mask, meta)
+    translation = None
+    for tr_path in (f"{entry}/sample_1/geometry_1/translation", f"{entry}/data_1/translation"):
+        if tr_path in h5:
+            translation = np.asarray(h5[tr_path][()], dtype=np.float64)
+            break
+    if translation is None:
+        if not stack.is_lazy:
+            h5.close()
+        return stack
+    probe = None
+    probe_path = f"{entry}/instrument_1/source_1/illumination"
+    if probe_path in h5:
+        probe = np.asarray(h5[probe_path][()]).astype(np.complex64)
+    if not stack.is_lazy:
+        h5.close()
+    return _scan_from_translation(stack, translation, probe, source)
+
+
+def _pick_cxi_frames(h5: h5py.File, dataset: str | None, source: str) -> tuple[str, str]:
+    if dataset:
+        dataset = dataset.strip("/")
+        if dataset not in h5:
+            raise InputError(source, f"no '{dataset}' in the file (entries: {_entries(h5)})")
+        if isinstance(h5[dataset], h5py.Dataset):
+            return dataset.split("/")[0], dataset
+        frames = _cxi_frames_path(h5, dataset)
+        if frames is None:
+            raise InputError(source, f"'{dataset}' holds no CXI frames dataset")
+        return dataset, frames
+    for entry in _entries(h5):
+        frames = _cxi_frames_path(h5, entry)
+        if frames:
+            return entry, frames
+    raise InputError(source, "no CXI frames (entry_N/data_N/data or detector_1/data) found")
+
+
+def _scan_from_translation(
+    stack: DiffractionStack, translation: np.ndarray, probe: np.ndarray | None, source: str
+) -> PtychoScan:
+    if translation.ndim != 2 or translation.shape[1] < 2:
+        raise InputError(source, f"translations have shape {translation.shape}; expected (N, 3)")
+    pixel = stack.meta.object_pixel_size_m(stack.frame_shape)
+    if pixel is None:
+        raise InputError(
+            source, "translations are given but energy, distance or pixel size is missing"
+        )
+    positions = -translation[:, [1, 0]] / np.asarray(pixel)  # (x, y, z) metres -> (y, x) pixels
+    positions = check_positions(positions, stack.n_frames, source)
+    stack.meta.extra["object_pixel_size_m"] = list(pixel)
+    return PtychoScan(stack, positions, probe, pixel)
+
+
+def read_hdf5(path: str | Path, dataset: str | None = None, lazy: bool | None = None):
+    """Read plain HDF5 or NeXus: ``dataset`` if given, else the NXdata signal, else the largest
+    2-4-D numeric dataset.  CXI-structured files are handed to :func:`read_cxi`."""
+    source = str(path)
+    h5 = open_h5(path)
+    if is_cxi(h5) and (dataset is None or not dataset.strip("/").startswith("data")):
+        h5.close()
+        return read_cxi(path, dataset, lazy)
+    if dataset:
+        name = dataset.strip("/")
+        if name not in h5 or not isinstance(h5[name], h5py.Dataset):
+            choices = ", ".join(p for p, _, _ in numeric_datasets(h5)[:8]) or "none"
+            raise InputError(source, f"no dataset '{dataset}' (numeric datasets: {choices})")
+    else:
+        name = _nxdata_signal(h5)
+        if name is None:
+            candidates = numeric_datasets(h5)
+            if not candidates:
+                raise InputError(source, "no numeric dataset of 2 to 4 dimensions in the file")
+            name = candidates[0][0]
+    meta = Metadata(source=source, reader="hdf5", dataset=name)
+    stack = _finish(_frames(h5[name], source, lazy), None, meta)
+    if not stack.is_lazy:
+        h5.close()
+    return stack

@@ -1,0 +1,121 @@
+"""Image readers: TIFF (single, multi-page, a folder of frames) and greyscale PNG single shots."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dask
+import dask.array as da
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+from ..data import DiffractionStack, Metadata, ShotSet
+from ..errors import InputError
+from .checks import check_stack_shape, repair_intensities, to_stack
+from .hdf5 import LAZY_BYTES
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PNG_SUFFIXES = (".png",)
+
+
+def natural_key(path: Path) -> list[object]:
+    """Sort key that puts frame_2 before frame_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def frame_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files in ``folder`` with one of ``suffixes``, in natural order."""
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
+        key=natural_key,
+    )
+
+
+def _read_tiff_file(path: Path, page: int | None = None) -> np.ndarray:
+    try:
+        return tifffile.imread(path, key=page)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except Exception as err:  # tifffile raises many types for damaged files
+        raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
+
+
+def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return tuple(series.shape), np.dtype(series.dtype)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except Exception as err:
+        raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
+
+
+def read_tiff(path: str | Path, lazy: bool | None = None) -> DiffractionStack:
+    """A TIFF file (one frame or a multi-page stack) or a folder of TIFF frames."""
+    path = Path(path)
+    files = frame_files(path, TIFF_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise InputError(path, "the folder holds no .tif/.tiff frames")
+    first_shape, dtype = _tiff_shape(files[0])
+    source = str(path)
+    pages = len(files) if len(files) > 1 else None
+    shape = (pages, *first_shape) if pages else first_shape
+    check_stack_shape(shape, dtype, source)
+    if lazy is None:
+        lazy = int(np.prod(shape)) * dtype.itemsize > LAZY_BYTES
+    meta = Metadata(source=source, reader="tiff", extra={"n_files": len(files)})
+    if lazy:  # one delayed read per frame: napari reads only the frames it shows
+        if pages:
+            reads = [(f, None) for f in files]
+        else:
+            reads = [(path, i) for i in range(int(np.prod(first_shape[:-2])))]
+        frame = shape[-2:]
+        parts = [da.from_delayed(dask.delayed(_read_tiff_file)(*r), frame, dtype) for r in reads]
+        return DiffractionStack(da.stack(parts).astype(np.float32), None, meta)
+    arrays = [_read_tiff_file(f) for f in files]
+    for f, a in zip(files, arrays, strict=True):
+        if a.shape != first_shape:
+            raise InputError(f, f"frame shape {a.shape} differs from the first frame {first_shape}")
+    frames = np.stack(arrays) if pages else arrays[0]
+    frames, mask = repair_intensities(to_stack(frames.astype(np.float32), source), None, source)
+    return DiffractionStack(frames, mask, meta)
+
+
+def _read_png_file(path: Path) -> np.ndarray:
+    try:
+        image = iio.imread(path)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except Exception as err:
+        raise InputError(path, f"not a readable PNG image (truncated or corrupt?): {err}") from None
+    if image.ndim == 3:
+        colour = image[..., :3]
+        if not (colour == colour[..., :1]).all():
+            raise InputError(path, "colour image; single shots must be greyscale")
+        image = colour[..., 0]
+    if image.ndim != 2:
+        raise InputError(path, f"image has shape {image.shape}; expected a 2-D greyscale image")
+    return image
+
+
+def read_png(path: str | Path) -> ShotSet:
+    """Greyscale PNG single shot(s): one file or a folder of PNGs, scaled to 0..1.
+
+    Such images (like the FLASH shots of Barke et al.) are display renderings of the log of the
+    intensity; the wide-angle mode maps them to log intensity (see its documentation).
+    """
+    path = Path(path)
+    files = frame_files(path, PNG_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise InputError(path, "the folder holds no .png images")
+    images = [_read_png_file(f) for f in files]
+    for f, image in zip(files, images, strict=True):
+        if image.shape != images[0].shape:
+            raise InputError(f, f"image shape {image.shape} differs from {images[0].shape}")
+    depth = float(np.iinfo(images[0].dtype).max) if images[0].dtype.kind in "ui" else 1.0
+    stack = np.stack(images).astype(np.float32) / depth
+    meta = Metadata(source=str(path), reader="png", extra={"files": [f.name for f in files]})
+    return ShotSet(stack, meta, scaling=f"display value / {depth:g}")

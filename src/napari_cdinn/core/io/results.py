@@ -1,0 +1,168 @@
+"""The one HDF5 layout for results (documented in the README), written atomically.
+
+```
+/                               attrs: creator="napari-cdinn", creator_version, file_kind="results"
+/entry_1/image_K/data           complex64 object(s): (N, H, W) per pattern, or (H, W) stitched
+/entry_1/image_K/probe          complex64, optional (ptychography)
+/entry_1/image_K/support        bool, optional
+/entry_1/image_K/chi2           float64 (N,), optional reciprocal-space error per pattern
+/entry_1/orientation_K/quaternion  float64 (N, 4), unit quaternions (w, x, y, z)
+/entry_1/orientation_K/radius_nm   float64 (N,)
+every image_K / orientation_K group has a process_1 group whose attrs are
+  method, model_name, model_version, parameters (JSON), wall_time_s, source, created
+```
+A write goes to a temporary file beside the target and is renamed over it only once complete, so
+a failed write never leaves a broken file and never clobbers an existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import tifffile
+
+from ... import __version__
+from ..data import ObjectResult, OrientationResult, Provenance, Result
+from ..errors import CdinnError, InputError
+from .hdf5 import open_h5
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
+    target = Path(target)
+    if target.is_dir():
+        raise CdinnError(f"{target}: is a folder; give a file name for the output")
+    if not target.parent.exists():
+        raise CdinnError(f"{target}: the folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _write_provenance(group: h5py.Group, provenance: Provenance) -> None:
+    process = group.create_group("process_1")
+    process.attrs["method"] = provenance.method
+    process.attrs["model_name"] = provenance.model_name or ""
+    process.attrs["model_version"] = provenance.model_version or ""
+    process.attrs["parameters"] = json.dumps(provenance.parameters, default=str)
+    process.attrs["wall_time_s"] = (
+        np.nan if provenance.wall_time_s is None else provenance.wall_time_s
+    )
+    process.attrs["source"] = provenance.source or ""
+    process.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_results(path: str | Path, results: Sequence[Result]) -> Path:
+    """Write ``results`` into one HDF5 file in the documented layout, atomically."""
+    if not results:
+        raise CdinnError(f"{path}: nothing to write (no results)")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs["creator"] = "napari-cdinn"
+        h5.attrs["creator_version"] = __version__
+        h5.attrs["file_kind"] = "results"
+        entry = h5.create_group("entry_1")
+        entry.attrs["NX_class"] = "NXentry"
+        n_images = n_orientations = 0
+        for result in results:
+            if isinstance(result, ObjectResult):
+                n_images += 1
+                group = entry.create_group(f"image_{n_images}")
+                group.create_dataset("data", data=np.asarray(result.objects, np.complex64))
+                for name, value in (("probe", result.probe), ("support", result.support)):
+                    if value is not None:
+                        group.create_dataset(name, data=value)
+                if result.chi2 is not None:
+                    group.create_dataset("chi2", data=np.asarray(result.chi2, np.float64))
+            elif isinstance(result, OrientationResult):
+                n_orientations += 1
+                group = entry.create_group(f"orientation_{n_orientations}")
+                group.create_dataset("quaternion", data=np.asarray(result.quaternions, np.float64))
+                group.create_dataset("radius_nm", data=np.asarray(result.radii_nm, np.float64))
+            else:
+                raise CdinnError(f"{path}: cannot write a {type(result).__name__}")
+            _write_provenance(group, result.provenance)
+    return Path(path)
+
+
+def _read_provenance(group: h5py.Group) -> Provenance:
+    attrs = group["process_1"].attrs if "process_1" in group else {}
+
+    def text(key: str) -> str | None:
+        value = attrs.get(key, "")
+        value = value.decode() if isinstance(value, bytes) else str(value)
+        return value or None
+
+    wall = attrs.get("wall_time_s", np.nan)
+    return Provenance(
+        method=text("method") or "unknown",
+        model_name=text("model_name"),
+        model_version=text("model_version"),
+        parameters=json.loads(text("parameters") or "{}"),
+        wall_time_s=None if np.isnan(wall) else float(wall),
+        source=text("source"),
+    )
+
+
+def _optional(group: h5py.Group, key: str) -> np.ndarray | None:
+    return group[key][()] if key in group else None
+
+
+def is_results_file(h5: h5py.File) -> bool:
+    kind = h5.attrs.get("file_kind", b"")
+    return (kind.decode() if isinstance(kind, bytes) else str(kind)) == "results"
+
+
+def read_results(path: str | Path) -> list[Result]:
+    """Read every result from a file written by :func:`write_results`."""
+    results: list[Result] = []
+    with open_h5(path) as h5:
+        if not is_results_file(h5) or "entry_1" not in h5:
+            raise InputError(path, "not a napari-cdinn results file")
+        entry = h5["entry_1"]
+        for name in sorted(entry, key=lambda n: (n.split("_")[0], int(n.split("_")[1]))):
+            group = entry[name]
+            if name.startswith("image_"):
+                results.append(
+                    ObjectResult(
+                        objects=group["data"][()],
+                        provenance=_read_provenance(group),
+                        probe=_optional(group, "probe"),
+                        support=_optional(group, "support"),
+                        chi2=_optional(group, "chi2"),
+                    )
+                )
+            elif name.startswith("orientation_"):
+                results.append(
+                    OrientationResult(
+                        group["quaternion"][()], group["radius_nm"][()], _read_provenance(group)
+                    )
+                )
+    return results
+
+
+def write_tiff(path: str | Path, image: np.ndarray, metadata: dict[str, Any] | None = None) -> Path:
+    """Write one real image or stack as float32 TIFF (e.g. an amplitude or phase), atomically."""
+    image = np.asarray(image)
+    if np.iscomplexobj(image):
+        raise CdinnError(f"{path}: TIFF holds real images; write amplitude and phase separately")
+    with atomic_path(path) as tmp:
+        description = json.dumps(metadata or {}, default=str)
+        tifffile.imwrite(tmp, image.astype(np.float32), description=description)
+    return Path(path)
