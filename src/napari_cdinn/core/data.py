@@ -91,13 +91,26 @@ class PtychoScan:
     """A ptychography scan: the diffraction stack, where each frame was taken, and a probe guess."""
 
     stack: DiffractionStack
-    positions: np.ndarray  # (N, 2) float, (y, x) in object pixels
+    positions: np.ndarray  # (N, 2) float (y, x) object pixels of each patch's top-left corner
     probe: np.ndarray | None = None  # (H, W) complex64, or (M, H, W) for several modes
     object_pixel_size_m: tuple[float, float] | None = None
+    truth: np.ndarray | None = None  # the true object (simulations); positions index into it
 
     @property
     def meta(self) -> Metadata:
         return self.stack.meta
+
+    def subset(self, indices: Any) -> PtychoScan:
+        """The scan restricted to some positions (an index array, boolean mask or slice)."""
+        indices = np.arange(len(self.positions))[indices]
+        stack = self.stack
+        mask = (
+            stack.mask[indices] if stack.mask is not None and stack.mask.ndim == 3 else stack.mask
+        )
+        sub = DiffractionStack(stack.intensities[indices], mask, stack.meta, stack.truth)
+        return PtychoScan(
+            sub, self.positions[indices], self.probe, self.object_pixel_size_m, self.truth
+        )
 
 
 @dataclass

@@ -159,12 +159,15 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
             mask = np.asarray(h5[mask_path][()]) == 0  # CXI bit mask: 0 = good pixel
             break
     stack = _finish(frames, mask, meta)
+    truth_path = f"{entry}/sample_1/true_object"  # simulated files (see cxi_writer)
+    truth = np.asarray(h5[truth_path][()], np.complex64) if truth_path in h5 else None
     translation = None
     for tr_path in (f"{entry}/sample_1/geometry_1/translation", f"{entry}/data_1/translation"):
         if tr_path in h5:
             translation = np.asarray(h5[tr_path][()], dtype=np.float64)
             break
     if translation is None:
+        stack.truth = truth
         if not stack.is_lazy:
             h5.close()
         return stack
@@ -174,7 +177,9 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         probe = np.asarray(h5[probe_path][()]).astype(np.complex64)
     if not stack.is_lazy:
         h5.close()
-    return _scan_from_translation(stack, translation, probe, source)
+    scan = _scan_from_translation(stack, translation, probe, source)
+    scan.truth = truth
+    return scan
 
 
 def _pick_cxi_frames(h5: h5py.File, dataset: str | None, source: str) -> tuple[str, str]:

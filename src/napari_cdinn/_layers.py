@@ -1,0 +1,124 @@
+"""Core data objects <-> napari layer-data tuples; the one place that knows how layers look.
+
+Diffraction is shown as log10(1 + I) with contrast from the first frame (so a lazy stack is never
+read whole); the exact data object travels in ``layer.metadata["cdinn"]["data"]`` so algorithms use
+the raw intensities, not the display values.  Complex objects become amplitude and phase layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core.data import Dataset, DiffractionStack, ObjectResult, PtychoScan, Result, ShotSet
+from .core.io import describe
+
+LayerData = tuple[Any, dict[str, Any], str]
+DISPLAY = "log10(1 + I)"
+
+
+def source_name(data: Dataset | Result, fallback: str = "data") -> str:
+    source = data.meta.source if hasattr(data, "meta") else data.provenance.source
+    if not source:
+        return fallback
+    name = Path(source).name
+    for suffix in (".bz2", ".npz", ".npy", ".cxi", ".h5", ".hdf5", ".nxs", ".tiff", ".tif", ".png"):
+        name = name.removesuffix(suffix)
+    return name or fallback
+
+
+def log_display(intensities: Any) -> Any:
+    """log10(1 + I): numpy stays numpy, dask stays lazy."""
+    if isinstance(intensities, np.ndarray):
+        return np.log10(1 + np.maximum(intensities, 0))
+    return (1 + intensities.clip(0)).map_blocks(np.log10, dtype=np.float32)
+
+
+def _contrast(frame: np.ndarray) -> tuple[float, float]:
+    low, high = float(np.min(frame)), float(np.max(frame))
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def layers_for_dataset(data: Dataset, name: str | None = None) -> list[LayerData]:
+    """Layers for a freshly read dataset: diffraction (log), invalid pixels, scan positions."""
+    name = name or source_name(data)
+    summary = describe(data)
+    cdinn = {"kind": type(data).__name__, "data": data, "summary": summary}
+    if isinstance(data, ShotSet):
+        kwargs = {
+            "name": f"{name} shots",
+            "colormap": "inferno",
+            "contrast_limits": _contrast(data.images[0]),
+            "metadata": {"cdinn": {**cdinn, "display": data.scaling}},
+        }
+        return [(data.images, kwargs, "image")]
+    stack = data.stack if isinstance(data, PtychoScan) else data
+    shown = log_display(stack.intensities)
+    first = np.asarray(shown[0])
+    layers: list[LayerData] = [
+        (
+            shown,
+            {
+                "name": f"{name} diffraction",
+                "colormap": "magma",
+                "contrast_limits": _contrast(first),
+                "metadata": {"cdinn": {**cdinn, "display": DISPLAY}},
+            },
+            "image",
+        )
+    ]
+    if stack.mask is not None and not stack.mask.all():
+        invalid = (~stack.mask).astype(np.uint8)
+        layers.append((invalid, {"name": f"{name} invalid pixels", "opacity": 0.5}, "labels"))
+    if isinstance(data, PtychoScan):
+        layers.append(
+            (
+                data.positions,
+                {
+                    "name": f"{name} scan positions",
+                    "size": max(1.0, float(np.ptp(data.positions, axis=0).max()) / 150),
+                    "face_color": "cyan",
+                    "features": {"frame": np.arange(len(data.positions))},
+                    "metadata": {"cdinn": {"kind": "positions", "units": "object pixels (y, x)"}},
+                },
+                "points",
+            )
+        )
+    return layers
+
+
+def layers_for_result(result: ObjectResult, name: str | None = None) -> list[LayerData]:
+    """Amplitude and phase layers of a complex result (phase in twilight over (-pi, pi])."""
+    name = name or source_name(result, "result")
+    label = result.provenance.method
+    common = {"cdinn_result": result}
+    amplitude = result.amplitude
+    return [
+        (
+            amplitude,
+            {
+                "name": f"{name} amplitude ({label})",
+                "colormap": "gray",
+                "contrast_limits": _contrast(amplitude),
+                "metadata": {**common, "component": "amplitude"},
+            },
+            "image",
+        ),
+        (
+            result.phase,
+            {
+                "name": f"{name} phase ({label})",
+                "colormap": "twilight",
+                "contrast_limits": (-np.pi, np.pi),
+                "metadata": {**common, "component": "phase"},
+            },
+            "image",
+        ),
+    ]
+
+
+def dataset_of(metadata: dict[str, Any]) -> DiffractionStack | PtychoScan | ShotSet | None:
+    """The data object a layer was made from, if napari-cdinn made it."""
+    return metadata.get("cdinn", {}).get("data")

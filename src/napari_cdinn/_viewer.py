@@ -1,0 +1,30 @@
+"""Start napari with the plugin's dock: what ``napari-cdinn view`` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOCK = "Diffraction data"
+
+
+def open_viewer(
+    file: Path | None = None, dataset: str | None = None, screenshot: Path | None = None
+) -> int:
+    """Open a viewer with the dock (and ``file``); with ``screenshot``, save the window and quit."""
+    from qtpy.QtCore import QTimer
+
+    import napari
+
+    viewer = napari.Viewer(title="napari-cdinn")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", DOCK)
+    if file is not None:
+        dock.open_path(Path(file), dataset)
+    if screenshot is not None:
+
+        def shoot() -> None:
+            viewer.screenshot(str(screenshot), canvas_only=False, flash=False)
+            viewer.close()
+
+        QTimer.singleShot(1500, shoot)
+    napari.run()
+    return 0

@@ -1,0 +1,1 @@
+"""napari dock widgets: layer plumbing, threads and calls into ``core`` only."""

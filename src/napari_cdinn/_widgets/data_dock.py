@@ -1,0 +1,135 @@
+"""The "Diffraction data" dock: open a file (choosing the HDF5 dataset), see what the selected
+layer holds, and pick the compute device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari.layers import Layer
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _settings
+from .._layers import layers_for_dataset
+from ..core import io
+from ..core.device import DEVICE_CHOICES
+from ..core.errors import CdinnError
+
+if TYPE_CHECKING:
+    import napari
+
+AUTOMATIC = "(automatic)"
+
+
+class DataDock(QWidget):
+    """Open diffraction files into layers and summarise the selected one."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("CXI, HDF5, NPY/NPZ, TIFF or PNG file")
+        self.path_edit.editingFinished.connect(self._refresh_datasets)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.path_edit)
+        path_row.addWidget(browse)
+
+        self.dataset_combo = QComboBox()
+        self.dataset_combo.addItem(AUTOMATIC)
+        self.open_button = QPushButton("Open")
+        self.open_button.clicked.connect(self._open_clicked)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self.device_combo.setCurrentText(_settings.device_choice())
+        self.device_combo.currentTextChanged.connect(_settings.set_device_choice)
+
+        self.info = QPlainTextEdit()
+        self.info.setReadOnly(True)
+        self.info.setPlaceholderText("Select a layer opened by napari-cdinn to see its summary.")
+
+        form = QFormLayout()
+        form.addRow("File", path_row)
+        form.addRow("Dataset", self.dataset_combo)
+        form.addRow("", self.open_button)
+        form.addRow("Compute device", self.device_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.info)
+
+        self.viewer.layers.selection.events.active.connect(self._show_active)
+        self._show_active()
+
+    # -- opening -------------------------------------------------------------------------------
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open diffraction data")
+        if path:
+            self.path_edit.setText(path)
+            self._refresh_datasets()
+
+    def _refresh_datasets(self) -> None:
+        """List the numeric datasets of an HDF5 file so the user can override the choice."""
+        self.dataset_combo.clear()
+        self.dataset_combo.addItem(AUTOMATIC)
+        path = Path(self.path_edit.text())
+        if path.is_file() and io.file_kind(path) in ("hdf5", "cxi"):
+            try:
+                for name, shape, dtype in io.list_datasets(path):
+                    self.dataset_combo.addItem(f"{name}  {shape} {dtype}", name)
+            except CdinnError as err:
+                show_error(str(err))
+
+    def _open_clicked(self) -> None:
+        text = self.path_edit.text().strip()
+        if not text:
+            show_error("Choose a file to open first.")
+            return
+        self.open_path(Path(text), self.dataset_combo.currentData())
+
+    def open_path(self, path: Path, dataset: str | None = None) -> None:
+        """Read ``path`` in a worker thread and add its layers; errors become notifications."""
+        self.path_edit.setText(str(path))
+        self.open_button.setEnabled(False)
+        self.worker = create_worker(
+            lambda: layers_for_dataset(io.read(path, dataset=dataset)),
+            _progress={"desc": f"Opening {path.name}"},
+        )
+        self.worker.returned.connect(self._add_layers)
+        self.worker.errored.connect(self._report)
+        self.worker.finished.connect(lambda: self.open_button.setEnabled(True))
+        self.worker.start()
+
+    def _add_layers(self, layer_data: list) -> None:
+        for data, kwargs, kind in layer_data:
+            self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        show_info(f"Opened {len(layer_data)} layer(s) with napari-cdinn")
+
+    @staticmethod
+    def _report(err: Exception) -> None:
+        show_error(str(err) if isinstance(err, CdinnError) else f"{type(err).__name__}: {err}")
+
+    # -- summary -------------------------------------------------------------------------------
+    def _show_active(self, event: object = None) -> None:
+        layer = self.viewer.layers.selection.active
+        summary = layer.metadata.get("cdinn", {}).get("summary") if layer is not None else None
+        if not summary:
+            self.info.setPlainText("")
+            return
+        width = max(len(k) for k in summary)
+        self.info.setPlainText("\n".join(f"{k:>{width}}: {v}" for k, v in summary.items()))

@@ -1,0 +1,35 @@
+"""napari writers: results layers -> the documented HDF5 layout; one image -> float32 TIFF."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .core import io
+from .core.data import ObjectResult
+from .core.errors import CdinnError
+
+
+def write_results_h5(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
+    """Write the napari-cdinn results behind the given image layers (amplitude/phase pairs are one
+    complex result) into one HDF5 file.  Layers that hold no result are refused, not guessed at."""
+    results: list[ObjectResult] = []
+    for _data, meta, _kind in layer_data:
+        result = meta.get("metadata", {}).get("cdinn_result")
+        if result is None:
+            raise CdinnError(
+                f"{path}: layer '{meta.get('name')}' is not a napari-cdinn result; "
+                "save plain images as TIFF"
+            )
+        if not any(result is r for r in results):
+            results.append(result)
+    io.write_results(path, results)
+    return [path]
+
+
+def write_image_tiff(path: str, data: Any, meta: dict) -> list[str]:
+    """Write one image layer's data as float32 TIFF with its name and scale in the description."""
+    description = {"name": meta.get("name"), "scale": list(np.ravel(meta.get("scale", [])))}
+    io.write_tiff(path, np.asarray(data), description)
+    return [path]

@@ -1,0 +1,1 @@
+"""Forward models and training-data generators, one module per mode."""
