@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install napari-cdinn into ./.venv on a fresh Debian-like machine.
+#   bash scripts/install.sh          # the plugin, the CLI and a Qt binding (PyQt6)
+#   bash scripts/install.sh --test   # ... plus the test tools and, as root, Xvfb for viewer tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[[ "${1:-}" == "--test" ]] && with_tests=1
+
+# System libraries that Qt/napari need for a (virtual) display; only as root, only if missing.
+display_packages=(xvfb xauth libgl1-mesa-dri libegl1 libglx-mesa0 libxkbcommon-x11-0 libxcb-icccm4
+  libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0
+  libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1)
+if [[ $with_tests == 1 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${display_packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+# (On a GPU machine, install the CUDA build of torch you want before running this script.)
+python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+extras="qt"
+[[ $with_tests == 1 ]] && extras="qt,test"
+pip install -q -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" || true
+python -c "import napari_cdinn, torch; print('napari-cdinn', napari_cdinn.__version__, '| torch', torch.__version__)"

@@ -1,0 +1,110 @@
+"""The command-line face: exit codes, one-line errors, and that it writes what it says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from napari_cdinn.cli import main
+from napari_cdinn.core import io
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "sample_data"
+
+
+def test_info_on_sample_writes_json_summary(tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    assert main(["info", str(SAMPLES / "ptycho_scan.cxi"), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "PtychoScan" in printed and "(169, 64, 64)" in printed
+    summary = json.loads(out.read_text())
+    assert summary["kind"] == "PtychoScan"
+    assert summary["reader"] == "cxi"
+    assert summary["energy_ev"] == pytest.approx(10_000.0)
+
+
+def test_info_on_results_file(tmp_path, capsys):
+    from napari_cdinn.core.data import ObjectResult, Provenance
+
+    path = tmp_path / "res.h5"
+    io.write_results(path, [ObjectResult(np.ones((3, 8, 8), np.complex64), Provenance("test"))])
+    assert main(["info", str(path)]) == 0
+    assert "ObjectResult (3, 8, 8) (test)" in capsys.readouterr().out
+
+
+def test_missing_file_is_one_clear_line(capsys):
+    assert main(["info", "/no/such/file.h5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["napari-cdinn: error: /no/such/file.h5: file not found"]
+
+
+def test_corrupt_file_is_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "broken.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.h5" in err[0] and "not a readable HDF5" in err[0]
+
+
+def test_nan_pixels_warn_on_stderr_and_succeed(tmp_path, capsys):
+    data = np.ones((2, 8, 8), np.float32)
+    data[0, 1, 1] = np.nan
+    path = tmp_path / "nan.npy"
+    np.save(path, data)
+    assert main(["info", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "1 NaN/Inf" in err and "nan.npy" in err
+
+
+@pytest.mark.parametrize("mode", ["cdi", "ptycho", "wideangle"])
+def test_invert_and_train_say_plainly_nothing_is_available(tmp_path, capsys, mode):
+    out = tmp_path / "out.h5"
+    assert main(["invert", str(SAMPLES / "cdi_crystals.cxi"), "--mode", mode, "-o", str(out)]) == 1
+    assert "no mode is available yet" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["train", mode]) == 1
+
+
+def test_simulate_cdi_roundtrip(tmp_path):
+    out = tmp_path / "cdi.cxi"
+    assert main(["simulate", "cdi", "-n", "5", "-o", str(out), "--seed", "3", "--size", "32"]) == 0
+    data = io.read(out)
+    assert data.intensities.shape == (5, 32, 32)
+    assert data.truth.shape == (5, 32, 32)
+    centred = np.fft.ifftshift(data.truth, axes=(1, 2))
+    expected = np.abs(np.fft.fftshift(np.fft.fft2(centred), axes=(1, 2))) ** 2
+    np.testing.assert_allclose(data.intensities, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_simulate_ptycho_gives_requested_positions(tmp_path):
+    out = tmp_path / "scan.cxi"
+    assert main(["simulate", "ptycho", "-n", "40", "-o", str(out), "--step", "12"]) == 0
+    scan = io.read(out)
+    assert scan.positions.shape == (40, 2)
+    assert scan.stack.intensities.shape == (40, 64, 64)
+    assert scan.truth is not None and scan.probe.shape == (64, 64)
+    with h5py.File(out) as h5:
+        assert h5["entry_1/sample_1/geometry_1/translation"].shape == (40, 3)
+
+
+def test_simulate_unknown_mode_is_refused(tmp_path, capsys):
+    assert main(["simulate", "wideangle", "-o", str(tmp_path / "w.h5")]) == 1
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_console_script_help_for_each_command():
+    for command in ["info", "view", "invert", "simulate", "train"]:
+        done = subprocess.run(
+            [sys.executable, "-m", "napari_cdinn.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "usage: napari-cdinn" in done.stdout
