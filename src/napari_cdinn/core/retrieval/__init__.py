@@ -1,0 +1,1 @@
+"""Iterative reconstruction algorithms, one module per mode."""
