@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
+from ..metrics import reciprocal_error
 
 Progress = Callable[[int, int], None]
 
@@ -107,18 +108,6 @@ def iterate(
                 sigma = start + (end - start) * done / total
                 support = shrinkwrap(obj, sigma, recipe.shrinkwrap_threshold)
             yield done, obj, support
-
-
-def reciprocal_error(
-    obj: torch.Tensor, magnitudes: torch.Tensor, valid: torch.Tensor | None
-) -> torch.Tensor:
-    """chi^2 per pattern: sum (s|F obj| - sqrt(I))^2 / sum I over valid pixels, best scale s."""
-    model = torch.fft.fft2(obj).abs()
-    weight = torch.ones_like(magnitudes) if valid is None else valid.to(magnitudes.dtype)
-    dims = (-2, -1)
-    scale = (weight * model * magnitudes).sum(dims) / (weight * model**2).sum(dims).clamp_min(1e-30)
-    residual = weight * (scale[..., None, None] * model - magnitudes) ** 2
-    return residual.sum(dims) / (weight * magnitudes**2).sum(dims).clamp_min(1e-30)
 
 
 def run_retrieval(

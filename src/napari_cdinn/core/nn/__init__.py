@@ -1,0 +1,1 @@
+"""Networks, bundled-model registry, inference and training."""
