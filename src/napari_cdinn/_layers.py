@@ -89,8 +89,10 @@ def layers_for_dataset(data: Dataset, name: str | None = None) -> list[LayerData
     return layers
 
 
-def layers_for_result(result: ObjectResult, name: str | None = None) -> list[LayerData]:
-    """Amplitude and phase layers of a complex result (phase in twilight over (-pi, pi])."""
+def layers_for_result(
+    result: ObjectResult, name: str | None = None, amplitude_word: str = "amplitude"
+) -> list[LayerData]:
+    """Amplitude (or "shape") and phase layers of a complex result (phase in twilight, (-pi, pi])."""
     name = name or source_name(result, "result")
     label = result.provenance.method
     common = {"cdinn_result": result}
@@ -99,7 +101,7 @@ def layers_for_result(result: ObjectResult, name: str | None = None) -> list[Lay
         (
             amplitude,
             {
-                "name": f"{name} amplitude ({label})",
+                "name": f"{name} {amplitude_word} ({label})",
                 "colormap": "gray",
                 "contrast_limits": _contrast(amplitude),
                 "metadata": {**common, "component": "amplitude"},

@@ -6,10 +6,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import _settings
 from ._layers import LayerData, layers_for_dataset, layers_for_result
-from .core import io
-from .core.data import ObjectResult
-from .core.errors import InputError, InputWarning
+from .core import cdi, io
+from .core.data import DiffractionStack, ObjectResult
+from .core.errors import CdinnError, InputError, InputWarning
+from .core.progress import run_to_end
+
+MAX_FRAMES_ON_OPEN = 4096
 
 ReaderFunction = Callable[[str | list[str]], list[LayerData]]
 
@@ -25,7 +29,8 @@ def get_reader(path: str | list[str]) -> ReaderFunction | None:
     if not paths or any(io.file_kind(p) is None for p in paths):
         return None
     for p in paths:
-        if io.file_kind(p) in ("hdf5", "cxi"):
+        # a results file holds complex objects, which are not "numeric datasets": never decline it
+        if io.file_kind(p) in ("hdf5", "cxi") and not io.is_results(p):
             try:
                 if not io.list_datasets(p):
                     warnings.warn(
@@ -53,5 +58,32 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             if not layers:
                 raise InputError(p, "results file holds no image results to show")
         else:
-            layers += layers_for_dataset(io.read(p))
+            data = io.read(p)
+            layers += layers_for_dataset(data)
+            if _settings.invert_on_open():
+                layers += network_layers(data)
     return layers
+
+
+def network_layers(data: object) -> list[LayerData]:
+    """The CDI network's shape and phase for a freshly opened stack ("invert on open").
+
+    Skipped, with a warning, for data the network cannot take at once (lazy stacks larger than
+    memory, scans, single shots) or patterns it refuses; the data layers are shown regardless.
+    """
+    if not isinstance(data, DiffractionStack):
+        return []
+    if data.is_lazy or data.n_frames > MAX_FRAMES_ON_OPEN:
+        warnings.warn(
+            f"{data.meta.source}: {data.n_frames} frames; invert on open skips stacks over "
+            f"{MAX_FRAMES_ON_OPEN} frames: use the Invert CDI dock",
+            InputWarning,
+            stacklevel=2,
+        )
+        return []
+    try:
+        result = run_to_end(cdi.network_steps(data, device=_settings.device_choice()))
+    except CdinnError as err:
+        warnings.warn(f"invert on open: {err}", InputWarning, stacklevel=2)
+        return []
+    return layers_for_result(result, amplitude_word="shape")

@@ -5,13 +5,17 @@ from __future__ import annotations
 PLUGIN = "napari-cdinn"
 
 
-def _compute_settings():
+def _section(name: str):
     try:
         from napari.settings import get_plugin_settings
 
-        return get_plugin_settings(PLUGIN).compute
+        return getattr(get_plugin_settings(PLUGIN), name)
     except Exception:  # napari < 0.9 (no plugin configurations) or settings unavailable
         return None
+
+
+def _compute_settings():
+    return _section("compute")
 
 
 def device_choice() -> str:
@@ -24,3 +28,14 @@ def set_device_choice(choice: str) -> None:
     compute = _compute_settings()
     if compute is not None:
         compute.device = choice
+
+
+def invert_on_open() -> bool:
+    """Whether every diffraction file opened is inverted by the network at once."""
+    return bool(getattr(_section("cdi"), "invert_on_open", False))
+
+
+def set_invert_on_open(value: bool) -> None:
+    section = _section("cdi")
+    if section is not None:
+        section.invert_on_open = bool(value)

@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .core.errors import CdinnError
 
@@ -92,11 +94,75 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    raise CdinnError(
-        f"{args.command}: no mode is available yet in version {__version__} "
-        f"(planned: {', '.join(MODES)}); nothing was written"
+def parse_frames(spec: str | None, n: int) -> np.ndarray:
+    """Frame selection: "7", "0:10", "0:100:5" or "1,4,9" -> indices (all when None)."""
+    if not spec:
+        return np.arange(n)
+    try:
+        if ":" in spec:
+            parts = [int(p) if p else None for p in spec.split(":")]
+            return np.arange(n)[slice(*parts)]
+        indices = np.array([int(p) for p in spec.split(",")])
+    except ValueError:
+        raise CdinnError(f"--frames '{spec}': use N, START:STOP[:STEP] or N,M,...") from None
+    if indices.min() < -n or indices.max() >= n:
+        raise CdinnError(f"--frames '{spec}': the stack has {n} frames")
+    return indices
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    """Invert a file with the chosen mode and method and write the documented HDF5 layout."""
+    from .core import cdi, io
+    from .core.data import DiffractionStack
+    from .core.progress import run_to_end
+
+    data = io.read(args.input, dataset=args.dataset)
+    mode = args.mode or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(
+        type(data).__name__, "wideangle"
     )
+    if mode != "cdi":
+        raise CdinnError(f"invert: mode '{mode}' is not available yet (available: cdi)")
+    if not isinstance(data, DiffractionStack):
+        data = data.stack if hasattr(data, "stack") else data
+        if not isinstance(data, DiffractionStack):
+            raise CdinnError(f"{args.input}: holds no diffraction patterns for the cdi mode")
+    method = args.method or "nn"
+    if method not in cdi.METHODS:
+        raise CdinnError(f"invert: method '{method}' is not one of {', '.join(cdi.METHODS)}")
+    frames = parse_frames(args.frames, data.n_frames)
+    intensities = data.frames()[frames]
+    if args.amplitudes:
+        intensities = intensities**2
+    mask = data.mask[frames] if data.mask is not None and data.mask.ndim == 3 else data.mask
+    stack = DiffractionStack(intensities, mask, data.meta)
+    results = []
+    if method in ("nn", "refine"):
+        results.append(run_to_end(cdi.network_steps(stack, args.model, args.device)))
+    if method == "iterative":
+        results.append(run_to_end(cdi.iterative_steps(stack, device=args.device)))
+    if method == "refine":
+        seed = results[0].objects
+        results.append(run_to_end(cdi.refine_steps(stack, seed, args.iterations, args.device)))
+    io.write_results(args.output, results)
+    for result in results:
+        p = result.provenance
+        print(
+            f"{p.method}: {len(result.objects)} pattern(s) in {p.wall_time_s:.3f} s, "
+            f"median chi2 {np.median(result.chi2):.4g}"
+        )
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a network on simulated data (so far: cdi)."""
+    if args.mode != "cdi":
+        raise CdinnError(f"train: mode '{args.mode}' is not available yet (available: cdi)")
+    from .core.nn.train_cdi import train
+
+    weights = train(args)
+    print(f"model written to {weights} (use it with: napari-cdinn invert FILE --model {weights})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,13 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--screenshot", type=Path, help="save a screenshot of the window and quit")
     view.set_defaults(func=cmd_view)
 
-    invert = sub.add_parser("invert", help="invert diffraction data (modes: none yet)")
+    invert = sub.add_parser("invert", help="invert diffraction data (modes so far: cdi)")
     invert.add_argument("input", type=Path)
     invert.add_argument("-o", "--output", type=Path, required=True)
-    invert.add_argument("--mode", choices=MODES)
-    invert.add_argument("--method")
+    invert.add_argument("--mode", choices=MODES, help="default: from the file's content")
+    invert.add_argument("--method", help="cdi: nn (default), iterative, refine")
     invert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    invert.set_defaults(func=cmd_not_yet)
+    invert.add_argument(
+        "--model", type=Path, help="a model file (.safetensors) instead of the bundled one"
+    )
+    invert.add_argument("--iterations", type=int, default=50, help="refine: ER/HIO iterations")
+    invert.add_argument("--frames", help="frames to invert: N, START:STOP[:STEP] or N,M,...")
+    invert.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")
+    invert.add_argument("--amplitudes", action="store_true", help="the file holds sqrt(I), not I")
+    invert.set_defaults(func=cmd_invert)
 
     simulate = sub.add_parser(
         "simulate", help=f"simulate data with known truth (modes: {', '.join(SIMULATE_MODES)})"
@@ -145,9 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--every", type=int, default=1, help="ptycho: keep every k-th position")
     simulate.set_defaults(func=cmd_simulate)
 
-    train = sub.add_parser("train", help="train a network (modes: none yet)")
+    from .core.nn.train_cdi import add_arguments
+
+    train = sub.add_parser("train", help="train a network on simulated data (modes so far: cdi)")
     train.add_argument("mode", choices=MODES)
-    train.set_defaults(func=cmd_not_yet)
+    add_arguments(train)
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -173,13 +173,3 @@ def run_retrieval(
         supports[lo:hi] = torch.fft.fftshift(support[pick], dim=(-2, -1)).cpu().numpy()
         chi2[lo:hi] = errors.gather(1, best[:, None])[:, 0].cpu().numpy()
     return objects, supports, chi2
-
-
-def retrieve(intensities: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run :func:`run_retrieval` to the end and return ``(objects, supports, chi2)``."""
-    steps = run_retrieval(intensities, **kwargs)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value

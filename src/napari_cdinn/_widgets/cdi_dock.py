@@ -1,0 +1,227 @@
+"""The "Invert CDI" dock: network, iterative and refined reconstructions of a diffraction layer,
+side by side, with per-pattern chi^2 and wall times; work runs in a napari worker."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.layers import Image, Layer
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _settings
+from .._layers import layers_for_result
+from ..core import cdi
+from ..core.data import DiffractionStack, ObjectResult
+from ..core.errors import CdinnError
+from ..core.retrieval.cdi import RetrievalRecipe
+
+if TYPE_CHECKING:
+    import napari
+
+
+def diffraction_stack(layer: Layer | None) -> DiffractionStack | None:
+    """The raw diffraction data behind a layer napari-cdinn opened (None for other layers)."""
+    if not isinstance(layer, Image):
+        return None
+    data = layer.metadata.get("cdinn", {}).get("data")
+    stack = getattr(data, "stack", data)
+    return stack if isinstance(stack, DiffractionStack) else None
+
+
+def scaled_recipe(iterations: int, threshold: float) -> RetrievalRecipe:
+    """The default ER/HIO recipe stretched or shrunk to ``iterations`` in total."""
+    recipe = RetrievalRecipe(shrinkwrap_threshold=threshold)
+    factor = iterations / recipe.n_iterations
+    recipe.schedule = [(name, max(1, round(n * factor))) for name, n in recipe.schedule]
+    recipe.average_last = min(recipe.average_last, recipe.schedule[-1][1])
+    return recipe
+
+
+def run_methods(
+    stack: DiffractionStack, methods: list[str], iterations: int, refine_iterations: int,
+    threshold: float, device: str,
+):  # fmt: skip
+    """Worker body: run the chosen methods in turn, yielding progress, returning the results."""
+    results: dict[str, ObjectResult] = {}
+    network = None
+    if "nn" in methods or "refine" in methods:
+        network = yield from cdi.network_steps(stack, device=device, threshold=threshold)
+        if "nn" in methods:
+            results["nn"] = network
+    if "iterative" in methods:
+        recipe = scaled_recipe(iterations, threshold)
+        reference = network.objects if network is not None else None
+        results["iterative"] = yield from cdi.iterative_steps(
+            stack, recipe, device, reference=reference, threshold=threshold
+        )
+    if "refine" in methods:
+        results["refine"] = yield from cdi.refine_steps(
+            stack, network.objects, refine_iterations, device, threshold
+        )
+    return results
+
+
+class CDIDock(QWidget):
+    """Pick a diffraction layer, tick methods, Run (and Cancel); results appear as layers."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+
+        self.layer_combo = QComboBox()
+        self.method_boxes = {
+            "nn": QCheckBox("Network"),
+            "iterative": QCheckBox("Iterative (ER/HIO)"),
+            "refine": QCheckBox("Refine (network + ER/HIO)"),
+        }
+        self.method_boxes["nn"].setChecked(True)
+        self.iterations = QSpinBox(minimum=10, maximum=5000, value=620)
+        self.refine_iterations = QSpinBox(minimum=1, maximum=1000, value=50)
+        self.threshold = QDoubleSpinBox(minimum=0.01, maximum=0.9, singleStep=0.05, value=0.1)
+        self.invert_on_open = QCheckBox("Invert with the network on open")
+        self.invert_on_open.setChecked(_settings.invert_on_open())
+        self.invert_on_open.toggled.connect(_settings.set_invert_on_open)
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.times = QLabel("")
+        self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+
+        form = QFormLayout()
+        form.addRow("Diffraction layer", self.layer_combo)
+        for box in self.method_boxes.values():
+            form.addRow("", box)
+        form.addRow("Iterative iterations", self.iterations)
+        form.addRow("Refine iterations", self.refine_iterations)
+        form.addRow("Support threshold", self.threshold)
+        form.addRow("", self.invert_on_open)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.times)
+        layout.addWidget(self.canvas)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._follow_selection)
+        self._refresh_layers()
+        self._follow_selection()
+
+    # -- layer choice ----------------------------------------------------------------------------
+    def _refresh_layers(self, event: object = None) -> None:
+        current = self.layer_combo.currentText()
+        self.layer_combo.clear()
+        for layer in self.viewer.layers:
+            if diffraction_stack(layer) is not None:
+                self.layer_combo.addItem(layer.name)
+        if current:
+            self.layer_combo.setCurrentText(current)
+
+    def _follow_selection(self, event: object = None) -> None:
+        """The dock follows the user clicking through several opened datasets."""
+        layer = self.viewer.layers.selection.active
+        if diffraction_stack(layer) is not None:
+            self.layer_combo.setCurrentText(layer.name)
+
+    def selected_layer(self) -> Layer | None:
+        name = self.layer_combo.currentText()
+        matches = [layer for layer in self.viewer.layers if layer.name == name]
+        return matches[0] if matches else None
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        layer = self.selected_layer()
+        stack = diffraction_stack(layer)
+        methods = [m for m, box in self.method_boxes.items() if box.isChecked()]
+        if stack is None:
+            show_error("Open diffraction data first (drag a file onto napari) and pick its layer.")
+            return
+        if not methods:
+            show_error("Tick at least one method.")
+            return
+        self.worker = create_worker(
+            run_methods, stack, methods, self.iterations.value(), self.refine_iterations.value(),
+            self.threshold.value(), _settings.device_choice(),
+        )  # fmt: skip
+        self.pbar = progress(total=0, desc=f"Inverting {layer.name}")
+        self.worker.yielded.connect(self._progress)
+        self.worker.returned.connect(lambda results: self._show(layer, results))
+        self.worker.errored.connect(self._report)
+        self.worker.finished.connect(self._finished)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+            show_info("Inversion cancelled")
+
+    def _progress(self, step: tuple[int, int]) -> None:
+        done, total = step
+        self.pbar.total = total
+        self.pbar.update(done - self.pbar.n)
+
+    def _finished(self) -> None:
+        self.pbar.close()
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    @staticmethod
+    def _report(err: Exception) -> None:
+        show_error(str(err) if isinstance(err, CdinnError) else f"{type(err).__name__}: {err}")
+
+    # -- results ---------------------------------------------------------------------------------
+    def _show(self, layer: Layer, results: dict[str, ObjectResult]) -> None:
+        source = layer.name.removesuffix(" diffraction")
+        for result in results.values():
+            scale = result.provenance.parameters.get("object_pixel_scale", 1.0)
+            for data, kwargs, kind in layers_for_result(result, source, amplitude_word="shape"):
+                kwargs["scale"] = (1, scale, scale)
+                name = kwargs["name"]
+                if name in self.viewer.layers:
+                    self.viewer.layers.remove(name)
+                self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        self.viewer.grid.enabled = True
+        self._plot(results)
+
+    def _plot(self, results: dict[str, ObjectResult]) -> None:
+        self.figure.clear()
+        axes = self.figure.add_subplot(111)
+        for result in results.values():
+            axes.semilogy(
+                np.arange(len(result.chi2)), result.chi2, ".-", label=result.provenance.method
+            )
+        axes.set_xlabel("pattern")
+        axes.set_ylabel("chi²")
+        axes.legend(fontsize="small")
+        self.canvas.draw_idle()
+        self.times.setText(
+            "  ".join(
+                f"{r.provenance.method}: {r.provenance.wall_time_s:.2f} s" for r in results.values()
+            )
+        )

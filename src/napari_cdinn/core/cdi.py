@@ -1,0 +1,168 @@
+"""Bragg CDI inversion, the calls both faces use: network, iterative recipe, NN-seeded refinement.
+
+Each method is a generator yielding ``(done, total)`` progress and returning an
+:class:`ObjectResult`, so the GUI runs it in a worker with progress and cancel (close the
+generator) and the CLI simply runs it to the end.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+
+from . import postprocess
+from .data import DiffractionStack, ObjectResult, Provenance
+from .device import resolve_device
+from .errors import InputError, InputWarning
+from .metrics import chi2
+from .nn.cdi import inference_model, predict
+from .nn.registry import list_models, load_model
+from .retrieval.cdi import RetrievalRecipe, run_retrieval
+
+METHODS = ("nn", "iterative", "refine")
+LABELS = {"nn": "NN", "iterative": "ER/HIO", "refine": "NN+ER/HIO"}
+Steps = Generator[tuple[int, int], None, ObjectResult]
+
+
+def default_model() -> Path:
+    models = list_models("cdi")
+    if not models:
+        raise InputError(None, "no bundled CDI model found (was the package installed whole?)")
+    return models[0]
+
+
+def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | None]:
+    """The stack's frames in memory and its mask; refuses empty or all-zero patterns."""
+    intensities = stack.frames()
+    if intensities.size == 0:
+        raise InputError(stack.meta.source, "empty stack: no patterns to invert")
+    valid = stack.mask if stack.mask is not None else np.ones(intensities.shape[-2:], bool)
+    measured = np.where(valid, intensities, 0).sum(axis=(-2, -1))
+    empty = np.flatnonzero(measured <= 0)
+    if len(empty):
+        raise InputError(
+            stack.meta.source,
+            f"pattern(s) {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} hold no signal "
+            "(all zero); nothing to invert",
+        )
+    return intensities, stack.mask
+
+
+def fit_to_network(
+    intensities: np.ndarray, mask: np.ndarray | None, size: int, source: object
+) -> tuple[np.ndarray, float]:
+    """Patterns made ``size`` x ``size`` for the network, and the object-pixel scale this implies.
+
+    A larger pattern is centre-cropped (object pixels grow by side/size), a smaller one
+    zero-padded; a non-square one is first cropped to a square.  Masked pixels become 0.
+    """
+    if mask is not None:
+        intensities = np.where(mask, intensities, 0)
+    h, w = intensities.shape[-2:]
+    side = min(h, w)
+    if h != w:
+        warnings.warn(
+            f"{source}: patterns are {h}x{w}; the network sees the central {side}x{side}",
+            InputWarning,
+            stacklevel=3,
+        )
+    y0, x0 = (h - side) // 2 + (h - side) % 2, (w - side) // 2 + (w - side) % 2
+    square = intensities[:, y0 : y0 + side, x0 : x0 + side]
+    if side >= size:
+        lo = (side - size) // 2 + (side - size) % 2  # keeps the zero frequency at size // 2
+        return np.ascontiguousarray(square[:, lo : lo + size, lo : lo + size]), side / size
+    padded = np.zeros((len(square), size, size), np.float32)
+    lo = size // 2 - side // 2
+    padded[:, lo : lo + side, lo : lo + side] = square
+    return padded, side / size
+
+
+def network_steps(
+    stack: DiffractionStack, model_path: str | Path | None = None, device: str = "auto",
+    batch_size: int = 256, threshold: float = 0.1,
+) -> Steps:  # fmt: skip
+    """The network's amplitude and phase for every pattern."""
+    start = time.perf_counter()
+    intensities, mask = checked_patterns(stack)
+    torch_device = resolve_device(device)
+    model_path = Path(model_path) if model_path else default_model()
+    model, card = load_model(model_path, torch_device)
+    size = card["arguments"]["size"]
+    fitted, scale = fit_to_network(intensities, mask, size, stack.meta.source)
+    fast = inference_model(model)
+    objects = np.empty((len(fitted), size, size), np.complex64)
+    for lo in range(0, len(fitted), batch_size):
+        objects[lo : lo + batch_size] = predict(
+            fast, fitted[lo : lo + batch_size], torch_device, batch_size, threshold
+        )
+        yield min(len(fitted), lo + batch_size), len(fitted)
+    objects = postprocess.canonical(objects, threshold=threshold)
+    provenance = Provenance(
+        method=LABELS["nn"], model_name=card["name"], model_version=card["version"],
+        parameters={"device": str(torch_device), "threshold": threshold, "object_pixel_scale": scale},
+        wall_time_s=time.perf_counter() - start, source=stack.meta.source,
+    )  # fmt: skip
+    return ObjectResult(objects, provenance, chi2=chi2(objects, fitted))
+
+
+def iterative_steps(
+    stack: DiffractionStack, recipe: RetrievalRecipe | None = None, device: str = "auto",
+    reference: np.ndarray | None = None, threshold: float = 0.1, seed: int = 0,
+) -> Steps:  # fmt: skip
+    """The iterative recipe (default: 620 ER/HIO iterations with shrink-wrap, best of starts)."""
+    start = time.perf_counter()
+    intensities, mask = checked_patterns(stack)
+    recipe = recipe or RetrievalRecipe(shrinkwrap_threshold=threshold)
+    objects, supports, errors = yield from run_retrieval(
+        intensities, mask, recipe=recipe, device=device, seed=seed
+    )
+    objects = postprocess.canonical(objects, reference, threshold)
+    provenance = Provenance(
+        method=LABELS["iterative"], parameters={"device": device, **recipe.as_dict()},
+        wall_time_s=time.perf_counter() - start, source=stack.meta.source,
+    )  # fmt: skip
+    return ObjectResult(objects, provenance, support=supports, chi2=errors)
+
+
+def refine_steps(
+    stack: DiffractionStack, start_objects: np.ndarray, iterations: int = 50,
+    device: str = "auto", threshold: float = 0.1,
+) -> Steps:  # fmt: skip
+    """``iterations`` of ER/HIO with shrink-wrap seeded by the network's objects (Wu et al.)."""
+    start = time.perf_counter()
+    intensities, mask = checked_patterns(stack)
+    if start_objects.shape != intensities.shape:
+        raise InputError(
+            stack.meta.source,
+            f"refinement needs start objects on the pattern grid {intensities.shape}; got "
+            f"{start_objects.shape} (the network saw resampled patterns)",
+        )
+    recipe = refine_recipe(iterations, threshold)
+    objects, supports, errors = yield from run_retrieval(
+        intensities, mask, start=start_objects, recipe=recipe, device=device
+    )
+    objects = postprocess.canonical(objects, start_objects, threshold)
+    provenance = Provenance(
+        method=LABELS["refine"], parameters={"device": device, **recipe.as_dict()},
+        wall_time_s=time.perf_counter() - start, source=stack.meta.source,
+    )  # fmt: skip
+    return ObjectResult(objects, provenance, support=supports, chi2=errors)
+
+
+def refine_recipe(iterations: int, threshold: float = 0.1) -> RetrievalRecipe:
+    """Short seeded recipe: mostly HIO, ending in ER, last 10 iterates averaged."""
+    er_tail = max(1, min(20, iterations // 3))
+    return RetrievalRecipe(
+        schedule=[("HIO", iterations - er_tail), ("ER", er_tail)]
+        if iterations > er_tail
+        else [("ER", iterations)],
+        shrinkwrap_every=10,
+        shrinkwrap_sigma=(1.0, 1.0),
+        shrinkwrap_threshold=threshold,
+        average_last=min(10, er_tail),
+        n_starts=1,
+    )

@@ -1,0 +1,99 @@
+"""Model files: safetensors weights plus a JSON model card, bundled or saved by the user.
+
+Loading never executes code from a file: weights are safetensors (plain tensors), the card is
+JSON, and the architecture is looked up by name among the classes this package defines.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import InputError
+from .cdi_net import CDINet
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"CDINet": CDINet}
+
+
+def bundled_dir() -> Path:
+    return Path(str(files("napari_cdinn"))) / "weights"
+
+
+def user_dir() -> Path:
+    """Where fine-tuned models are saved (created on demand)."""
+    return Path(platformdirs.user_data_dir("napari-cdinn")) / "models"
+
+
+def card_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def list_models(mode: str | None = None) -> list[Path]:
+    """Weight files of bundled and user models (optionally of one mode), bundled first."""
+    found = []
+    for folder in (bundled_dir(), user_dir()):
+        if folder.is_dir():
+            for weights in sorted(folder.glob("*.safetensors")):
+                card = read_card(weights)
+                if mode is None or card.get("mode") == mode:
+                    found.append(weights)
+    return found
+
+
+def read_card(weights: str | Path) -> dict[str, Any]:
+    path = card_path(Path(weights))
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(weights, f"model card {path.name} is missing beside the weights") from None
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"model card is not valid JSON: {err}") from None
+    for key in ("architecture", "arguments", "mode", "name", "version"):
+        if key not in card:
+            raise InputError(path, f"model card lacks '{key}'")
+    return card
+
+
+def save_model(model: nn.Module, weights: str | Path, card: dict[str, Any]) -> Path:
+    """Write weights (safetensors) and card (JSON) side by side."""
+    weights = Path(weights)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights))
+    card_path(weights).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return weights
+
+
+def load_model(weights: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Build the card's architecture and load the weights; a bad file gets a clear InputError."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise InputError(weights, "model file not found")
+    card = read_card(weights)
+    architecture = ARCHITECTURES.get(card["architecture"])
+    if architecture is None:
+        raise InputError(weights, f"unknown architecture '{card['architecture']}' in its card")
+    try:
+        model = architecture(**card["arguments"])
+    except TypeError as err:
+        raise InputError(
+            weights, f"card arguments do not fit {card['architecture']}: {err}"
+        ) from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(weights, f"not a readable safetensors file: {err}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise InputError(weights, f"weights do not match the architecture: {first}") from None
+    return model.to(device).eval(), card
