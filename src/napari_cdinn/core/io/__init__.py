@@ -14,7 +14,7 @@ import numpy as np
 from ..data import Dataset, DiffractionStack, PtychoScan, ShotSet
 from ..errors import InputError
 from .arrays import read_npy, read_npz
-from .hdf5 import numeric_datasets, open_h5, read_cxi, read_hdf5
+from .hdf5 import damaged_as_input_error, numeric_datasets, open_h5, read_cxi, read_hdf5
 from .images import PNG_SUFFIXES, TIFF_SUFFIXES, frame_files, read_png, read_tiff
 from .results import is_results_file, read_results, write_results, write_tiff
 
@@ -83,6 +83,7 @@ def read(path: str | Path, dataset: str | None = None, lazy: bool | None = None)
     )
 
 
+@damaged_as_input_error
 def list_datasets(path: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
     """Candidate frame datasets in an HDF5 file (path, shape, dtype), largest first."""
     with open_h5(path) as h5:

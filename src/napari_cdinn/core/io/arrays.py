@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import bz2
 import io
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,20 @@ import numpy as np
 
 from ..data import DiffractionStack, Metadata, PtychoScan
 from ..errors import InputError
+from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
 from .checks import check_positions, check_stack_shape, repair_intensities, to_stack
-from .hdf5 import LAZY_BYTES
+
+# What numpy, zipfile, zlib and bz2 raise on damaged files (a mangled header, a bad zip member).
+_DAMAGED = (
+    OSError,
+    EOFError,
+    ValueError,
+    MemoryError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+    tokenize.TokenError,
+)
 
 
 def _load(path: Path, mmap: bool) -> Any:
@@ -29,7 +43,7 @@ def _load(path: Path, mmap: bool) -> Any:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except _DAMAGED as err:
         raise InputError(
             path, f"not a readable NumPy file (truncated or corrupt?): {err}"
         ) from None
@@ -38,7 +52,7 @@ def _load(path: Path, mmap: bool) -> Any:
 def _stack(array: Any, source: str, meta: Metadata, lazy: bool | None) -> DiffractionStack:
     check_stack_shape(array.shape, array.dtype, source)
     if lazy is None:
-        lazy = array.nbytes > LAZY_BYTES
+        lazy = array.nbytes > hdf5.LAZY_BYTES
     if lazy:
         return DiffractionStack(
             to_stack(da.from_array(array), source).astype(np.float32), None, meta
@@ -68,8 +82,10 @@ def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         return _stack(archive, source, Metadata(source=source, reader="npy"), lazy)
     try:
         arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except _DAMAGED as err:
         raise InputError(source, f"an array in the archive is unreadable: {err}") from None
+    finally:
+        archive.close()
     if dataset:
         if dataset not in arrays:
             raise InputError(source, f"no array '{dataset}' (arrays: {sorted(arrays)})")

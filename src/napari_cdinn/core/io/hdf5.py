@@ -6,8 +6,10 @@ can page through a stack bigger than memory.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dask.array as da
 import h5py
@@ -18,6 +20,24 @@ from ..errors import InputError
 from .checks import check_mask, check_positions, check_stack_shape, repair_intensities, to_stack
 
 LAZY_BYTES = 256 * 2**20  # datasets larger than this stay on disk (dask) unless asked otherwise
+
+# What h5py raises on damaged metadata found after the file opened (links, headers, dtypes).
+_DAMAGED = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+_Reader = TypeVar("_Reader", bound=Callable[..., Any])
+
+
+def damaged_as_input_error(reader: _Reader) -> _Reader:
+    """Turn h5py's errors deep inside a damaged file into an :class:`InputError` naming it."""
+
+    @functools.wraps(reader)
+    def wrapper(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return reader(path, *args, **kwargs)
+        except _DAMAGED as err:
+            detail = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise InputError(path, f"damaged HDF5 file (corrupt structure?): {detail}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def open_h5(path: str | Path) -> h5py.File:
@@ -125,6 +145,7 @@ def _finish(frames: Any, mask: np.ndarray | None, meta: Metadata) -> Diffraction
     return DiffractionStack(frames, mask, meta)
 
 
+@damaged_as_input_error
 def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = None):
     """Read a CXI 1.6 file: frames, bit mask, geometry and, when present, a ptychography scan.
 
@@ -216,6 +237,7 @@ def _scan_from_translation(
     return PtychoScan(stack, positions, probe, pixel)
 
 
+@damaged_as_input_error
 def read_hdf5(path: str | Path, dataset: str | None = None, lazy: bool | None = None):
     """Read plain HDF5 or NeXus: ``dataset`` if given, else the NXdata signal, else the largest
     2-4-D numeric dataset.  CXI-structured files are handed to :func:`read_cxi`."""

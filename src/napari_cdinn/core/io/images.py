@@ -13,8 +13,8 @@ import tifffile
 
 from ..data import DiffractionStack, Metadata, ShotSet
 from ..errors import InputError
+from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
 from .checks import check_stack_shape, repair_intensities, to_stack
-from .hdf5 import LAZY_BYTES
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SUFFIXES = (".png",)
@@ -65,13 +65,11 @@ def read_tiff(path: str | Path, lazy: bool | None = None) -> DiffractionStack:
     shape = (pages, *first_shape) if pages else first_shape
     check_stack_shape(shape, dtype, source)
     if lazy is None:
-        lazy = int(np.prod(shape)) * dtype.itemsize > LAZY_BYTES
+        lazy = int(np.prod(shape)) * dtype.itemsize > hdf5.LAZY_BYTES
     meta = Metadata(source=source, reader="tiff", extra={"n_files": len(files)})
     if lazy:  # one delayed read per frame: napari reads only the frames it shows
-        if pages:
-            reads = [(f, None) for f in files]
-        else:
-            reads = [(path, i) for i in range(int(np.prod(first_shape[:-2])))]
+        per_file = int(np.prod(first_shape[:-2]))  # frames in each file (multi-page files too)
+        reads = [(f, i if per_file > 1 else None) for f in files for i in range(per_file)]
         frame = shape[-2:]
         parts = [da.from_delayed(dask.delayed(_read_tiff_file)(*r), frame, dtype) for r in reads]
         return DiffractionStack(da.stack(parts).astype(np.float32), None, meta)
@@ -92,7 +90,7 @@ def _read_png_file(path: Path) -> np.ndarray:
     except Exception as err:
         raise InputError(path, f"not a readable PNG image (truncated or corrupt?): {err}") from None
     if image.ndim == 3:
-        colour = image[..., :3]
+        colour = image[..., :1] if image.shape[-1] == 2 else image[..., :3]  # grey+alpha: grey
         if not (colour == colour[..., :1]).all():
             raise InputError(path, "colour image; single shots must be greyscale")
         image = colour[..., 0]

@@ -164,5 +164,7 @@ def write_tiff(path: str | Path, image: np.ndarray, metadata: dict[str, Any] | N
         raise CdinnError(f"{path}: TIFF holds real images; write amplitude and phase separately")
     with atomic_path(path) as tmp:
         description = json.dumps(metadata or {}, default=str)
-        tifffile.imwrite(tmp, image.astype(np.float32), description=description)
+        tifffile.imwrite(  # minisblack: a 3- or 4-frame stack must not become an RGB image
+            tmp, image.astype(np.float32), description=description, photometric="minisblack"
+        )
     return Path(path)

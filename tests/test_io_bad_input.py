@@ -1,0 +1,399 @@
+"""Bad input ends in an InputError (or an InputWarning after a repair) naming the file."""
+
+from __future__ import annotations
+
+import bz2
+import io
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from napari_cdinn.core import io as cio
+from napari_cdinn.core.data import PtychoScan, ShotSet
+from napari_cdinn.core.errors import CdinnError, InputError, InputWarning
+
+RNG = np.random.default_rng(7)
+
+
+def refused(path: Path, *problem: str, **read_kwargs) -> InputError:
+    """Read ``path``, expecting an InputError whose message names the file and the problem."""
+    with pytest.raises(InputError) as info:
+        cio.read(path, **read_kwargs)
+    message = str(info.value).lower()
+    assert str(path).lower() in message or path.name.lower() in message, message
+    assert any(word.lower() in message for word in problem), message
+    assert "\n" not in str(info.value)  # a one-line message
+    assert isinstance(info.value, CdinnError)
+    return info.value
+
+
+def save_npy(path: Path, array: np.ndarray) -> Path:
+    np.save(path, array)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged files
+# --------------------------------------------------------------------------------------------
+
+
+def truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_truncated_hdf5(tmp_path):
+    path = tmp_path / "cut.h5"
+    with h5py.File(path, "w") as h5:
+        h5["frames"] = RNG.random((20, 64, 64))
+    assert cio.read(path).shape == (20, 64, 64)  # valid before the cut
+    refused(truncate(path), "truncated", "corrupt")
+
+
+def test_truncated_cxi(tmp_path, write_cxi):
+    path = write_cxi(tmp_path / "cut.cxi", RNG.integers(0, 100, (20, 64, 64)))
+    refused(truncate(path), "truncated", "corrupt")
+
+
+def test_corrupt_hdf5(tmp_path):
+    path = tmp_path / "noise.h5"
+    path.write_bytes(RNG.bytes(4096))
+    refused(path, "not a readable hdf5")
+
+
+def test_truncated_tiff(tmp_path):
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, RNG.random((4, 64, 64)).astype(np.float32), photometric="minisblack")
+    assert cio.read(path).shape == (4, 64, 64)
+    refused(truncate(path), "truncated", "corrupt")
+
+
+def test_corrupt_tiff(tmp_path):
+    path = tmp_path / "noise.tif"
+    path.write_bytes(RNG.bytes(4096))
+    refused(path, "not a readable tiff")
+
+
+def test_corrupt_tiff_in_folder_names_the_bad_frame(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        tifffile.imwrite(folder / f"f{i}.tif", RNG.random((8, 8)).astype(np.float32))
+    (folder / "f1.tif").write_bytes(b"II*\x00" + RNG.bytes(60))
+    error = refused(folder, "truncated", "corrupt")
+    assert "f1.tif" in str(error)
+
+
+def test_tiff_folder_with_mismatched_frame_shapes(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    tifffile.imwrite(folder / "f1.tif", np.zeros((8, 8), np.float32))
+    tifffile.imwrite(folder / "f2.tif", np.zeros((8, 9), np.float32))
+    refused(folder, "differs")
+
+
+def test_corrupt_npz_and_bz2(tmp_path):
+    npz = tmp_path / "cut.npz"
+    np.savez(npz, data=RNG.random((4, 16, 16)))
+    refused(truncate(npz), "truncated", "corrupt", "unreadable")
+    fake_bz2 = tmp_path / "fake.npz.bz2"
+    fake_bz2.write_bytes(RNG.bytes(1000))
+    refused(fake_bz2, "truncated", "corrupt")
+
+
+def test_pickled_npy_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    refused(path, "pickle", "not a readable")
+
+
+# --------------------------------------------------------------------------------------------
+# Unusable content
+# --------------------------------------------------------------------------------------------
+
+
+def test_hdf5_without_numeric_dataset(tmp_path):
+    path = tmp_path / "strings.h5"
+    with h5py.File(path, "w") as h5:
+        h5["title"] = "a scan"
+        h5["notes/lines"] = np.array([b"one", b"two", b"three"])
+        h5["notes/table"] = np.array([["a", "b"], ["c", "d"]], dtype=h5py.string_dtype())
+    refused(path, "no numeric dataset")
+
+
+@pytest.mark.parametrize(
+    ("shape", "problem"),
+    [((100,), "1 dimension"), ((2, 2, 2, 4, 4), "5 dimension"), ((0, 8, 8), "empty")],
+    ids=["1d", "5d", "empty"],
+)
+def test_npy_bad_shapes(tmp_path, shape, problem):
+    refused(save_npy(tmp_path / "bad.npy", np.ones(shape, np.float32)), problem)
+
+
+def test_hdf5_bad_shape_chosen_explicitly(tmp_path):
+    path = tmp_path / "vector.h5"
+    with h5py.File(path, "w") as h5:
+        h5["vector"] = np.arange(10.0)
+        h5["frames"] = np.ones((2, 4, 4))
+    refused(path, "1 dimension", dataset="vector")
+
+
+def test_complex_array_is_refused(tmp_path):
+    refused(save_npy(tmp_path / "complex.npy", np.ones((3, 8, 8), np.complex64)), "complex")
+
+
+def test_complex_hdf5_dataset_is_refused(tmp_path):
+    path = tmp_path / "complex.h5"
+    with h5py.File(path, "w") as h5:
+        h5["obj"] = np.ones((3, 8, 8), np.complex64)
+    refused(path, "complex", dataset="obj")
+
+
+def write_in(fmt: str, path_stem: Path, array: np.ndarray) -> Path:
+    """``array`` written as .npy, .h5 or .tif."""
+    if fmt == "npy":
+        return save_npy(path_stem.with_suffix(".npy"), array)
+    if fmt == "h5":
+        path = path_stem.with_suffix(".h5")
+        with h5py.File(path, "w") as h5:
+            h5["frames"] = array
+        return path
+    path = path_stem.with_suffix(".tif")
+    tifffile.imwrite(path, array, photometric="minisblack")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["npy", "h5", "tif"])
+def test_nan_and_inf_pixels_are_masked_with_a_warning(tmp_path, fmt):
+    array = RNG.uniform(1, 100, (3, 8, 8)).astype(np.float32)
+    array[0, 1, 2] = np.nan
+    array[2, 5, 5] = np.inf
+    array[1, 7, 0] = -np.inf
+    bad = ~np.isfinite(array)
+    path = write_in(fmt, tmp_path / "gaps", array)
+    with pytest.warns(InputWarning) as record:
+        stack = cio.read(path)
+    messages = [str(w.message) for w in record if issubclass(w.category, InputWarning)]
+    assert len(messages) == 1, messages
+    assert str(path) in messages[0] and "3 NaN/Inf" in messages[0]
+    assert stack.mask is not None
+    mask = np.broadcast_to(stack.mask, stack.shape)
+    np.testing.assert_array_equal(mask, ~bad)
+    assert np.isfinite(stack.intensities).all()
+    np.testing.assert_array_equal(stack.intensities[~bad], array[~bad])
+
+
+def test_nan_pixels_combine_with_the_cxi_mask(tmp_path, write_cxi):
+    frames = RNG.uniform(1, 100, (2, 8, 8))
+    frames[1, 3, 3] = np.nan
+    bits = np.zeros((8, 8), np.uint32)
+    bits[0, 0] = 1
+    path = write_cxi(tmp_path / "gaps.cxi", frames, bit_mask=bits)
+    with pytest.warns(InputWarning, match="1 NaN/Inf"):
+        stack = cio.read(path)
+    mask = np.broadcast_to(stack.mask, stack.shape)
+    assert not mask[:, 0, 0].any()  # from the CXI mask, in every frame
+    assert not mask[1, 3, 3] and mask[0, 3, 3]  # the NaN, only where it was
+    assert int((~mask).sum()) == 3
+
+
+def test_nan_in_same_pixel_of_every_frame(tmp_path):
+    array = RNG.uniform(1, 10, (4, 8, 8)).astype(np.float32)
+    array[:, 2, 6] = np.nan  # a detector gap
+    with pytest.warns(InputWarning, match="4 NaN/Inf"):
+        stack = cio.read(save_npy(tmp_path / "gap.npy", array))
+    mask = np.broadcast_to(stack.mask, stack.shape)
+    assert not mask[:, 2, 6].any()
+    assert int((~mask).sum()) == 4
+
+
+@pytest.mark.parametrize("fmt", ["npy", "h5", "tif"])
+def test_negative_intensities_are_clipped_with_a_warning(tmp_path, fmt):
+    array = RNG.uniform(0, 50, (2, 8, 8)).astype(np.float32)
+    array[0, 0, :3] = [-1.5, -0.25, -7.0]
+    path = write_in(fmt, tmp_path / "background", array)
+    with pytest.warns(InputWarning) as record:
+        stack = cio.read(path)
+    messages = [str(w.message) for w in record if issubclass(w.category, InputWarning)]
+    assert len(messages) == 1, messages
+    assert str(path) in messages[0] and "3 negative" in messages[0]
+    assert stack.intensities.min() == 0
+    np.testing.assert_array_equal(stack.intensities, np.maximum(array, 0))
+    assert stack.mask is None  # clipped, not masked
+
+
+def test_clean_data_gives_no_warning(tmp_path):
+    path = save_npy(tmp_path / "clean.npy", RNG.uniform(0, 5, (2, 8, 8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        assert cio.read(path).mask is None
+
+
+@pytest.mark.parametrize("fmt", ["npy", "h5", "tif"])
+def test_all_nan_data_is_refused(tmp_path, fmt):
+    path = write_in(fmt, tmp_path / "blank", np.full((2, 8, 8), np.nan, np.float32))
+    refused(path, "no finite")
+
+
+def test_cxi_positions_count_differs_from_frames(tmp_path, write_cxi):
+    path = write_cxi(tmp_path / "scan.cxi", np.ones((5, 8, 8)), translation=np.zeros((4, 3)) + 1e-7)
+    refused(path, "4 scan positions for 5")
+
+
+def test_cxi_translations_without_geometry(tmp_path, write_cxi):
+    path = write_cxi(
+        tmp_path / "scan.cxi", np.ones((3, 8, 8)), energy_ev=None, translation=np.zeros((3, 3))
+    )
+    refused(path, "energy, distance or pixel size is missing")
+
+
+def test_tike_positions_count_differs_from_frames(tmp_path):
+    path = tmp_path / "tike.npz"
+    np.savez(path, data=np.ones((1, 5, 8, 8), np.float32), scan=np.zeros((1, 4, 2), np.float32))
+    refused(path, "4 scan positions for 5")
+
+
+def test_tike_probe_shape_differs_from_frames(tmp_path):
+    path = tmp_path / "tike.npz"
+    np.savez(
+        path,
+        data=np.ones((1, 2, 8, 8), np.float32),
+        scan=np.zeros((1, 2, 2), np.float32),
+        probe=np.ones((1, 1, 1, 1, 16, 16), np.complex64),
+    )
+    refused(path, "probe shape")
+
+
+def test_colour_png_is_refused(tmp_path):
+    rgb = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "colour.png"
+    Image.fromarray(rgb, mode="RGB").save(path)
+    refused(path, "colour")
+
+
+def test_png_folder_with_mismatched_sizes(tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((16, 8), np.uint8)).save(folder / "b.png")
+    refused(folder, "differs")
+
+
+@pytest.mark.parametrize("name", ["missing.h5", "missing.cxi", "missing.npy", "missing.tif"])
+def test_missing_file(tmp_path, name):
+    refused(tmp_path / name, "not found")
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "frames.xyz"
+    path.write_bytes(b"\x00" * 64)
+    error = refused(path, "unsupported file type")
+    assert ".cxi" in str(error) and ".npy" in str(error)  # says what would work
+
+
+def test_folder_without_frames(tmp_path):
+    (tmp_path / "readme.txt").write_text("nothing to see")
+    refused(tmp_path, "unsupported file type")
+
+
+def test_scan_subset_keeps_positions_and_frames_together(tmp_path):
+    path = tmp_path / "tike.npz"
+    data = RNG.uniform(0, 9, (1, 6, 8, 8)).astype(np.float32)
+    scan = RNG.uniform(0, 9, (1, 6, 2))
+    np.savez(path, data=data, scan=scan)
+    full = cio.read(path)
+    assert isinstance(full, PtychoScan)
+    part = full.subset([4, 1])
+    np.testing.assert_array_equal(part.stack.intensities, data[0, [4, 1]])
+    np.testing.assert_array_equal(part.positions, scan[0, [4, 1]])
+
+
+# --------------------------------------------------------------------------------------------
+# Property: no bytes whatsoever make read() raise anything but InputError
+# --------------------------------------------------------------------------------------------
+
+
+def _valid_file_bytes(suffix: str) -> bytes:
+    """A small valid file of each kind, whose damaged versions the fuzzer also tries."""
+    array = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    buffer = io.BytesIO()
+    if suffix in (".cxi", ".h5", ".nxs"):
+        with h5py.File(buffer, "w") as h5:
+            h5["entry_1/data_1/data"] = array
+            h5["entry_1/sample_1/geometry_1/translation"] = np.zeros((2, 3))
+            h5["entry_1/instrument_1/source_1/energy"] = 1e-15
+            h5["entry_1/instrument_1/detector_1/distance"] = 1.0
+            h5["entry_1/instrument_1/detector_1/x_pixel_size"] = 1e-4
+    elif suffix == ".npy":
+        np.save(buffer, array)
+    elif suffix in (".npz", ".npz.bz2"):
+        save = np.savez_compressed if suffix == ".npz" else np.savez  # deflate damage too
+        save(buffer, data=array[None], scan=np.zeros((1, 2, 2)), probe=np.ones((8, 8)))
+        if suffix == ".npz.bz2":
+            return bz2.compress(buffer.getvalue())
+    elif suffix == ".tif":
+        tifffile.imwrite(buffer, array, photometric="minisblack")
+    elif suffix == ".png":
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+FUZZ_SUFFIXES = (".cxi", ".h5", ".nxs", ".npy", ".npz", ".npz.bz2", ".tif", ".png")
+VALID = {suffix: _valid_file_bytes(suffix) for suffix in FUZZ_SUFFIXES}
+
+
+@st.composite
+def damaged(draw: st.DrawFn, suffix: str) -> bytes:
+    """Pure noise, a valid file's magic number followed by noise, or a valid file cut or mangled."""
+    valid = VALID[suffix]
+    how = draw(st.sampled_from(["noise", "magic", "cut", "flip"]))
+    if how == "noise":
+        return draw(st.binary(max_size=2048))
+    if how == "magic":
+        return valid[:8] + draw(st.binary(max_size=2048))
+    if how == "cut":
+        return valid[: draw(st.integers(0, len(valid) - 1))]
+    data = bytearray(valid)
+    for _ in range(draw(st.integers(1, 8))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("suffix", FUZZ_SUFFIXES)
+def test_damaged_bytes_only_ever_raise_input_error(tmp_path_factory, suffix):
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = folder / f"fuzzed{suffix}"
+
+    @settings(
+        max_examples=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        database=None,
+    )
+    @given(content=damaged(suffix))
+    def check(content: bytes) -> None:
+        path.write_bytes(content)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # repairs (InputWarning) and library chatter
+            try:
+                data = cio.read(path)
+                stack = data.stack if isinstance(data, PtychoScan) else data
+                values = stack.images if isinstance(stack, ShotSet) else stack.frames()
+            except InputError as err:
+                assert path.name in str(err)
+                return
+        # a read that succeeds gives usable frames: finite float32 (N, H, W)
+        assert values.dtype == np.float32 and values.ndim == 3
+        assert np.isfinite(values).all()
+
+    path.write_bytes(VALID[suffix])
+    cio.read(path)  # the undamaged file itself reads
+    check()
