@@ -62,13 +62,33 @@ def test_nan_pixels_warn_on_stderr_and_succeed(tmp_path, capsys):
     assert "warning" in err and "1 NaN/Inf" in err and "nan.npy" in err
 
 
-@pytest.mark.parametrize("mode", ["cdi", "ptycho", "wideangle"])
-def test_invert_and_train_say_plainly_nothing_is_available(tmp_path, capsys, mode):
+@pytest.mark.parametrize("mode", ["ptycho", "wideangle"])
+def test_modes_not_built_yet_say_so_and_write_nothing(tmp_path, capsys, mode):
     out = tmp_path / "out.h5"
     assert main(["invert", str(SAMPLES / "cdi_crystals.cxi"), "--mode", mode, "-o", str(out)]) == 1
-    assert "no mode is available yet" in capsys.readouterr().err
+    assert "not available yet" in capsys.readouterr().err
     assert not out.exists()
     assert main(["train", mode]) == 1
+
+
+def test_invert_cdi_network_writes_documented_layout(tmp_path, capsys):
+    out = tmp_path / "out.h5"
+    argv = ["invert", str(SAMPLES / "cdi_crystals.cxi"), "--frames", "0:4", "-o", str(out)]
+    assert main(argv) == 0
+    assert "NN: 4 pattern(s)" in capsys.readouterr().out
+    (result,) = io.read_results(out)
+    assert result.objects.shape == (4, 64, 64) and result.objects.dtype == np.complex64
+    assert result.provenance.model_name == "cdi_nn"
+    assert result.provenance.wall_time_s > 0
+    assert result.chi2.shape == (4,)
+
+
+def test_invert_bad_frames_and_method_are_refused(tmp_path, capsys):
+    sample = str(SAMPLES / "cdi_crystals.cxi")
+    assert main(["invert", sample, "--frames", "99", "-o", str(tmp_path / "a.h5")]) == 1
+    assert "the stack has 32 frames" in capsys.readouterr().err
+    assert main(["invert", sample, "--method", "magic", "-o", str(tmp_path / "b.h5")]) == 1
+    assert "not one of nn, iterative, refine" in capsys.readouterr().err
 
 
 def test_simulate_cdi_roundtrip(tmp_path):
