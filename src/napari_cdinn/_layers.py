@@ -78,7 +78,7 @@ def layers_for_dataset(data: Dataset, name: str | None = None) -> list[LayerData
                 data.positions,
                 {
                     "name": f"{name} scan positions",
-                    "size": max(1.0, float(np.ptp(data.positions, axis=0).max()) / 150),
+                    "size": max(2.0, stack.frame_shape[0] / 16),  # visible at frame scale
                     "face_color": "cyan",
                     "features": {"frame": np.arange(len(data.positions))},
                     "metadata": {"cdinn": {"kind": "positions", "units": "object pixels (y, x)"}},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import _settings
 from ._layers import LayerData, layers_for_dataset, layers_for_result
-from .core import cdi, io
+from .core import io
 from .core.data import DiffractionStack, ObjectResult
 from .core.errors import CdinnError, InputError, InputWarning
 from .core.progress import run_to_end
@@ -81,6 +81,8 @@ def network_layers(data: object) -> list[LayerData]:
             stacklevel=2,
         )
         return []
+    from .core import cdi  # imports torch (seconds, ~200 MB): only when a network runs
+
     try:
         result = run_to_end(cdi.network_steps(data, device=_settings.device_choice()))
     except CdinnError as err:

@@ -1,0 +1,112 @@
+"""Screenshot of napari with both bundled samples opened through the plugin's dock: docs/screenshot.png.
+
+The Bragg CDI patterns and the ptychography scan (diffraction and scan positions) are opened with
+the "Diffraction data" dock, shown side by side in napari's grid mode, and the ptychography
+diffraction layer is selected so the dock shows its summary.
+
+Run (a display is needed; on a headless machine use xvfb)::
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py -o /tmp/shot.png --frame 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = ("cdi_crystals.cxi", "ptycho_scan.cxi")  # opened in this order; the last one is selected
+
+
+def _wait(condition, timeout: float = 60.0) -> None:
+    """Process Qt events until ``condition()`` holds (a worker finished), or fail after ``timeout``."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out after {timeout:g} s waiting for the viewer")
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def _settle(seconds: float = 0.5) -> None:
+    """Let Qt lay out, resize and repaint for a moment."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def _hide_notifications(window) -> None:
+    """Close the "Opened N layer(s)" toasts, which would cover part of the canvas."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in window.findChildren(NapariQtNotification):
+        toast.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", type=Path, default=REPO / "docs" / "screenshot.png")
+    parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
+    parser.add_argument("--frame", type=int, default=12, help="frame shown (both stacks)")
+    args = parser.parse_args()
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        print(
+            "no display: run under xvfb, e.g.\n"
+            '  xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py',
+            file=sys.stderr,
+        )
+        return 2
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    import napari
+    from napari_cdinn._sample_data import sample_path
+    from napari_cdinn._viewer import DOCK
+
+    viewer = napari.Viewer(title="napari-cdinn")
+    window = viewer.window._qt_window
+    window.resize(width, height)
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", DOCK)
+
+    for name in SAMPLES:  # through the dock, as a user would: a worker reads, then adds the layers
+        before = len(viewer.layers)
+        dock.open_path(sample_path(name))
+        _wait(lambda before=before: len(viewer.layers) > before and dock.open_button.isEnabled())
+
+    diffraction = [layer for layer in viewer.layers if layer.name.endswith(" diffraction")]
+    if len(diffraction) != len(SAMPLES):
+        raise SystemExit(f"expected {len(SAMPLES)} diffraction layers, got {viewer.layers}")
+    frame = diffraction[-1].data.shape[-1]
+    for layer in viewer.layers:
+        if layer.name.endswith(" scan positions"):
+            # shown shrunk to a frame's size, so the grid's cells (as large as the largest layer)
+            # fit the diffraction frames rather than the scan; display only, data untouched
+            extent = float(layer.extent.data[1].max()) or 1.0
+            layer.scale = (frame / extent, frame / extent)
+            layer.size = 4  # object pixels
+    viewer.canvas.grid.enabled = True  # one cell per layer: both stacks and the scan side by side
+    viewer.dims.set_point(0, args.frame)
+    viewer.layers.selection.active = diffraction[-1]  # fills the dock's summary
+    _wait(lambda: bool(dock.info.toPlainText()))
+    _settle()
+    viewer.reset_view()  # fit the grid to the canvas once the window has its final size
+    _hide_notifications(window)
+    _settle()
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    image = viewer.screenshot(str(args.output), canvas_only=False, flash=False)
+    print(f"wrote {args.output} ({image.shape[1]} x {image.shape[0]} px)")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
