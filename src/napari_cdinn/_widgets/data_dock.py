@@ -109,6 +109,7 @@ class DataDock(QWidget):
         self.worker = create_worker(
             lambda: layers_for_dataset(io.read(path, dataset=dataset)),
             _progress={"desc": f"Opening {path.name}"},
+            _ignore_errors=True,  # _report shows them; re-raising would make them "unhandled"
         )
         self.worker.returned.connect(self._add_layers)
         self.worker.errored.connect(self._report)

@@ -130,7 +130,8 @@ def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
         lazy = dset.size * dset.dtype.itemsize > LAZY_BYTES
     if lazy:
         chunks = (1,) * (dset.ndim - 2) + tuple(dset.shape[-2:])
-        return to_stack(da.from_array(dset, chunks=chunks, inline_array=True), source).astype(np.float32)
+        lazy_frames = da.from_array(dset, chunks=chunks, inline_array=True)
+        return to_stack(lazy_frames, source).astype(np.float32)
     try:
         return to_stack(np.asarray(dset[()], dtype=np.float32), source)
     except OSError as err:
