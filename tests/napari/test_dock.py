@@ -1,0 +1,139 @@
+"""The "Diffraction data" dock: summary of the selected layer, opening files in a worker, errors as
+notifications, the HDF5 dataset choice and the compute-device setting."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from napari.layers import Image, Points
+
+from napari_cdinn._sample_data import sample_path
+from napari_cdinn.core.data import DiffractionStack, PtychoScan
+
+pytestmark = pytest.mark.napari
+
+WAIT_MS = 20_000
+
+
+def wait_for_worker(qtbot, dock) -> None:
+    """Until the dock's worker has finished (the Open button comes back)."""
+    assert dock.worker is not None
+    qtbot.waitUntil(lambda: dock.open_button.isEnabled(), timeout=WAIT_MS)
+
+
+def test_dock_opens_and_summarises_the_selected_layer(viewer, dock):
+    plain = viewer.add_image(np.zeros((8, 8)), name="plain")
+    # napari hands plugin widgets a proxy of the viewer: compare what it shows, not identity
+    assert [layer.name for layer in dock.viewer.layers] == ["plain"]
+    names = list(viewer.window.dock_widgets)
+    assert any("Diffraction data" in name for name in names), names
+    assert dock.info.toPlainText() == ""  # a plain layer has no napari-cdinn summary
+
+    (diffraction,) = viewer.open_sample("napari-cdinn", "cdi")
+    summary = diffraction.metadata["cdinn"]["summary"]
+    viewer.layers.selection.active = plain
+    assert dock.info.toPlainText() == ""
+    viewer.layers.selection.active = diffraction  # the selection change fills the box
+    text = dock.info.toPlainText()
+    assert len(text.splitlines()) == len(summary)
+    for key, value in summary.items():
+        assert f"{key}: {value}" in text
+    assert "kind: DiffractionStack" in text and "(32, 64, 64) float32" in text
+
+    viewer.layers.selection.active = plain  # not ours: the box is emptied, not left stale
+    assert dock.info.toPlainText() == ""
+
+
+def test_open_path_reads_in_a_worker_and_adds_layers(viewer, dock, qtbot, error_messages):
+    path = sample_path("ptycho_scan.cxi")
+    with h5py.File(path, "r") as h5:
+        frames = h5["entry_1/instrument_1/detector_1/data"][()]
+
+    dock.open_path(path)
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=WAIT_MS)
+    wait_for_worker(qtbot, dock)
+
+    image, points = viewer.layers
+    assert isinstance(image, Image) and isinstance(points, Points)
+    np.testing.assert_allclose(image.data, np.log10(1 + frames), rtol=1e-6)
+    scan = image.metadata["cdinn"]["data"]
+    assert isinstance(scan, PtychoScan)
+    np.testing.assert_array_equal(points.data, scan.positions)
+    assert dock.path_edit.text() == str(path)
+    assert error_messages() == []
+    # the new layer is selected, so the dock shows its summary
+    viewer.layers.selection.active = image
+    assert "kind: PtychoScan" in dock.info.toPlainText()
+
+
+def test_corrupt_file_in_dock_is_an_error_notification(
+    viewer, dock, qtbot, tmp_path, error_messages
+):
+    bad = tmp_path / "garbage.h5"
+    bad.write_bytes(np.random.default_rng(1).bytes(2048))
+
+    dock.open_path(bad)
+    wait_for_worker(qtbot, dock)
+    qtbot.waitUntil(lambda: bool(error_messages()), timeout=WAIT_MS)
+
+    assert len(viewer.layers) == 0
+    messages = error_messages()
+    assert any(str(bad) in m and "not a readable HDF5 file" in m for m in messages), messages
+    assert bad.read_bytes()[:4] != b"\x89HDF"  # untouched, still garbage
+
+
+def test_dataset_combo_lists_and_opens_a_chosen_dataset(viewer, dock, qtbot, tmp_path):
+    rng = np.random.default_rng(2)
+    big = rng.poisson(50, (4, 16, 16)).astype(np.float32)
+    small = rng.integers(0, 1000, (3, 8, 8)).astype(np.uint16)
+    path = tmp_path / "two_stacks.h5"
+    with h5py.File(path, "w") as h5:
+        h5["scan/big"] = big
+        h5["other/small"] = small
+        h5["other/vector"] = np.arange(5.0)  # 1-D: not listed
+        h5["other/label"] = "not numeric"  # text: not listed
+
+    dock.path_edit.setText(str(path))
+    dock.path_edit.editingFinished.emit()  # what typing a path and leaving the field does
+
+    combo = dock.dataset_combo
+    listed = [combo.itemData(i) for i in range(combo.count())]
+    assert listed == [None, "scan/big", "other/small"]  # automatic first, then largest first
+    assert "(3, 8, 8) uint16" in combo.itemText(2)
+
+    combo.setCurrentIndex(combo.findData("other/small"))
+    dock.open_button.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=WAIT_MS)
+    wait_for_worker(qtbot, dock)
+
+    (layer,) = viewer.layers
+    np.testing.assert_allclose(layer.data, np.log10(1 + small.astype(np.float32)), rtol=1e-6)
+    data = layer.metadata["cdinn"]["data"]
+    assert isinstance(data, DiffractionStack)
+    assert data.meta.dataset == "other/small"
+    np.testing.assert_array_equal(data.intensities, small)
+
+
+def test_device_combo_reads_and_writes_the_plugin_setting(make_napari_viewer):
+    from napari.settings import get_plugin_settings
+
+    compute = get_plugin_settings("napari-cdinn").compute
+    original = compute.device
+    try:
+        compute.device = "cpu"
+        viewer = make_napari_viewer()
+        _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Diffraction data")
+        assert dock.device_combo.currentText() == "cpu"  # read at start
+        assert [dock.device_combo.itemText(i) for i in range(3)] == ["auto", "cpu", "cuda"]
+
+        dock.device_combo.setCurrentText("cuda")
+        assert get_plugin_settings("napari-cdinn").compute.device == "cuda"
+        saved = get_plugin_settings("napari-cdinn").config_path
+        assert saved is not None and saved.parent.name.startswith("napari-config")  # conftest
+        assert "cuda" in saved.read_text()  # persisted (in a temporary folder)
+        dock.device_combo.setCurrentText("auto")
+        assert compute.device == "auto"
+    finally:
+        compute.device = original
+    assert get_plugin_settings("napari-cdinn").compute.device == original
