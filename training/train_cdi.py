@@ -9,7 +9,8 @@ Interrupted runs resume from training/runs/cdi/checkpoint.pt; the log is trainin
 import argparse
 from pathlib import Path
 
-from napari_cdinn.core.nn.train_cdi import add_arguments, train
+from napari_cdinn.core.nn.train_cdi import train
+from napari_cdinn.core.nn.train_options import add_arguments
 
 HERE = Path(__file__).resolve().parent
 

@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--every", type=int, default=1, help="ptycho: keep every k-th position")
     simulate.set_defaults(func=cmd_simulate)
 
-    from .core.nn.train_cdi import add_arguments
+    from .core.nn.train_options import add_arguments
 
     train = sub.add_parser("train", help="train a network on simulated data (modes so far: cdi)")
     train.add_argument("mode", choices=MODES)

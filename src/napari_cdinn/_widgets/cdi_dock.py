@@ -45,9 +45,9 @@ def diffraction_stack(layer: Layer | None) -> DiffractionStack | None:
     return stack if isinstance(stack, DiffractionStack) else None
 
 
-def scaled_recipe(iterations: int, threshold: float) -> RetrievalRecipe:
+def scaled_recipe(iterations: int, shrinkwrap_threshold: float) -> RetrievalRecipe:
     """The default ER/HIO recipe stretched or shrunk to ``iterations`` in total."""
-    recipe = RetrievalRecipe(shrinkwrap_threshold=threshold)
+    recipe = RetrievalRecipe(shrinkwrap_threshold=shrinkwrap_threshold)
     factor = iterations / recipe.n_iterations
     recipe.schedule = [(name, max(1, round(n * factor))) for name, n in recipe.schedule]
     recipe.average_last = min(recipe.average_last, recipe.schedule[-1][1])
@@ -56,25 +56,26 @@ def scaled_recipe(iterations: int, threshold: float) -> RetrievalRecipe:
 
 def run_methods(
     stack: DiffractionStack, methods: list[str], iterations: int, refine_iterations: int,
-    threshold: float, device: str,
+    shrinkwrap_threshold: float, device: str,
 ):  # fmt: skip
     """Worker body: run the chosen methods in turn, yielding progress, returning the results."""
     results: dict[str, ObjectResult] = {}
     network = None
     if "nn" in methods or "refine" in methods:
-        network = yield from cdi.network_steps(stack, device=device, threshold=threshold)
+        network = yield from cdi.network_steps(stack, device=device)
         if "nn" in methods:
             results["nn"] = network
     if "iterative" in methods:
-        recipe = scaled_recipe(iterations, threshold)
+        recipe = scaled_recipe(iterations, shrinkwrap_threshold)
         reference = network.objects if network is not None else None
         results["iterative"] = yield from cdi.iterative_steps(
-            stack, recipe, device, reference=reference, threshold=threshold
+            stack, recipe, device, reference=reference
         )
     if "refine" in methods:
         results["refine"] = yield from cdi.refine_steps(
-            stack, network.objects, refine_iterations, device, threshold
-        )
+            stack, network.objects, refine_iterations, device,
+            shrinkwrap_threshold=shrinkwrap_threshold,
+        )  # fmt: skip
     return results
 
 
@@ -95,7 +96,7 @@ class CDIDock(QWidget):
         self.method_boxes["nn"].setChecked(True)
         self.iterations = QSpinBox(minimum=10, maximum=5000, value=620)
         self.refine_iterations = QSpinBox(minimum=1, maximum=1000, value=50)
-        self.threshold = QDoubleSpinBox(minimum=0.01, maximum=0.9, singleStep=0.05, value=0.1)
+        self.threshold = QDoubleSpinBox(minimum=0.01, maximum=0.9, singleStep=0.05, value=0.2)
         self.invert_on_open = QCheckBox("Invert with the network on open")
         self.invert_on_open.setChecked(_settings.invert_on_open())
         self.invert_on_open.toggled.connect(_settings.set_invert_on_open)
@@ -114,7 +115,7 @@ class CDIDock(QWidget):
             form.addRow("", box)
         form.addRow("Iterative iterations", self.iterations)
         form.addRow("Refine iterations", self.refine_iterations)
-        form.addRow("Support threshold", self.threshold)
+        form.addRow("Shrink-wrap threshold", self.threshold)
         form.addRow("", self.invert_on_open)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -165,7 +166,7 @@ class CDIDock(QWidget):
             return
         self.worker = create_worker(
             run_methods, stack, methods, self.iterations.value(), self.refine_iterations.value(),
-            self.threshold.value(), _settings.device_choice(),
+            self.threshold.value(), _settings.device_choice(), _ignore_errors=True,
         )  # fmt: skip
         self.pbar = progress(total=0, desc=f"Inverting {layer.name}")
         self.worker.yielded.connect(self._progress)

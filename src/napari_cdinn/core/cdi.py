@@ -116,7 +116,7 @@ def iterative_steps(
     """The iterative recipe (default: 620 ER/HIO iterations with shrink-wrap, best of starts)."""
     start = time.perf_counter()
     intensities, mask = checked_patterns(stack)
-    recipe = recipe or RetrievalRecipe(shrinkwrap_threshold=threshold)
+    recipe = recipe or RetrievalRecipe()
     objects, supports, errors = yield from run_retrieval(
         intensities, mask, recipe=recipe, device=device, seed=seed
     )
@@ -130,7 +130,7 @@ def iterative_steps(
 
 def refine_steps(
     stack: DiffractionStack, start_objects: np.ndarray, iterations: int = 50,
-    device: str = "auto", threshold: float = 0.1,
+    device: str = "auto", threshold: float = 0.1, shrinkwrap_threshold: float = 0.2,
 ) -> Steps:  # fmt: skip
     """``iterations`` of ER/HIO with shrink-wrap seeded by the network's objects (Wu et al.)."""
     start = time.perf_counter()
@@ -141,7 +141,7 @@ def refine_steps(
             f"refinement needs start objects on the pattern grid {intensities.shape}; got "
             f"{start_objects.shape} (the network saw resampled patterns)",
         )
-    recipe = refine_recipe(iterations, threshold)
+    recipe = refine_recipe(iterations, shrinkwrap_threshold)
     objects, supports, errors = yield from run_retrieval(
         intensities, mask, start=start_objects, recipe=recipe, device=device
     )
@@ -153,7 +153,7 @@ def refine_steps(
     return ObjectResult(objects, provenance, support=supports, chi2=errors)
 
 
-def refine_recipe(iterations: int, threshold: float = 0.1) -> RetrievalRecipe:
+def refine_recipe(iterations: int, shrinkwrap_threshold: float = 0.2) -> RetrievalRecipe:
     """Short seeded recipe: mostly HIO, ending in ER, last 10 iterates averaged."""
     er_tail = max(1, min(20, iterations // 3))
     return RetrievalRecipe(
@@ -162,7 +162,7 @@ def refine_recipe(iterations: int, threshold: float = 0.1) -> RetrievalRecipe:
         else [("ER", iterations)],
         shrinkwrap_every=10,
         shrinkwrap_sigma=(1.0, 1.0),
-        shrinkwrap_threshold=threshold,
+        shrinkwrap_threshold=shrinkwrap_threshold,
         average_last=min(10, er_tail),
         n_starts=1,
     )

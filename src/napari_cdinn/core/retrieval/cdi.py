@@ -31,7 +31,7 @@ class RetrievalRecipe:
     beta: float = 0.9  # HIO / RAAR feedback
     shrinkwrap_every: int = 20
     shrinkwrap_sigma: tuple[float, float] = (2.0, 1.0)  # Gaussian blur, start -> end (pixels)
-    shrinkwrap_threshold: float = 0.1  # fraction of the blurred maximum kept as support
+    shrinkwrap_threshold: float = 0.2  # fraction of the blurred maximum kept as support
     average_last: int = 20
     n_starts: int = 4
 
