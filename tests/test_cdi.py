@@ -1,0 +1,174 @@
+"""Bragg CDI mode: simulator, metrics, iterative retrieval, bundled network, refinement, bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_cdinn.core import cdi, metrics, postprocess
+from napari_cdinn.core.data import DiffractionStack, Metadata
+from napari_cdinn.core.errors import InputError, InputWarning
+from napari_cdinn.core.nn.registry import load_model, save_model
+from napari_cdinn.core.progress import run_to_end
+from napari_cdinn.core.retrieval.cdi import RetrievalRecipe, run_retrieval
+from napari_cdinn.core.simulate.cdi import far_field_intensity, simulate_cdi
+
+
+def simple_object(size: int = 64) -> np.ndarray:
+    """A rectangle-ish crystal with a gentle phase ramp, well inside the central half."""
+    y, x = np.mgrid[:size, :size]
+    inside = (abs(y - size / 2) < 7) & (abs(x - size / 2 - 1) < 10) & (x + y < size + 12)
+    return (inside * np.exp(0.8j * (x - size / 2) / 10)).astype(np.complex64)
+
+
+def test_simulator_pattern_is_ft_squared_of_its_object():
+    stack = simulate_cdi(6, size=64, seed=11)
+    direct = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(stack.truth, axes=(1, 2))), axes=(1, 2))
+    np.testing.assert_allclose(stack.intensities, np.abs(direct) ** 2, rtol=1e-4, atol=1e-2)
+    amplitude = np.abs(stack.truth)
+    assert amplitude.max() <= 1.0 + 1e-6
+    outside = np.ones((64, 64), bool)
+    outside[12:52, 12:52] = False  # central half plus the 1-px blur rim stays inside this box
+    assert amplitude[:, outside].max() < 1e-3
+    phase = np.angle(stack.truth)[amplitude > 0.5]
+    assert np.abs(phase).max() <= np.pi
+    assert not np.allclose(simulate_cdi(2, seed=12).truth, simulate_cdi(2, seed=13).truth)
+    np.testing.assert_array_equal(simulate_cdi(2, seed=12).truth, simulate_cdi(2, seed=12).truth)
+
+
+def test_poisson_noise_counts_photons():
+    stack = simulate_cdi(3, seed=1, photons=1e5)
+    assert np.all(stack.intensities == np.round(stack.intensities))
+    np.testing.assert_allclose(stack.intensities.sum(axis=(1, 2)), 1e5, rtol=0.02)
+
+
+def test_registered_metrics_ignore_translation_twin_and_global_phase():
+    truth = simulate_cdi(4, seed=2).truth
+    moved = np.roll(metrics.twin(truth), (3, -5), axis=(1, 2)) * np.exp(1.3j)
+    np.testing.assert_allclose(metrics.registered_correlation(moved, truth), 1.0, atol=1e-5)
+    np.testing.assert_allclose(metrics.phase_rms(moved, truth), 0.0, atol=1e-4)
+    other = simulate_cdi(4, seed=3).truth
+    assert np.all(metrics.registered_correlation(other, truth) < 0.95)
+
+
+def test_chi2_is_zero_for_truth_and_scale_free():
+    stack = simulate_cdi(3, seed=4)
+    assert np.all(metrics.chi2(stack.truth * 7.0, stack.intensities) < 1e-10)
+    assert np.all(metrics.chi2(np.abs(stack.truth), stack.intensities) > 1e-3)  # phase lost
+
+
+def test_er_hio_recovers_a_simple_object():
+    truth = simple_object()[None]
+    stack = DiffractionStack(far_field_intensity(truth), meta=Metadata(source="simple"))
+    result = run_to_end(cdi.iterative_steps(stack, device="cpu"))
+    assert metrics.registered_correlation(result.objects, truth)[0] > 0.99
+    assert result.chi2[0] < 1e-3
+    assert result.provenance.method == "ER/HIO"
+
+
+def test_masked_pixels_are_ignored():
+    truth = simple_object()[None]
+    intensities = far_field_intensity(truth)
+    mask = np.ones((64, 64), bool)
+    mask[30:34, :] = False  # a detector gap across the pattern (not the centre column)
+    mask[32, 32] = True
+    corrupted = intensities.copy()
+    corrupted[:, ~mask] = 1e9  # garbage where the detector did not measure
+    recipe = RetrievalRecipe(n_starts=2)
+    objects, _, errors = run_to_end(run_retrieval(corrupted, mask, recipe=recipe, device="cpu"))
+    assert metrics.registered_correlation(objects, truth)[0] > 0.98
+    assert errors[0] < 1e-2
+
+
+def test_refinement_from_a_perturbed_start_improves_it():
+    stack = simulate_cdi(4, seed=21)
+    rng = np.random.default_rng(0)
+    start = stack.truth * np.exp(0.6j * rng.standard_normal(stack.truth.shape))
+    start = postprocess.zero_phase_outside(start).astype(np.complex64)
+    result = run_to_end(cdi.refine_steps(stack, start, iterations=50, device="cpu"))
+    before = metrics.registered_correlation(start, stack.truth)
+    after = metrics.registered_correlation(result.objects, stack.truth)
+    assert np.median(after) > np.median(before)
+    assert np.median(after) > 0.95
+
+
+def test_postprocess_centres_and_zeroes_phase_outside():
+    truth = simple_object()
+    shifted = np.roll(truth, (9, -6), axis=(0, 1)) * np.exp(0.5j)
+    clean = postprocess.canonical(shifted)
+    assert np.all(np.abs(postprocess.center_of_mass_shift(clean[None])) <= 1)
+    assert np.all(np.angle(clean)[np.abs(clean) <= 0.1] == 0)
+
+
+def test_bundled_model_loads_and_scores_on_fresh_patterns():
+    stack = simulate_cdi(64, seed=123_456)
+    result = run_to_end(cdi.network_steps(stack, device="cpu"))
+    assert result.objects.shape == (64, 64, 64)
+    correlation = metrics.registered_correlation(result.objects, stack.truth)
+    assert np.median(correlation) > 0.85
+    assert result.provenance.model_name == "cdi_nn"
+
+
+def test_bad_input_single_pattern_and_odd_non_square_sizes():
+    truth = simulate_cdi(1, size=72, seed=5).truth
+    pattern = far_field_intensity(truth)[0, :71, 1:72]  # 71 x 71, odd: cropped by one
+    single = DiffractionStack(pattern[None], meta=Metadata(source="odd.npy"))
+    result = run_to_end(cdi.network_steps(single, device="cpu"))
+    assert result.objects.shape == (1, 64, 64)
+    assert result.provenance.parameters["object_pixel_scale"] == pytest.approx(71 / 64)
+    wide = DiffractionStack(far_field_intensity(simulate_cdi(1, size=64, seed=6).truth)[:, 8:56, :])
+    wide.meta.source = "wide.h5"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run_to_end(cdi.network_steps(wide, device="cpu"))
+    assert out.objects.shape == (1, 64, 64)
+    assert any(issubclass(w.category, InputWarning) and "48x64" in str(w.message) for w in caught)
+
+
+def test_bad_input_all_zero_pattern_is_refused():
+    intensities = far_field_intensity(simulate_cdi(3, seed=7).truth)
+    intensities[1] = 0
+    stack = DiffractionStack(intensities, meta=Metadata(source="zeros.cxi"))
+    with pytest.raises(InputError, match=r"zeros.cxi: pattern\(s\) \[1\] hold no signal"):
+        run_to_end(cdi.network_steps(stack, device="cpu"))
+    with pytest.raises(InputError, match="hold no signal"):
+        run_to_end(cdi.iterative_steps(stack, device="cpu"))
+
+
+def test_bad_input_nan_pixels_are_masked_by_the_reader(tmp_path):
+    from napari_cdinn.core import io
+
+    intensities = far_field_intensity(simple_object()[None])
+    intensities[0, 10, 10] = np.nan
+    np.save(tmp_path / "nan.npy", intensities)
+    with pytest.warns(InputWarning, match="1 NaN/Inf"):
+        stack = io.read(tmp_path / "nan.npy")
+    assert not stack.mask[10, 10]
+    result = run_to_end(cdi.network_steps(stack, device="cpu"))
+    assert np.isfinite(result.objects).all()
+
+
+def test_corrupt_or_mismatched_model_files_are_refused(tmp_path):
+    from napari_cdinn.core.nn.cdi_net import CDINet
+
+    weights = tmp_path / "bad.safetensors"
+    weights.write_bytes(b"not a safetensors file at all")
+    card = {"name": "bad", "version": "0", "mode": "cdi", "architecture": "CDINet", "arguments": {}}
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match=r"bad\.safetensors: not a readable safetensors file"):
+        load_model(weights)
+    small = save_model(CDINet(width=8), tmp_path / "small.safetensors", card)
+    with pytest.raises(InputError, match="weights do not match the architecture"):
+        load_model(small)  # card says width 16 (default), file holds width 8
+    (tmp_path / "nocard.safetensors").write_bytes(small.read_bytes())
+    with pytest.raises(InputError, match=r"model card nocard\.json is missing"):
+        load_model(tmp_path / "nocard.safetensors")
+    model, _ = load_model(
+        save_model(
+            CDINet(width=8), tmp_path / "ok.safetensors", {**card, "arguments": {"width": 8}}
+        )
+    )
+    assert model.width == 8
