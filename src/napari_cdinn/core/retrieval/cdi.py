@@ -89,10 +89,10 @@ def iterate(
     for algorithm, count in recipe.schedule:
         for _ in range(count):
             spectrum = torch.fft.fft2(obj)
-            replaced = torch.polar(magnitudes, spectrum.angle())
+            ratio = magnitudes / spectrum.abs().clamp_min(1e-12)  # keep the phase, set |F|
             if valid is not None:
-                replaced = torch.where(valid, replaced, spectrum)
-            projected = torch.fft.ifft2(replaced)
+                ratio = torch.where(valid, ratio, 1.0)  # unmeasured pixels stay free
+            projected = torch.fft.ifft2(spectrum * ratio)
             if algorithm == "ER":
                 obj = projected * support
             elif algorithm == "HIO":
