@@ -23,7 +23,6 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # The real experimental data (see ../shared/data/README.md); read in place, never copied.
-REAL_DATA = Path(os.environ.get("NAPARI_CDINN_DATA", REPO.parent / "shared" / "data"))
 HAVE_DISPLAY = not sys.platform.startswith("linux") or bool(
     os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
 )
@@ -132,20 +131,10 @@ def command_run(request) -> CommandRun:
     return run
 
 
-def real_file(relative: str) -> Path:
-    """A file of the shared real-data folder, or a skip saying why the test cannot run."""
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real data folder {REAL_DATA} is absent (set NAPARI_CDINN_DATA to use one)")
-    path = REAL_DATA / relative
-    if not path.exists():
-        pytest.skip(f"real data file {path} is absent (see ../shared/data/README.md)")
-    return path
-
-
 @pytest.fixture
-def real_data():
+def real_data(real_path):
     """``real_data("cxi/x.cxi")``: a path in the shared real-data folder, skipping when absent."""
-    return real_file
+    return real_path
 
 
 @pytest.fixture(autouse=True)
