@@ -121,11 +121,7 @@ def iterative_steps(
         intensities, mask, recipe=recipe, device=device, seed=seed
     )
     objects = postprocess.canonical(objects, reference, threshold)
-    provenance = Provenance(
-        method=LABELS["iterative"], parameters={"device": device, **recipe.as_dict()},
-        wall_time_s=time.perf_counter() - start, source=stack.meta.source,
-    )  # fmt: skip
-    return ObjectResult(objects, provenance, support=supports, chi2=errors)
+    return _iterative_result("iterative", objects, supports, errors, recipe, device, start, stack)
 
 
 def refine_steps(
@@ -146,8 +142,15 @@ def refine_steps(
         intensities, mask, start=start_objects, recipe=recipe, device=device
     )
     objects = postprocess.canonical(objects, start_objects, threshold)
+    return _iterative_result("refine", objects, supports, errors, recipe, device, start, stack)
+
+
+def _iterative_result(
+    method: str, objects: np.ndarray, supports: np.ndarray, errors: np.ndarray,
+    recipe: RetrievalRecipe, device: str, start: float, stack: DiffractionStack,
+) -> ObjectResult:  # fmt: skip
     provenance = Provenance(
-        method=LABELS["refine"], parameters={"device": device, **recipe.as_dict()},
+        method=LABELS[method], parameters={"device": device, **recipe.as_dict()},
         wall_time_s=time.perf_counter() - start, source=stack.meta.source,
     )  # fmt: skip
     return ObjectResult(objects, provenance, support=supports, chi2=errors)
