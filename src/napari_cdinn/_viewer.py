@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DOCK = "Diffraction data"
+DOCKS = (DOCK, "Invert CDI")
 
 
 def open_viewer(
@@ -17,6 +18,8 @@ def open_viewer(
 
     viewer = napari.Viewer(title="napari-cdinn")
     _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", DOCK)
+    for other in DOCKS[1:]:
+        viewer.window.add_plugin_dock_widget("napari-cdinn", other, tabify=True)
     if file is not None:
         dock.open_path(Path(file), dataset)
     if screenshot is not None:

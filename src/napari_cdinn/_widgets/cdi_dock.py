@@ -207,7 +207,8 @@ class CDIDock(QWidget):
                 if name in self.viewer.layers:
                     self.viewer.layers.remove(name)
                 self.viewer.add_layer(Layer.create(data, kwargs, kind))
-        self.viewer.grid.enabled = True
+        self.viewer.canvas.grid.enabled = True
+        self.viewer.reset_view()
         self._plot(results)
 
     def _plot(self, results: dict[str, ObjectResult]) -> None:

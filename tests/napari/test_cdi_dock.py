@@ -1,0 +1,86 @@
+"""The "Invert CDI" dock: all three methods on the sample, layers side by side, Cancel, invert on
+open, and the dock following the selected dataset."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_cdinn import _settings
+from napari_cdinn._sample_data import sample_path
+
+pytestmark = pytest.mark.napari
+
+
+@pytest.fixture
+def cdi_dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cdinn", "Invert CDI")
+    return widget
+
+
+def test_dock_runs_all_three_methods_and_makes_layers(viewer, cdi_dock, qtbot):
+    (diffraction,) = viewer.open_sample("napari-cdinn", "cdi")
+    assert cdi_dock.layer_combo.currentText() == diffraction.name
+    for box in cdi_dock.method_boxes.values():
+        box.setChecked(True)
+    cdi_dock.iterations.setValue(40)
+    cdi_dock.refine_iterations.setValue(10)
+    cdi_dock.run()
+    qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=120_000)
+    names = [layer.name for layer in viewer.layers]
+    for method in ("NN", "ER/HIO", "NN+ER/HIO"):
+        for word in ("shape", "phase"):
+            name = f"cdi_crystals {word} ({method})"
+            assert name in names, names
+            assert viewer.layers[name].data.shape == (32, 64, 64)
+        phase = viewer.layers[f"cdi_crystals phase ({method})"]
+        assert phase.colormap.name == "twilight"
+        assert tuple(phase.contrast_limits) == pytest.approx((-np.pi, np.pi))
+        assert np.abs(phase.data).max() <= np.pi + 1e-6
+    assert viewer.canvas.grid.enabled
+    assert "NN:" in cdi_dock.times.text() and "ER/HIO:" in cdi_dock.times.text()
+    assert len(cdi_dock.figure.axes[0].lines) == 3  # one chi^2 curve per method
+
+
+def test_cancel_stops_a_long_iterative_run(viewer, cdi_dock, qtbot):
+    viewer.open_sample("napari-cdinn", "cdi")
+    cdi_dock.method_boxes["nn"].setChecked(False)
+    cdi_dock.method_boxes["iterative"].setChecked(True)
+    cdi_dock.iterations.setValue(5000)  # minutes of work if not cancelled
+    progressed = []
+    cdi_dock.run()
+    cdi_dock.worker.yielded.connect(progressed.append)
+    qtbot.waitUntil(lambda: len(progressed) > 0, timeout=30_000)
+    cancelled_at = time.perf_counter()
+    cdi_dock.cancel()
+    qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=10_000)
+    assert time.perf_counter() - cancelled_at < 10
+    assert progressed[-1][0] < progressed[-1][1]  # stopped before the end
+    assert not [layer for layer in viewer.layers if "ER/HIO" in layer.name]
+
+
+def test_dock_follows_the_selected_dataset(viewer, cdi_dock, tmp_path):
+    first = viewer.open(sample_path("cdi_crystals.cxi"), plugin="napari-cdinn")[0]
+    np.save(tmp_path / "second.npy", first.metadata["cdinn"]["data"].intensities[:3])
+    second = viewer.open(tmp_path / "second.npy", plugin="napari-cdinn")[0]
+    viewer.layers.selection.active = first
+    assert cdi_dock.layer_combo.currentText() == first.name
+    viewer.layers.selection.active = second
+    assert cdi_dock.layer_combo.currentText() == second.name
+
+
+def test_invert_on_open_adds_network_layers(viewer, cdi_dock):
+    cdi_dock.invert_on_open.setChecked(True)
+    assert _settings.invert_on_open()
+    layers = viewer.open(sample_path("cdi_crystals.cxi"), plugin="napari-cdinn")
+    names = [layer.name for layer in layers]
+    assert names == [
+        "cdi_crystals diffraction",
+        "cdi_crystals shape (NN)",
+        "cdi_crystals phase (NN)",
+    ]
+    assert layers[1].data.shape == (32, 64, 64)
+    cdi_dock.invert_on_open.setChecked(False)
+    assert not _settings.invert_on_open()
