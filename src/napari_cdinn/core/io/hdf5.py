@@ -234,7 +234,6 @@ def _scan_from_translation(
         )
     positions = -translation[:, [1, 0]] / np.asarray(pixel)  # (x, y, z) metres -> (y, x) pixels
     positions = check_positions(positions, stack.n_frames, source)
-    stack.meta.extra["object_pixel_size_m"] = list(pixel)
     return PtychoScan(stack, positions, probe, pixel)
 
 
