@@ -72,6 +72,26 @@ def _to_fft_order(array: np.ndarray, device: torch.device, dtype: torch.dtype) -
     )
 
 
+def support_update(
+    algorithm: str, support: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real weights (keep, gain) with new object = keep * object + gain * projected.
+
+    ER: gain = S, keep = 0; HIO: inside P, outside obj - beta P; RAAR: inside P, outside
+    beta obj + (1 - 2 beta) P.  Real multiply-adds are several times cheaper than torch's complex
+    ``where`` on the CPU, and they are the same arithmetic.
+    """
+    inside = support.to(torch.float32)
+    outside = 1 - inside
+    if algorithm == "ER":
+        return torch.zeros_like(inside), inside
+    if algorithm == "HIO":
+        return outside, inside - beta * outside
+    if algorithm == "RAAR":
+        return beta * outside, inside + (1 - 2 * beta) * outside
+    raise ValueError(f"unknown algorithm {algorithm!r}: use ER, HIO or RAAR")
+
+
 def iterate(
     magnitudes: torch.Tensor,
     valid: torch.Tensor | None,
@@ -87,26 +107,21 @@ def iterate(
     total = recipe.n_iterations
     done = 0
     for algorithm, count in recipe.schedule:
+        keep, gain = support_update(algorithm, support, recipe.beta)
         for _ in range(count):
             spectrum = torch.fft.fft2(obj)
-            ratio = magnitudes / spectrum.abs().clamp_min(1e-12)  # keep the phase, set |F|
+            power = (spectrum * spectrum.conj()).real.clamp_min(1e-24)
+            ratio = magnitudes * power.rsqrt()  # keep the phase, set |F| to the measurement
             if valid is not None:
                 ratio = torch.where(valid, ratio, 1.0)  # unmeasured pixels stay free
             projected = torch.fft.ifft2(spectrum * ratio)
-            if algorithm == "ER":
-                obj = projected * support
-            elif algorithm == "HIO":
-                obj = torch.where(support, projected, obj - recipe.beta * projected)
-            elif algorithm == "RAAR":
-                beta = recipe.beta
-                obj = torch.where(support, projected, beta * obj + (1 - 2 * beta) * projected)
-            else:
-                raise ValueError(f"unknown algorithm {algorithm!r}: use ER, HIO or RAAR")
+            obj = obj * keep + projected * gain
             done += 1
             if recipe.shrinkwrap_every and done % recipe.shrinkwrap_every == 0 and done < total:
                 start, end = recipe.shrinkwrap_sigma
                 sigma = start + (end - start) * done / total
                 support = shrinkwrap(obj, sigma, recipe.shrinkwrap_threshold)
+                keep, gain = support_update(algorithm, support, recipe.beta)
             yield done, obj, support
 
 
