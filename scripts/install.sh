@@ -29,8 +29,10 @@ fi
 . .venv/bin/activate
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 # (On a GPU machine, install the CUDA build of torch you want before running this script.)
-python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+# pip's exit status is kept; only its noise about unused local index folders is dropped
+quiet_pip() { pip install -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+python -c "import torch" 2>/dev/null || quiet_pip "torch==2.13.0"
 extras="qt"
 [[ $with_tests == 1 ]] && extras="qt,test"
-pip install -q -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" || true
+quiet_pip -e ".[${extras}]"
 python -c "import napari_cdinn, torch; print('napari-cdinn', napari_cdinn.__version__, '| torch', torch.__version__)"
