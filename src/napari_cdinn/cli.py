@@ -122,27 +122,20 @@ def cmd_invert(args: argparse.Namespace) -> int:
     )
     if mode != "cdi":
         raise CdinnError(f"invert: mode '{mode}' is not available yet (available: cdi)")
+    data = getattr(data, "stack", data)  # --mode cdi on a scan inverts its frames one by one
     if not isinstance(data, DiffractionStack):
-        data = data.stack if hasattr(data, "stack") else data
-        if not isinstance(data, DiffractionStack):
-            raise CdinnError(f"{args.input}: holds no diffraction patterns for the cdi mode")
+        raise CdinnError(f"{args.input}: holds no diffraction patterns for the cdi mode")
     method = args.method or "nn"
     if method not in cdi.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(cdi.METHODS)}")
-    frames = parse_frames(args.frames, data.n_frames)
-    intensities = data.frames()[frames]
+    stack = data.subset(parse_frames(args.frames, data.n_frames))
     if args.amplitudes:
-        intensities = intensities**2
-    mask = data.mask[frames] if data.mask is not None and data.mask.ndim == 3 else data.mask
-    stack = DiffractionStack(intensities, mask, data.meta)
-    results = []
-    if method in ("nn", "refine"):
-        results.append(run_to_end(cdi.network_steps(stack, args.model, args.device)))
-    if method == "iterative":
-        results.append(run_to_end(cdi.iterative_steps(stack, device=args.device)))
-    if method == "refine":
-        seed = results[0].objects
-        results.append(run_to_end(cdi.refine_steps(stack, seed, args.iterations, args.device)))
+        stack.intensities = stack.frames() ** 2
+    methods = ["nn", "refine"] if method == "refine" else [method]
+    steps = cdi.invert_steps(
+        stack, methods, refine_iterations=args.iterations, device=args.device, model_path=args.model
+    )
+    results = list(run_to_end(steps).values())
     io.write_results(args.output, results)
     for result in results:
         p = result.provenance

@@ -30,7 +30,6 @@ from .._layers import layers_for_result
 from ..core import cdi
 from ..core.data import DiffractionStack, ObjectResult
 from ..core.errors import CdinnError
-from ..core.retrieval.cdi import RetrievalRecipe
 
 if TYPE_CHECKING:
     import napari
@@ -43,40 +42,6 @@ def diffraction_stack(layer: Layer | None) -> DiffractionStack | None:
     data = layer.metadata.get("cdinn", {}).get("data")
     stack = getattr(data, "stack", data)
     return stack if isinstance(stack, DiffractionStack) else None
-
-
-def scaled_recipe(iterations: int, shrinkwrap_threshold: float) -> RetrievalRecipe:
-    """The default ER/HIO recipe stretched or shrunk to ``iterations`` in total."""
-    recipe = RetrievalRecipe(shrinkwrap_threshold=shrinkwrap_threshold)
-    factor = iterations / recipe.n_iterations
-    recipe.schedule = [(name, max(1, round(n * factor))) for name, n in recipe.schedule]
-    recipe.average_last = min(recipe.average_last, recipe.schedule[-1][1])
-    return recipe
-
-
-def run_methods(
-    stack: DiffractionStack, methods: list[str], iterations: int, refine_iterations: int,
-    shrinkwrap_threshold: float, device: str,
-):  # fmt: skip
-    """Worker body: run the chosen methods in turn, yielding progress, returning the results."""
-    results: dict[str, ObjectResult] = {}
-    network = None
-    if "nn" in methods or "refine" in methods:
-        network = yield from cdi.network_steps(stack, device=device)
-        if "nn" in methods:
-            results["nn"] = network
-    if "iterative" in methods:
-        recipe = scaled_recipe(iterations, shrinkwrap_threshold)
-        reference = network.objects if network is not None else None
-        results["iterative"] = yield from cdi.iterative_steps(
-            stack, recipe, device, reference=reference
-        )
-    if "refine" in methods:
-        results["refine"] = yield from cdi.refine_steps(
-            stack, network.objects, refine_iterations, device,
-            shrinkwrap_threshold=shrinkwrap_threshold,
-        )  # fmt: skip
-    return results
 
 
 class CDIDock(QWidget):
@@ -165,8 +130,9 @@ class CDIDock(QWidget):
             show_error("Tick at least one method.")
             return
         self.worker = create_worker(
-            run_methods, stack, methods, self.iterations.value(), self.refine_iterations.value(),
-            self.threshold.value(), _settings.device_choice(), _ignore_errors=True,
+            cdi.invert_steps, stack, methods, self.iterations.value(),
+            self.refine_iterations.value(), self.threshold.value(), _settings.device_choice(),
+            _ignore_errors=True,
         )  # fmt: skip
         self.pbar = progress(total=0, desc=f"Inverting {layer.name}")
         self.worker.yielded.connect(self._progress)

@@ -169,3 +169,44 @@ def refine_recipe(iterations: int, shrinkwrap_threshold: float = 0.2) -> Retriev
         average_last=min(10, er_tail),
         n_starts=1,
     )
+
+
+def invert_steps(
+    stack: DiffractionStack, methods: list[str], iterations: int | None = None,
+    refine_iterations: int = 50, shrinkwrap_threshold: float = 0.2, device: str = "auto",
+    model_path: str | Path | None = None,
+) -> Generator[tuple[int, int], None, dict[str, ObjectResult]]:  # fmt: skip
+    """Run the chosen methods in turn (the network first, as the reference for the others).
+
+    ``iterations`` stretches or shrinks the 620-iteration recipe; refine needs the network's
+    output, so asking for it runs the network too.  Returns {method: result}.
+    """
+    if not methods or set(methods) - set(METHODS):
+        raise InputError(None, f"methods must be among {', '.join(METHODS)}; got {methods}")
+    results: dict[str, ObjectResult] = {}
+    network = None
+    if "nn" in methods or "refine" in methods:
+        network = yield from network_steps(stack, model_path, device)
+        if "nn" in methods:
+            results["nn"] = network
+    if "iterative" in methods:
+        recipe = scaled_recipe(iterations, shrinkwrap_threshold)
+        reference = network.objects if network is not None else None
+        results["iterative"] = yield from iterative_steps(stack, recipe, device, reference)
+    if "refine" in methods:
+        results["refine"] = yield from refine_steps(
+            stack, network.objects, refine_iterations, device,
+            shrinkwrap_threshold=shrinkwrap_threshold,
+        )  # fmt: skip
+    return results
+
+
+def scaled_recipe(iterations: int | None, shrinkwrap_threshold: float = 0.2) -> RetrievalRecipe:
+    """The default ER/HIO recipe, stretched or shrunk to ``iterations`` in total when given."""
+    recipe = RetrievalRecipe(shrinkwrap_threshold=shrinkwrap_threshold)
+    if iterations is None or iterations == recipe.n_iterations:
+        return recipe
+    factor = iterations / recipe.n_iterations
+    recipe.schedule = [(name, max(1, round(n * factor))) for name, n in recipe.schedule]
+    recipe.average_last = min(recipe.average_last, recipe.schedule[-1][1])
+    return recipe

@@ -80,6 +80,13 @@ class DiffractionStack:
     def is_lazy(self) -> bool:
         return not isinstance(self.intensities, np.ndarray)
 
+    def subset(self, indices: Any) -> DiffractionStack:
+        """Some frames only (an index array, boolean mask or slice), with their mask and truth."""
+        indices = np.arange(self.n_frames)[indices]
+        mask = self.mask[indices] if self.mask is not None and self.mask.ndim == 3 else self.mask
+        truth = self.truth[indices] if self.truth is not None else None
+        return DiffractionStack(self.intensities[indices], mask, self.meta, truth)
+
     def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` as an in-memory float32 array (computes lazy stacks piecewise)."""
         block = self.intensities[start:stop]
@@ -103,14 +110,10 @@ class PtychoScan:
     def subset(self, indices: Any) -> PtychoScan:
         """The scan restricted to some positions (an index array, boolean mask or slice)."""
         indices = np.arange(len(self.positions))[indices]
-        stack = self.stack
-        mask = (
-            stack.mask[indices] if stack.mask is not None and stack.mask.ndim == 3 else stack.mask
-        )
-        sub = DiffractionStack(stack.intensities[indices], mask, stack.meta, stack.truth)
         return PtychoScan(
-            sub, self.positions[indices], self.probe, self.object_pixel_size_m, self.truth
-        )
+            self.stack.subset(indices), self.positions[indices], self.probe,
+            self.object_pixel_size_m, self.truth,
+        )  # fmt: skip
 
 
 @dataclass
