@@ -1,4 +1,6 @@
-"""Screenshot of napari with both bundled samples opened through the plugin's dock: docs/screenshot.png.
+"""Screenshots for the README: both bundled samples opened through the plugin's dock
+(docs/screenshot.png), and with ``--cdi`` the CDI sample inverted by the Invert CDI dock with all
+three methods side by side (docs/screenshot_cdi.png).
 
 The Bragg CDI patterns and the ptychography scan (diffraction and scan positions) are opened with
 the "Diffraction data" dock, shown side by side in napari's grid mode, and the ptychography
@@ -8,6 +10,7 @@ Run (a display is needed; on a headless machine use xvfb)::
 
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py -o /tmp/shot.png --frame 5
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py --cdi
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def _hide_notifications(window) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", "--output", type=Path, default=REPO / "docs" / "screenshot.png")
+    parser.add_argument("-o", "--output", type=Path, help="default docs/screenshot(_cdi).png")
+    parser.add_argument("--cdi", action="store_true", help="the Invert CDI dock with its results")
     parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
     parser.add_argument("--frame", type=int, default=12, help="frame shown (both stacks)")
     args = parser.parse_args()
@@ -74,6 +78,11 @@ def main() -> int:
     viewer = napari.Viewer(title="napari-cdinn")
     window = viewer.window._qt_window
     window.resize(width, height)
+    if args.cdi:
+        return cdi_screenshot(
+            viewer, args.output or REPO / "docs" / "screenshot_cdi.png", args.frame
+        )
+    args.output = args.output or REPO / "docs" / "screenshot.png"
     _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", DOCK)
 
     for name in SAMPLES:  # through the dock, as a user would: a worker reads, then adds the layers
@@ -104,6 +113,29 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     image = viewer.screenshot(str(args.output), canvas_only=False, flash=False)
     print(f"wrote {args.output} ({image.shape[1]} x {image.shape[0]} px)")
+    viewer.close()
+    return 0
+
+
+def cdi_screenshot(viewer, output: Path, frame: int) -> int:
+    """The CDI sample inverted by network, ER/HIO and refine, side by side with the dock's plot."""
+    from napari_cdinn._sample_data import sample_path
+
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Invert CDI")
+    viewer.open(sample_path("cdi_crystals.cxi"), plugin="napari-cdinn")
+    for box in dock.method_boxes.values():
+        box.setChecked(True)
+    dock.run()
+    _wait(lambda: dock.run_button.isEnabled(), timeout=600)
+    viewer.dims.set_point(0, frame)
+    viewer.layers.selection.active = viewer.layers[0]
+    _settle()
+    viewer.reset_view()
+    _hide_notifications(viewer.window._qt_window)
+    _settle()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    image = viewer.screenshot(str(output), canvas_only=False, flash=False)
+    print(f"wrote {output} ({image.shape[1]} x {image.shape[0]} px)")
     viewer.close()
     return 0
 
