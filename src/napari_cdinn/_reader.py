@@ -75,8 +75,8 @@ def network_layers(data: object) -> list[LayerData]:
         return []
     if data.is_lazy or data.n_frames > MAX_FRAMES_ON_OPEN:
         warnings.warn(
-            f"{data.meta.source}: {data.n_frames} frames; invert on open skips stacks over "
-            f"{MAX_FRAMES_ON_OPEN} frames: use the Invert CDI dock",
+            f"{data.meta.source}: invert on open skips stacks kept on disk or over "
+            f"{MAX_FRAMES_ON_OPEN} frames (this one: {data.n_frames}); use the Invert CDI dock",
             InputWarning,
             stacklevel=2,
         )
