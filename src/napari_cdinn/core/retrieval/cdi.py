@@ -7,6 +7,8 @@ frequency at [0, 0]); inputs and outputs are centred, as a detector records them
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -75,13 +77,13 @@ def _to_fft_order(array: np.ndarray, device: torch.device, dtype: torch.dtype) -
 def support_update(
     algorithm: str, support: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (keep, gain) with new object = keep * object + gain * projected.
+    """Real weights (keep, gain), with new object = keep * object + gain * projected.
 
     ER: gain = S, keep = 0; HIO: inside P, outside obj - beta P; RAAR: inside P, outside
-    beta obj + (1 - 2 beta) P.  Multiply-adds with weights made once per support are several
-    times cheaper than torch's complex ``where`` on the CPU, and they are the same arithmetic.
+    beta obj + (1 - 2 beta) P.  Multiply-adds with weights made once per support are the same
+    arithmetic as ``where`` and run as one fused loop (see :func:`update_kernels`).
     """
-    inside = support.to(torch.complex64)
+    inside = support.to(torch.float32)
     outside = 1 - inside
     if algorithm == "ER":
         return torch.zeros_like(inside), inside
@@ -92,31 +94,54 @@ def support_update(
     raise ValueError(f"unknown algorithm {algorithm!r}: use ER, HIO or RAAR")
 
 
+def _modulus(re_im: torch.Tensor, magnitudes: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+    """Spectrum (real view, ..., 2) with |F| set to the measurement where measured (1) and left
+    free where not (0): the phase is kept."""
+    re, im = re_im[..., 0], re_im[..., 1]
+    power = (re * re + im * im).clamp_min(1e-24)
+    scale = measured * magnitudes * torch.rsqrt(power) + (1 - measured)
+    return re_im * scale.unsqueeze(-1)
+
+
+def _mix(obj: torch.Tensor, projected: torch.Tensor, keep: torch.Tensor, gain: torch.Tensor):
+    """keep * object + gain * projected, on real views (..., 2)."""
+    return obj * keep.unsqueeze(-1) + projected * gain.unsqueeze(-1)
+
+
+def update_kernels(compiled: bool) -> tuple[Callable, Callable]:
+    """The two element-wise steps of an iteration; with ``compiled`` each is fused by
+    torch.compile into one loop (about 2.5x faster on the CPU, ~10 s to compile once)."""
+    if not compiled:
+        return _modulus, _mix
+    return torch.compile(_modulus, dynamic=True), torch.compile(_mix, dynamic=True)
+
+
 def iterate(
     magnitudes: torch.Tensor,
     valid: torch.Tensor | None,
     obj: torch.Tensor,
     support: torch.Tensor,
     recipe: RetrievalRecipe,
+    compiled: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Run the recipe, yielding (iteration, object, support) after each iteration (FFT order).
 
     The modulus constraint replaces |F obj| by the measured magnitude where ``valid`` (True =
     measured pixel) and leaves unmeasured pixels free.
     """
+    modulus, mix = update_kernels(compiled)
+    measured = torch.ones_like(magnitudes) if valid is None else valid.to(magnitudes.dtype)
     total = recipe.n_iterations
     done = 0
     for algorithm, count in recipe.schedule:
         keep, gain = support_update(algorithm, support, recipe.beta)
         for _ in range(count):
-            spectrum = torch.fft.fft2(obj)
-            re_im = torch.view_as_real(spectrum)
-            power = torch.addcmul(re_im[..., 0].square(), re_im[..., 1], re_im[..., 1])
-            ratio = magnitudes * power.clamp_min_(1e-24).rsqrt_()  # keep phase, set |F|
-            if valid is not None:
-                ratio = torch.where(valid, ratio, 1.0)  # unmeasured pixels stay free
-            projected = torch.fft.ifft2(spectrum.mul_(ratio.to(spectrum.dtype)))
-            obj = torch.addcmul(obj * keep, projected, gain)
+            spectrum = torch.view_as_real(torch.fft.fft2(obj))
+            projected = torch.fft.ifft2(
+                torch.view_as_complex(modulus(spectrum, magnitudes, measured))
+            )
+            mixed = mix(torch.view_as_real(obj), torch.view_as_real(projected), keep, gain)
+            obj = torch.view_as_complex(mixed)
             done += 1
             if recipe.shrinkwrap_every and done % recipe.shrinkwrap_every == 0 and done < total:
                 start, end = recipe.shrinkwrap_sigma
@@ -124,6 +149,25 @@ def iterate(
                 support = shrinkwrap(obj, sigma, recipe.shrinkwrap_threshold)
                 keep, gain = support_update(algorithm, support, recipe.beta)
             yield done, obj, support
+
+
+COMPILE_ABOVE = 100_000  # pattern-iterations (~20 s eager on 2 cores): then compiling pays
+
+
+def compile_kernels(work: int) -> bool:
+    """Whether to fuse the update with torch.compile: for large jobs only, unless the environment
+    variable NAPARI_CDINN_COMPILE is "0" (never) or "1" (always); off where it cannot work."""
+    choice = os.environ.get("NAPARI_CDINN_COMPILE", "auto")
+    if choice == "0" or (choice != "1" and work < COMPILE_ABOVE):
+        return False
+    try:
+        torch.compile(_mix, dynamic=True)(
+            *[torch.ones(2, 2, 2) for _ in range(2)], torch.ones(2, 2), torch.ones(2, 2)
+        )
+    except Exception as err:  # no C++ compiler, unsupported platform, ...
+        warnings.warn(f"torch.compile unavailable, iterating without it: {err}", stacklevel=3)
+        return False
+    return True
 
 
 def run_retrieval(
@@ -144,10 +188,12 @@ def run_retrieval(
     """
     recipe = recipe or RetrievalRecipe()
     torch_device = resolve_device(device)
+    n_starts = 1 if start is not None else max(1, recipe.n_starts)
+    work = len(intensities) * n_starts * recipe.n_iterations
+    compiled = compile_kernels(work)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     intensities = np.asarray(intensities, np.float32)
     n, h, w = intensities.shape
-    n_starts = 1 if start is not None else max(1, recipe.n_starts)
     total = n * recipe.n_iterations
     objects = np.empty((n, h, w), np.complex64)
     supports = np.empty((n, h, w), bool)
@@ -174,7 +220,8 @@ def run_retrieval(
             obj = torch.polar(torch.ones_like(phases), phases).to(torch_device) * support
         average = torch.zeros_like(obj)
         n_average = 0
-        for done, current, current_support in iterate(magnitudes, valid, obj, support, recipe):
+        steps = iterate(magnitudes, valid, obj, support, recipe, compiled)
+        for done, current, current_support in steps:
             obj, support = current, current_support
             if done > recipe.n_iterations - recipe.average_last:
                 average += obj
