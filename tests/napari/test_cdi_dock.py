@@ -30,7 +30,7 @@ def test_dock_runs_all_three_methods_and_makes_layers(viewer, cdi_dock, qtbot):
     cdi_dock.run()
     qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=120_000)
     names = [layer.name for layer in viewer.layers]
-    for method in ("NN", "ER/HIO", "NN+ER/HIO"):
+    for method in ("NN", "ER/HIO", "NN+RAAR/ER"):
         for word in ("shape", "phase"):
             name = f"cdi_crystals {word} ({method})"
             assert name in names, names
@@ -58,7 +58,7 @@ def test_cancel_stops_a_long_iterative_run(viewer, cdi_dock, qtbot):
     qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=10_000)
     assert time.perf_counter() - cancelled_at < 10
     assert progressed[-1][0] < progressed[-1][1]  # stopped before the end
-    assert not [layer for layer in viewer.layers if "ER/HIO" in layer.name]
+    assert not [layer for layer in viewer.layers if "(ER/HIO)" in layer.name]
 
 
 def test_dock_follows_the_selected_dataset(viewer, cdi_dock, tmp_path):

@@ -56,7 +56,7 @@ class CDIDock(QWidget):
         self.method_boxes = {
             "nn": QCheckBox("Network"),
             "iterative": QCheckBox("Iterative (ER/HIO)"),
-            "refine": QCheckBox("Refine (network + ER/HIO)"),
+            "refine": QCheckBox("Refine (network + RAAR/ER)"),
         }
         self.method_boxes["nn"].setChecked(True)
         self.iterations = QSpinBox(minimum=10, maximum=5000, value=620)

@@ -24,7 +24,7 @@ from .nn.registry import list_models, load_model
 from .retrieval.cdi import RetrievalRecipe, run_retrieval
 
 METHODS = ("nn", "iterative", "refine")
-LABELS = {"nn": "NN", "iterative": "ER/HIO", "refine": "NN+ER/HIO"}
+LABELS = {"nn": "NN", "iterative": "ER/HIO", "refine": "NN+RAAR/ER"}
 Steps = Generator[tuple[int, int], None, ObjectResult]
 
 
@@ -128,7 +128,7 @@ def refine_steps(
     stack: DiffractionStack, start_objects: np.ndarray, iterations: int = 50,
     device: str = "auto", threshold: float = 0.1, shrinkwrap_threshold: float = 0.2,
 ) -> Steps:  # fmt: skip
-    """``iterations`` of ER/HIO with shrink-wrap seeded by the network's objects (Wu et al.)."""
+    """``iterations`` of RAAR/ER with shrink-wrap seeded by the network's objects (Wu et al.)."""
     start = time.perf_counter()
     intensities, mask = checked_patterns(stack)
     if start_objects.shape != intensities.shape:
@@ -157,16 +157,19 @@ def _iterative_result(
 
 
 def refine_recipe(iterations: int, shrinkwrap_threshold: float = 0.2) -> RetrievalRecipe:
-    """Short seeded recipe: mostly HIO, ending in ER, last 10 iterates averaged."""
-    er_tail = max(1, min(20, iterations // 3))
+    """Short seeded recipe: RAAR, then a tenth of ER whose iterates are averaged.
+
+    RAAR rather than HIO: from a start already near the answer it settled closer to the truth in
+    our held-out checks (seeds 999999 and 4242, 200 patterns each; see the issue note).
+    """
+    er_tail = max(1, iterations // 10)
+    schedule = [("RAAR", iterations - er_tail), ("ER", er_tail)] if iterations > 1 else [("ER", 1)]
     return RetrievalRecipe(
-        schedule=[("HIO", iterations - er_tail), ("ER", er_tail)]
-        if iterations > er_tail
-        else [("ER", iterations)],
+        schedule=schedule,
         shrinkwrap_every=10,
         shrinkwrap_sigma=(1.0, 1.0),
         shrinkwrap_threshold=shrinkwrap_threshold,
-        average_last=min(10, er_tail),
+        average_last=er_tail,
         n_starts=1,
     )
 
