@@ -7,8 +7,6 @@ frequency at [0, 0]); inputs and outputs are centred, as a detector records them
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -106,37 +104,28 @@ def _mix(
     return torch.where(support.unsqueeze(-1), projected, a * obj + b * projected)
 
 
-def update_kernels(compiled: bool) -> tuple[Callable, Callable]:
-    """The two element-wise steps of an iteration; with ``compiled`` each is fused by
-    torch.compile into one loop per batch shape (about 2x faster on the CPU, ~10 s to compile)."""
-    if not compiled:
-        return _modulus, _mix
-    return torch.compile(_modulus, dynamic=False), torch.compile(_mix, dynamic=False)
-
-
 def iterate(
     magnitudes: torch.Tensor,
     valid: torch.Tensor | None,
     obj: torch.Tensor,
     support: torch.Tensor,
     recipe: RetrievalRecipe,
-    compiled: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Run the recipe, yielding (iteration, object, support) after each iteration (FFT order).
 
     The modulus constraint replaces |F obj| by the measured magnitude where ``valid`` (True =
     measured pixel) and leaves unmeasured pixels free.
     """
-    modulus, mix = update_kernels(compiled)
     total = recipe.n_iterations
     done = 0
     for algorithm, count in recipe.schedule:
-        # 0-d tensors, not floats: a compiled kernel then serves every algorithm
-        a, b = (torch.tensor(v, device=obj.device) for v in outside_update(algorithm, recipe.beta))
+        a, b = outside_update(algorithm, recipe.beta)
         for _ in range(count):
             spectrum = torch.view_as_real(torch.fft.fft2(obj))
-            projected = torch.fft.ifft2(torch.view_as_complex(modulus(spectrum, magnitudes, valid)))
-            mixed = mix(torch.view_as_real(obj), torch.view_as_real(projected), support, a, b)
+            projected = torch.fft.ifft2(
+                torch.view_as_complex(_modulus(spectrum, magnitudes, valid))
+            )
+            mixed = _mix(torch.view_as_real(obj), torch.view_as_real(projected), support, a, b)
             obj = torch.view_as_complex(mixed)
             done += 1
             if recipe.shrinkwrap_every and done % recipe.shrinkwrap_every == 0 and done < total:
@@ -144,25 +133,6 @@ def iterate(
                 sigma = start + (end - start) * done / total
                 support = shrinkwrap(obj, sigma, recipe.shrinkwrap_threshold)
             yield done, obj, support
-
-
-COMPILE_ABOVE = 1_000_000  # pattern-iterations (~1.5 min eager on 2 cores): compiling pays
-
-
-def compile_kernels(work: int) -> bool:
-    """Whether to fuse the update with torch.compile: for large jobs only, unless the environment
-    variable NAPARI_CDINN_COMPILE is "0" (never) or "1" (always); off where it cannot work."""
-    choice = os.environ.get("NAPARI_CDINN_COMPILE", "auto")
-    if choice == "0" or (choice != "1" and work < COMPILE_ABOVE):
-        return False
-    try:
-        torch.compile(_mix, dynamic=True)(
-            *[torch.ones(2, 2, 2) for _ in range(2)], torch.ones(2, 2), torch.ones(2, 2)
-        )
-    except Exception as err:  # no C++ compiler, unsupported platform, ...
-        warnings.warn(f"torch.compile unavailable, iterating without it: {err}", stacklevel=3)
-        return False
-    return True
 
 
 def run_retrieval(
@@ -184,8 +154,6 @@ def run_retrieval(
     recipe = recipe or RetrievalRecipe()
     torch_device = resolve_device(device)
     n_starts = 1 if start is not None else max(1, recipe.n_starts)
-    work = len(intensities) * n_starts * recipe.n_iterations
-    compiled = compile_kernels(work)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     intensities = np.asarray(intensities, np.float32)
     n, h, w = intensities.shape
@@ -215,7 +183,7 @@ def run_retrieval(
             obj = torch.polar(torch.ones_like(phases), phases).to(torch_device) * support
         average = torch.zeros_like(obj)
         n_average = 0
-        steps = iterate(magnitudes, valid, obj, support, recipe, compiled)
+        steps = iterate(magnitudes, valid, obj, support, recipe)
         for done, current, current_support in steps:
             obj, support = current, current_support
             if done > recipe.n_iterations - recipe.average_last:
