@@ -7,7 +7,7 @@ frequency at [0, 0]); inputs and outputs are centred, as a detector records them
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -15,8 +15,6 @@ import torch
 
 from ..device import resolve_device
 from ..metrics import reciprocal_error
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
