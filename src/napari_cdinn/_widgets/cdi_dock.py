@@ -29,7 +29,7 @@ from .. import _settings
 from .._layers import layers_for_result
 from ..core import cdi
 from ..core.data import DiffractionStack, ObjectResult
-from ..core.errors import CdinnError
+from . import report_error
 
 if TYPE_CHECKING:
     import napari
@@ -137,7 +137,7 @@ class CDIDock(QWidget):
         self.pbar = progress(total=0, desc=f"Inverting {layer.name}")
         self.worker.yielded.connect(self._progress)
         self.worker.returned.connect(lambda results: self._show(layer, results))
-        self.worker.errored.connect(self._report)
+        self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._finished)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -157,10 +157,6 @@ class CDIDock(QWidget):
         self.pbar.close()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-
-    @staticmethod
-    def _report(err: Exception) -> None:
-        show_error(str(err) if isinstance(err, CdinnError) else f"{type(err).__name__}: {err}")
 
     # -- results ---------------------------------------------------------------------------------
     def _show(self, layer: Layer, results: dict[str, ObjectResult]) -> None:

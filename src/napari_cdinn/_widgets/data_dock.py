@@ -26,6 +26,7 @@ from .._layers import layers_for_dataset
 from ..core import io
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import CdinnError
+from . import report_error
 
 if TYPE_CHECKING:
     import napari
@@ -109,10 +110,10 @@ class DataDock(QWidget):
         self.worker = create_worker(
             lambda: layers_for_dataset(io.read(path, dataset=dataset)),
             _progress={"desc": f"Opening {path.name}"},
-            _ignore_errors=True,  # _report shows them; re-raising would make them "unhandled"
+            _ignore_errors=True,  # report_error shows them; re-raising would make them "unhandled"
         )
         self.worker.returned.connect(self._add_layers)
-        self.worker.errored.connect(self._report)
+        self.worker.errored.connect(report_error)
         self.worker.finished.connect(lambda: self.open_button.setEnabled(True))
         self.worker.start()
 
@@ -120,10 +121,6 @@ class DataDock(QWidget):
         for data, kwargs, kind in layer_data:
             self.viewer.add_layer(Layer.create(data, kwargs, kind))
         show_info(f"Opened {len(layer_data)} layer(s) with napari-cdinn")
-
-    @staticmethod
-    def _report(err: Exception) -> None:
-        show_error(str(err) if isinstance(err, CdinnError) else f"{type(err).__name__}: {err}")
 
     # -- summary -------------------------------------------------------------------------------
     def _show_active(self, event: object = None) -> None:

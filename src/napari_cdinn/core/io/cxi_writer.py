@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
+from ..data import JOULE_PER_EV, DiffractionStack, Metadata, PtychoScan
 from .results import atomic_path
 
 # A plausible hard X-ray geometry for simulated data: 10 keV, 75 um pixels (Eiger-like).
@@ -22,7 +22,7 @@ SIMULATED_OBJECT_PIXEL_M = 10e-9
 
 def simulated_distance_m(frame: int) -> float:
     """Detector distance that makes the far-field object pixel 10 nm for ``frame`` pixels."""
-    wavelength = PLANCK_EV_M / SIMULATED_ENERGY_EV
+    wavelength = Metadata(energy_ev=SIMULATED_ENERGY_EV).wavelength_m
     return SIMULATED_OBJECT_PIXEL_M * frame * SIMULATED_PIXEL_M / wavelength
 
 
