@@ -7,13 +7,15 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from napari_cdinn.core import cdi, metrics, postprocess
 from napari_cdinn.core.data import DiffractionStack, Metadata
 from napari_cdinn.core.errors import InputError, InputWarning
 from napari_cdinn.core.nn.registry import load_model, save_model
 from napari_cdinn.core.progress import run_to_end
-from napari_cdinn.core.retrieval.cdi import RetrievalRecipe, run_retrieval
+from napari_cdinn.core.retrieval import projections
+from napari_cdinn.core.retrieval.cdi import RetrievalRecipe, outside_update, run_retrieval
 from napari_cdinn.core.simulate.cdi import far_field_intensity, simulate_cdi
 
 
@@ -81,6 +83,29 @@ def test_masked_pixels_are_ignored():
     objects, _, errors = run_to_end(run_retrieval(corrupted, mask, recipe=recipe, device="cpu"))
     assert metrics.registered_correlation(objects, truth)[0] > 0.98
     assert errors[0] < 1e-2
+
+
+@pytest.mark.parametrize("algorithm", ["ER", "HIO", "RAAR"])
+def test_fused_cpu_projections_match_the_torch_ones(algorithm):
+    """The numba loops (CPU) and the torch expressions (GPU) are the same projections."""
+    generator = torch.Generator().manual_seed(3)
+    shape = (6, 32, 48)
+    spectrum = torch.randn(shape, dtype=torch.complex64, generator=generator)
+    spectrum[0, 0, 0] = 0  # a dark pixel keeps a finite value
+    magnitudes = torch.rand(shape, generator=generator)
+    measured = torch.rand(shape, generator=generator) > 0.2
+    support = torch.rand(shape, generator=generator) > 0.5
+    previous = torch.randn(shape, dtype=torch.complex64, generator=generator)
+    a, b = outside_update(algorithm, 0.9)
+    for valid in (None, measured):
+        fused = projections.set_modulus_(spectrum.clone(), magnitudes, valid)
+        reference = projections._set_modulus_torch(spectrum.clone(), magnitudes, valid)
+        assert torch.isfinite(fused).all()
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+    fused = projections.mix_(spectrum.clone(), previous, support, a, b)
+    reference = projections._mix_torch(spectrum.clone(), previous, support, a, b)
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fused[support], spectrum[support])
 
 
 def test_refinement_from_a_perturbed_start_improves_it():

@@ -15,6 +15,7 @@ import torch
 
 from ..device import resolve_device
 from ..metrics import reciprocal_error
+from .projections import mix_, set_modulus_
 
 
 @dataclass
@@ -51,7 +52,8 @@ def _gaussian_kernel_ft(shape: tuple[int, int], sigma: float, device: torch.devi
 def shrinkwrap(obj: torch.Tensor, sigma: float, threshold: float) -> torch.Tensor:
     """New support: the blurred amplitude above ``threshold`` times its maximum, per pattern."""
     kernel = _gaussian_kernel_ft(obj.shape[-2:], sigma, obj.device)
-    blurred = torch.fft.ifft2(torch.fft.fft2(obj.abs()) * kernel).real
+    amplitude = (obj.real.square() + obj.imag.square()).sqrt_()  # torch's complex abs is slow
+    blurred = torch.fft.ifft2(torch.fft.fft2(amplitude) * kernel).real
     peak = blurred.amax(dim=(-2, -1), keepdim=True)
     return blurred > threshold * peak
 
@@ -79,29 +81,6 @@ def outside_update(algorithm: str, beta: float) -> tuple[float, float]:
     return updates[algorithm]
 
 
-def _modulus(
-    re_im: torch.Tensor, magnitudes: torch.Tensor, measured: torch.Tensor | None
-) -> torch.Tensor:
-    """Spectrum (real view, ..., 2) with |F| set to the measurement (phase kept); where
-    ``measured`` is False the pixel is left free."""
-    re, im = re_im[..., 0], re_im[..., 1]
-    scale = magnitudes * torch.rsqrt((re * re + im * im).clamp_min(1e-24))
-    if measured is not None:
-        scale = torch.where(measured, scale, 1.0)
-    return re_im * scale.unsqueeze(-1)
-
-
-def _mix(
-    obj: torch.Tensor,
-    projected: torch.Tensor,
-    support: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-) -> torch.Tensor:
-    """Projection inside the support, a * object + b * projection outside (real views)."""
-    return torch.where(support.unsqueeze(-1), projected, a * obj + b * projected)
-
-
 def iterate(
     magnitudes: torch.Tensor,
     valid: torch.Tensor | None,
@@ -119,12 +98,8 @@ def iterate(
     for algorithm, count in recipe.schedule:
         a, b = outside_update(algorithm, recipe.beta)
         for _ in range(count):
-            spectrum = torch.view_as_real(torch.fft.fft2(obj))
-            projected = torch.fft.ifft2(
-                torch.view_as_complex(_modulus(spectrum, magnitudes, valid))
-            )
-            mixed = _mix(torch.view_as_real(obj), torch.view_as_real(projected), support, a, b)
-            obj = torch.view_as_complex(mixed)
+            spectrum = set_modulus_(torch.fft.fft2(obj), magnitudes, valid)
+            obj = mix_(torch.fft.ifft2(spectrum), obj, support, a, b)
             done += 1
             if recipe.shrinkwrap_every and done % recipe.shrinkwrap_every == 0 and done < total:
                 start, end = recipe.shrinkwrap_sigma
