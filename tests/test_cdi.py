@@ -86,7 +86,7 @@ def test_masked_pixels_are_ignored():
 
 
 @pytest.mark.parametrize("algorithm", ["ER", "HIO", "RAAR"])
-def test_fused_cpu_projections_match_the_torch_ones(algorithm):
+def test_fused_cpu_projections_match_the_torch_ones(algorithm, monkeypatch):
     """The numba loops (CPU) and the torch expressions (GPU) are the same projections."""
     generator = torch.Generator().manual_seed(3)
     shape = (6, 32, 48)
@@ -97,15 +97,23 @@ def test_fused_cpu_projections_match_the_torch_ones(algorithm):
     support = torch.rand(shape, generator=generator) > 0.5
     previous = torch.randn(shape, dtype=torch.complex64, generator=generator)
     a, b = outside_update(algorithm, 0.9)
-    for valid in (None, measured):
-        fused = projections.set_modulus_(spectrum.clone(), magnitudes, valid)
-        reference = projections._set_modulus_torch(spectrum.clone(), magnitudes, valid)
-        assert torch.isfinite(fused).all()
-        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
-    fused = projections.mix_(spectrum.clone(), previous, support, a, b)
-    reference = projections._mix_torch(spectrum.clone(), previous, support, a, b)
-    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
-    assert torch.equal(fused[support], spectrum[support])
+
+    def project(valid):
+        projected = spectrum.clone()
+        error = projections.set_modulus_(projected, magnitudes, valid, with_error=True)
+        return projected, error, projections.mix_(projected.clone(), previous, support, a, b)
+
+    fused = [project(valid) for valid in (None, measured)]
+    monkeypatch.setattr(projections, "fused", lambda tensor: False)
+    reference = [project(valid) for valid in (None, measured)]
+    for (spectrum_f, error_f, mixed_f), (spectrum_r, error_r, mixed_r) in zip(
+        fused, reference, strict=True
+    ):
+        assert torch.isfinite(spectrum_f).all()
+        torch.testing.assert_close(spectrum_f, spectrum_r, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mixed_f, mixed_r, rtol=1e-5, atol=1e-6)
+        assert error_f == pytest.approx(error_r, rel=1e-4)
+        assert torch.equal(mixed_f[support], spectrum_f[support])
 
 
 def test_refinement_from_a_perturbed_start_improves_it():

@@ -96,6 +96,7 @@ def layers_for_result(
     name = name or source_name(result, "result")
     label = result.provenance.method
     common = {"cdinn_result": result}
+    placed = {} if result.origin is None else {"translate": result.origin}  # over the scan
     amplitude = result.amplitude
     return [
         (
@@ -105,6 +106,7 @@ def layers_for_result(
                 "colormap": "gray",
                 "contrast_limits": _contrast(amplitude),
                 "metadata": {**common, "component": "amplitude"},
+                **placed,
             },
             "image",
         ),
@@ -115,6 +117,7 @@ def layers_for_result(
                 "colormap": "twilight",
                 "contrast_limits": (-np.pi, np.pi),
                 "metadata": {**common, "component": "phase"},
+                **placed,
             },
             "image",
         ),

@@ -149,6 +149,7 @@ class ObjectResult:
     probe: np.ndarray | None = None
     support: np.ndarray | None = None  # bool, same shape as objects
     chi2: np.ndarray | None = None  # reciprocal-space error per pattern, when computed
+    origin: tuple[float, float] | None = None  # stitched: scan coordinate (y, x) of pixel [0, 0]
 
     @property
     def amplitude(self) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skimage.metrics import structural_similarity
 
 
 def _stack(a: np.ndarray) -> np.ndarray:
@@ -99,3 +100,31 @@ def phase_rms(objects: np.ndarray, truth: np.ndarray, threshold: float = 0.1) ->
         d = np.angle(np.exp(1j * (d - np.angle(np.mean(np.exp(1j * d))))))  # remove the offset
         out[i] = np.sqrt(np.mean(d**2))
     return out
+
+
+def matched(image: np.ndarray, reference: np.ndarray, region: np.ndarray | None = None):
+    """``image`` times the complex factor that best matches ``reference`` over ``region``
+    (least squares): removes the global phase offset and amplitude scale that ptychography
+    cannot determine."""
+    inside = np.ones(image.shape, bool) if region is None else region
+    factor = np.vdot(image[inside], reference[inside]) / max(
+        np.vdot(image[inside], image[inside]).real, 1e-30
+    )
+    return image * factor
+
+
+def object_ssim(
+    image: np.ndarray, reference: np.ndarray, region: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(amplitude SSIM, phase SSIM) of a complex image against a reference on the same grid,
+    averaged over ``region`` (bool mask, default all) after :func:`matched`.  Each SSIM uses the
+    reference's range inside the region as its data range."""
+    inside = np.ones(image.shape, bool) if region is None else np.asarray(region, bool)
+    image = matched(np.asarray(image, np.complex128), np.asarray(reference, np.complex128), inside)
+    scores = []
+    for part in (np.abs, np.angle):
+        a, b = part(image), part(np.asarray(reference, np.complex128))
+        span = float(np.ptp(b[inside])) or 1.0
+        _, local = structural_similarity(a, b, data_range=span, full=True)
+        scores.append(float(local[inside].mean()))
+    return scores[0], scores[1]

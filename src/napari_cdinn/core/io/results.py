@@ -3,6 +3,7 @@
 ```
 /                               attrs: creator="napari-cdinn", creator_version, file_kind="results"
 /entry_1/image_K/data           complex64 object(s): (N, H, W) per pattern, or (H, W) stitched
+                                attrs (stitched only): origin = (y, x) scan coordinate of [0, 0]
 /entry_1/image_K/probe          complex64, optional (ptychography)
 /entry_1/image_K/support        bool, optional
 /entry_1/image_K/chi2           float64 (N,), optional reciprocal-space error per pattern
@@ -84,7 +85,9 @@ def write_results(path: str | Path, results: Sequence[Result]) -> Path:
             if isinstance(result, ObjectResult):
                 n_images += 1
                 group = entry.create_group(f"image_{n_images}")
-                group.create_dataset("data", data=np.asarray(result.objects, np.complex64))
+                data = group.create_dataset("data", data=np.asarray(result.objects, np.complex64))
+                if result.origin is not None:
+                    data.attrs["origin"] = np.asarray(result.origin, np.float64)
                 for name, value in (("probe", result.probe), ("support", result.support)):
                     if value is not None:
                         group.create_dataset(name, data=value)
@@ -124,6 +127,13 @@ def _optional(group: h5py.Group, key: str) -> np.ndarray | None:
     return group[key][()] if key in group else None
 
 
+def _origin(data: h5py.Dataset) -> tuple[float, float] | None:
+    if "origin" not in data.attrs:
+        return None
+    y, x = np.asarray(data.attrs["origin"], float)[:2]
+    return float(y), float(x)
+
+
 def is_results_file(h5: h5py.File) -> bool:
     kind = h5.attrs.get("file_kind", b"")
     return (kind.decode() if isinstance(kind, bytes) else str(kind)) == "results"
@@ -146,6 +156,7 @@ def read_results(path: str | Path) -> list[Result]:
                         probe=_optional(group, "probe"),
                         support=_optional(group, "support"),
                         chi2=_optional(group, "chi2"),
+                        origin=_origin(group["data"]),
                     )
                 )
             elif name.startswith("orientation_"):

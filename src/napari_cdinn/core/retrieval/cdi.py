@@ -15,7 +15,7 @@ import torch
 
 from ..device import resolve_device
 from ..metrics import reciprocal_error
-from .projections import mix_, set_modulus_
+from .projections import intensity, mix_, set_modulus_
 
 
 @dataclass
@@ -52,7 +52,7 @@ def _gaussian_kernel_ft(shape: tuple[int, int], sigma: float, device: torch.devi
 def shrinkwrap(obj: torch.Tensor, sigma: float, threshold: float) -> torch.Tensor:
     """New support: the blurred amplitude above ``threshold`` times its maximum, per pattern."""
     kernel = _gaussian_kernel_ft(obj.shape[-2:], sigma, obj.device)
-    amplitude = (obj.real.square() + obj.imag.square()).sqrt_()  # torch's complex abs is slow
+    amplitude = intensity(obj).sqrt_()
     blurred = torch.fft.ifft2(torch.fft.fft2(amplitude) * kernel).real
     peak = blurred.amax(dim=(-2, -1), keepdim=True)
     return blurred > threshold * peak
@@ -98,7 +98,8 @@ def iterate(
     for algorithm, count in recipe.schedule:
         a, b = outside_update(algorithm, recipe.beta)
         for _ in range(count):
-            spectrum = set_modulus_(torch.fft.fft2(obj), magnitudes, valid)
+            spectrum = torch.fft.fft2(obj)
+            set_modulus_(spectrum, magnitudes, valid)
             obj = mix_(torch.fft.ifft2(spectrum), obj, support, a, b)
             done += 1
             if recipe.shrinkwrap_every and done % recipe.shrinkwrap_every == 0 and done < total:

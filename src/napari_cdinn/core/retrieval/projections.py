@@ -5,7 +5,7 @@ Between its two FFTs an iteration only (1) sets the spectrum's modulus to the me
 torch operations each step reads and writes the whole batch five or six times, which costs several
 FFTs; on the CPU each step is therefore one fused numba loop (one pass over memory, both cores),
 and on a GPU (where element-wise passes are cheap) plain torch.  Both paths compute the same
-thing; ``tests/test_cdi.py`` checks they agree.
+thing; ``tests/test_cdi.py`` checks they agree (by switching ``fused`` off).
 """
 
 from __future__ import annotations
@@ -18,22 +18,32 @@ _TINY = np.float32(1e-24)  # |F|^2 floor: a zero spectrum pixel keeps a zero pha
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _set_modulus_cpu(spectrum: np.ndarray, magnitudes: np.ndarray) -> None:
+def _set_modulus_cpu(spectrum: np.ndarray, magnitudes: np.ndarray, subtract: float) -> float:
     flat, target = spectrum.reshape(-1), magnitudes.reshape(-1)
+    error = 0.0
     for i in numba.prange(flat.size):
         z = flat[i]
-        flat[i] = z * (target[i] / np.sqrt(max(z.real * z.real + z.imag * z.imag, _TINY)))
+        modulus = np.sqrt(max(z.real * z.real + z.imag * z.imag, _TINY))
+        error += (modulus - target[i]) ** 2
+        flat[i] = z * (target[i] / modulus - subtract)
+    return error
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _set_modulus_where_measured_cpu(
-    spectrum: np.ndarray, magnitudes: np.ndarray, measured: np.ndarray
-) -> None:
+    spectrum: np.ndarray, magnitudes: np.ndarray, measured: np.ndarray, subtract: float
+) -> float:
     flat, target, valid = spectrum.reshape(-1), magnitudes.reshape(-1), measured.reshape(-1)
+    error = 0.0
     for i in numba.prange(flat.size):
+        z = flat[i]
         if valid[i]:
-            z = flat[i]
-            flat[i] = z * (target[i] / np.sqrt(max(z.real * z.real + z.imag * z.imag, _TINY)))
+            modulus = np.sqrt(max(z.real * z.real + z.imag * z.imag, _TINY))
+            error += (modulus - target[i]) ** 2
+            flat[i] = z * (target[i] / modulus - subtract)
+        else:
+            flat[i] = z * (1 - subtract)
+    return error
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -47,23 +57,53 @@ def _mix_cpu(
             new[i] = a32 * old[i] + b32 * new[i]
 
 
+def intensity(field: torch.Tensor) -> torch.Tensor:
+    """|field|^2 (torch's complex ``abs`` is several times slower on the CPU)."""
+    return field.real.square() + field.imag.square()
+
+
+def fused(tensor: torch.Tensor) -> bool:
+    """Whether the numba loops serve this tensor (CPU) rather than torch (GPU)."""
+    return tensor.device.type == "cpu"
+
+
 def _dense(tensor: torch.Tensor) -> np.ndarray:
     """A C-contiguous numpy view (a copy only when the tensor is strided)."""
     return tensor.contiguous().numpy()
 
 
 def set_modulus_(
-    spectrum: torch.Tensor, magnitudes: torch.Tensor, valid: torch.Tensor | None
-) -> torch.Tensor:
+    spectrum: torch.Tensor,
+    magnitudes: torch.Tensor,
+    valid: torch.Tensor | None,
+    with_error: bool = False,
+    correction: bool = False,
+) -> float | None:
     """In place: |spectrum| := magnitudes where ``valid`` (True = measured pixel; None = all),
-    phase kept; unmeasured pixels are left free.  Returns ``spectrum``."""
-    if spectrum.device.type == "cpu":
+    phase kept; unmeasured pixels are left free.  With ``correction`` the spectrum becomes the
+    change instead (new minus old, zero where unmeasured), whose inverse FFT is the exit-wave
+    update ptychography needs.  With ``with_error``, returns the sum over measured pixels of
+    (|spectrum| - magnitude)^2 before the change (free on the CPU; on a GPU it costs a
+    synchronisation, hence optional)."""
+    subtract = 1.0 if correction else 0.0
+    if fused(spectrum):
         if valid is None:
-            _set_modulus_cpu(spectrum.numpy(), _dense(magnitudes))
+            error = _set_modulus_cpu(spectrum.numpy(), _dense(magnitudes), subtract)
         else:
-            _set_modulus_where_measured_cpu(spectrum.numpy(), _dense(magnitudes), _dense(valid))
-        return spectrum
-    return _set_modulus_torch(spectrum, magnitudes, valid)
+            error = _set_modulus_where_measured_cpu(
+                spectrum.numpy(), _dense(magnitudes), _dense(valid), subtract
+            )
+        return float(error) if with_error else None
+    modulus = intensity(spectrum).clamp_min_(float(_TINY)).sqrt_()
+    error = None
+    if with_error:
+        misfit = (modulus - magnitudes).square()
+        error = float((misfit if valid is None else misfit[valid]).sum())
+    scale = magnitudes / modulus
+    if valid is not None:
+        scale = torch.where(valid, scale, 1.0)
+    spectrum.mul_(scale - subtract)
+    return error
 
 
 def mix_(
@@ -72,23 +112,7 @@ def mix_(
     """The new object: ``projected`` inside the support, ``a * previous + b * projected`` outside
     (ER a = b = 0, HIO 1 and -beta, RAAR beta and 1 - 2 beta).  On the CPU it is written into
     ``projected``, which the caller must not need afterwards."""
-    if projected.device.type == "cpu":
+    if fused(projected):
         _mix_cpu(projected.numpy(), _dense(previous), _dense(support), a, b)
         return projected
-    return _mix_torch(projected, previous, support, a, b)
-
-
-def _set_modulus_torch(
-    spectrum: torch.Tensor, magnitudes: torch.Tensor, valid: torch.Tensor | None
-) -> torch.Tensor:
-    power = (spectrum.real.square() + spectrum.imag.square()).clamp_min_(float(_TINY))
-    scale = torch.rsqrt(power).mul_(magnitudes)
-    if valid is not None:
-        scale = torch.where(valid, scale, 1.0)
-    return spectrum.mul_(scale)
-
-
-def _mix_torch(
-    projected: torch.Tensor, previous: torch.Tensor, support: torch.Tensor, a: float, b: float
-) -> torch.Tensor:
     return torch.where(support, projected, a * previous + b * projected)

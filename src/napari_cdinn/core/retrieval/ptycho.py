@@ -1,0 +1,235 @@
+"""Ptychography by mini-batch rPIE (ePIE with a regularised step) with probe update, in torch.
+
+Each epoch visits every scan position once, in random batches: the batch's exit waves (probe
+times object patch) are propagated to the detector (orthonormal FFT), given the measured modulus
+(unmeasured pixels left free) and propagated back; the differences update the object (summed
+over overlapping patches, normalised by their summed probe intensity, Maiden's rPIE step) at once
+for the batch, and, from ``probe_update_from`` on, the probe once per epoch.
+
+Sub-pixel positions: each frame's probe is the current probe shifted by the fractional part of
+its position (Fourier shift), quantised to 1/``SUBPIXEL`` pixel; the bank of shifted probes is
+rebuilt whenever the probe changes.  Positions are (y, x) object pixels of the scan's own frame;
+:class:`ObjectGrid` places them on the reconstructed array (``origin`` is where pixel [0, 0] is).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..data import PtychoScan
+from ..device import resolve_device
+from ..errors import InputError
+from .patches import add_probe_gradient_, exit_waves, update_object_
+from .projections import intensity, set_modulus_
+
+SUBPIXEL = 8  # probe shifts are quantised to 1/8 pixel
+
+
+@dataclass
+class EpieRecipe:
+    """Parameters of the reconstruction; the defaults suit 50-80 % overlap."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    object_alpha: float = 0.05  # rPIE: 1 is ePIE's max|P|^2 step, small values step further
+    probe_alpha: float = 0.2
+    probe_update_from: int | None = 2  # first epoch that updates the probe; None keeps it fixed
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ObjectGrid:
+    """The reconstructed object's array: ``shape``, and ``origin`` (y, x), the scan coordinate of
+    its pixel [0, 0]; a frame at position p covers pixels p - origin ... + frame."""
+
+    shape: tuple[int, int]
+    origin: tuple[float, float]
+
+    @classmethod
+    def around(cls, positions: np.ndarray, frame: tuple[int, int], margin: int = 2) -> ObjectGrid:
+        low = np.floor(positions.min(axis=0)) - margin
+        high = np.ceil(positions.max(axis=0)) + np.asarray(frame) + margin + 1
+        shape = tuple(int(v) for v in high - low)
+        return cls((shape[0], shape[1]), (float(low[0]), float(low[1])))
+
+    def corners(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Integer top-left corners and sub-pixel shift bins (0 .. SUBPIXEL**2 - 1)."""
+        local = np.asarray(positions, float) - np.asarray(self.origin)
+        steps = np.round(local * SUBPIXEL).astype(np.int64)
+        corners = steps // SUBPIXEL
+        fraction = steps - corners * SUBPIXEL
+        return corners, fraction[:, 0] * SUBPIXEL + fraction[:, 1]
+
+
+def _shift_ramps(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Fourier phase ramps moving an (H, W) array by each of the SUBPIXEL**2 sub-pixel shifts."""
+    fy = torch.fft.fftfreq(shape[0], device=device, dtype=torch.float64)
+    fx = torch.fft.fftfreq(shape[1], device=device, dtype=torch.float64)
+    shifts = torch.arange(SUBPIXEL, device=device, dtype=torch.float64) / SUBPIXEL
+    phase_y = shifts[:, None, None, None] * fy[None, None, :, None]
+    phase_x = shifts[None, :, None, None] * fx[None, None, None, :]
+    ramps = torch.exp(-2j * math.pi * (phase_y + phase_x)).to(torch.complex64)
+    return ramps.reshape(SUBPIXEL * SUBPIXEL, *shape)
+
+
+def _bank_and_power(probe: torch.Tensor, ramps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe moved by every sub-pixel shift (SUBPIXEL**2, H, W), and its intensity."""
+    bank = torch.fft.ifft2(torch.fft.fft2(probe) * ramps)
+    return bank, intensity(bank)
+
+
+def initial_probe(intensities: np.ndarray) -> np.ndarray:
+    """A probe guess from the data alone: the back-propagated mean measured amplitude."""
+    amplitude = np.sqrt(np.maximum(intensities, 0)).mean(axis=0)
+    guess = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amplitude), norm="ortho"))
+    return guess.astype(np.complex64)
+
+
+def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's frames in memory and its positions, refusing what ePIE cannot use."""
+    source = scan.meta.source
+    intensities = np.asarray(scan.stack.frames(), np.float32)
+    positions = np.asarray(scan.positions, float)
+    if intensities.ndim != 3 or len(intensities) == 0:
+        raise InputError(source, "empty scan: no diffraction patterns")
+    if positions.shape != (len(intensities), 2):
+        raise InputError(
+            source,
+            f"{len(positions)} scan positions for {len(intensities)} patterns; they must match",
+        )
+    if not np.isfinite(positions).all():
+        raise InputError(source, "scan positions hold NaN or infinite values")
+    if len(intensities) < 2:
+        raise InputError(source, "a scan of one position has no overlap to reconstruct from")
+    if scan.probe is not None and scan.probe.shape[-2:] != intensities.shape[-2:]:
+        raise InputError(
+            source,
+            f"probe is {scan.probe.shape[-2:]} but patterns are {intensities.shape[-2:]}",
+        )
+    return intensities, positions
+
+
+def run_epie(
+    scan: PtychoScan,
+    recipe: EpieRecipe | None = None,
+    device: str = "auto",
+    preview: Callable[[np.ndarray, np.ndarray, int], None] | None = None,
+) -> Iterator[tuple[int, int]]:
+    """Generator: reconstruct object and probe, yielding (positions done, total) progress.
+
+    ``preview(object, probe, epoch)`` is called after each epoch (for live display).  Returns
+    (through StopIteration) ``(object, probe, grid, errors)``: the complex object on ``grid``,
+    the probe, and the mean Fourier error per epoch.
+    """
+    recipe = recipe or EpieRecipe()
+    intensities, positions = checked_scan(scan)
+    torch_device = resolve_device(device)
+    n, h, w = intensities.shape
+    grid = ObjectGrid.around(positions, (h, w))
+    corner_array, bins_array = grid.corners(positions)
+    corners = torch.as_tensor(corner_array, device=torch_device)
+    bins = torch.as_tensor(bins_array, device=torch_device)
+    magnitudes = torch.fft.ifftshift(
+        torch.as_tensor(np.sqrt(np.maximum(intensities, 0)), device=torch_device), dim=(-2, -1)
+    )
+    power = float(np.mean(np.sum(intensities, axis=(-2, -1))))
+    valid_frame = None
+    if scan.stack.mask is not None:
+        valid_frame = torch.fft.ifftshift(torch.as_tensor(scan.stack.mask, device=torch_device))
+        power = float(np.mean(np.sum(np.where(scan.stack.mask, intensities, 0), axis=(-2, -1))))
+
+    guess = scan.probe if scan.probe is not None else initial_probe(intensities)
+    guess = np.asarray(guess, np.complex64)
+    if guess.ndim == 3:
+        guess = guess[0]  # the dominant mode of a multi-mode probe
+    probe = torch.as_tensor(guess, device=torch_device)
+    probe *= math.sqrt(power / max(float((probe.abs() ** 2).sum()), 1e-30))
+    obj = torch.ones(grid.shape, dtype=torch.complex64, device=torch_device)
+    ramps = _shift_ramps((h, w), torch_device)
+    bank, bank_power = _bank_and_power(probe, ramps)
+    centre = _spectrum_centre(magnitudes.square().mean(dim=0))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    errors: list[float] = []
+    total = recipe.epochs * n
+    for epoch in range(recipe.epochs):
+        update_probe = recipe.probe_update_from is not None and epoch >= recipe.probe_update_from
+        probe_numerator = torch.zeros_like(bank) if update_probe else None
+        probe_denominator = torch.zeros_like(bank, dtype=torch.float32) if update_probe else None
+        error = 0.0
+        done = epoch * n
+        order = torch.randperm(n, generator=generator).to(torch_device)
+        for batch in order.split(recipe.batch_size):
+            at, shift = corners[batch], bins[batch]
+            waves = exit_waves(obj, at, bank, shift)
+            spectrum = torch.fft.fft2(waves, norm="ortho")
+            valid = None if valid_frame is None else valid_frame.expand(len(batch), h, w)
+            measured = magnitudes[batch]
+            error += set_modulus_(spectrum, measured, valid, with_error=True, correction=True)
+            change = torch.fft.ifft2(spectrum, norm="ortho")  # projected minus current exit wave
+            if update_probe:
+                add_probe_gradient_(probe_numerator, probe_denominator, obj, at, shift, change)
+            update_object_(obj, at, bank, bank_power, shift, change, recipe.object_alpha)
+            done += len(batch)
+            yield done, total
+        errors.append(error / (power * n))
+        if update_probe:
+            probe = _updated_probe(probe, probe_numerator, probe_denominator, ramps, recipe)
+            probe, obj = _without_phase_ramp(probe, obj, centre)
+            bank, bank_power = _bank_and_power(probe, ramps)
+        if preview is not None:
+            preview(obj.cpu().numpy(), probe.cpu().numpy(), epoch + 1)
+        yield (epoch + 1) * n, total
+    return obj.cpu().numpy(), probe.cpu().numpy(), grid, errors
+
+
+def _updated_probe(
+    probe: torch.Tensor,
+    numerator: torch.Tensor,
+    denominator: torch.Tensor,
+    ramps: torch.Tensor,
+    recipe: EpieRecipe,
+) -> torch.Tensor:
+    """One rPIE probe step from the epoch's gradients, each moved back by its sub-pixel shift."""
+    used = denominator.sum(dim=(-2, -1)) > 0
+    back = torch.fft.ifft2(torch.fft.fft2(numerator[used]) * ramps[used].conj()).sum(dim=0)
+    weight = denominator[used].sum(dim=0)
+    peak = float(weight.max())
+    return probe + back / ((1 - recipe.probe_alpha) * weight + recipe.probe_alpha * peak)
+
+
+def _spectrum_centre(power: torch.Tensor) -> torch.Tensor:
+    """Circular centre of mass (y, x) of an FFT-ordered power spectrum, in frequency indices."""
+    centre = []
+    for axis, size in ((-2, power.shape[-2]), (-1, power.shape[-1])):
+        index = torch.arange(size, device=power.device, dtype=torch.float64)
+        profile = power.sum(dim=-1 if axis == -2 else -2).to(torch.float64)
+        moment = (profile * torch.exp(2j * math.pi * index / size)).sum()
+        centre.append(torch.angle(moment) * size / (2 * math.pi))
+    return torch.stack(centre)
+
+
+def _without_phase_ramp(
+    probe: torch.Tensor, obj: torch.Tensor, centre: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resolve ptychography's linear-phase ambiguity: P e^(-ikr), O e^(ikr) make the same data.
+    The ramp that centres the probe's spectrum where the measured patterns are centred moves
+    from the probe to the object, so the object is not left with a drifting phase slope."""
+    size = torch.tensor(probe.shape, device=probe.device, dtype=torch.float64)
+    offset = _spectrum_centre(intensity(torch.fft.fft2(probe))) - centre
+    cycles = (torch.remainder(offset + size / 2, size) - size / 2) / size  # per pixel
+
+    def ramp(shape: tuple[int, int], sign: float) -> torch.Tensor:
+        y = torch.arange(shape[0], device=probe.device, dtype=torch.float64)[:, None]
+        x = torch.arange(shape[1], device=probe.device, dtype=torch.float64)[None, :]
+        phase = sign * 2 * math.pi * (cycles[0] * y + cycles[1] * x)
+        return torch.exp(1j * phase).to(torch.complex64)
+
+    return probe * ramp(probe.shape, -1.0), obj * ramp(obj.shape, 1.0)
