@@ -8,11 +8,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+import torch
+from skimage.draw import polygon2mask
 
+from . import metrics
 from .data import ObjectResult, Provenance, PtychoScan
-from .retrieval.ptycho import EpieRecipe, run_epie
+from .device import resolve_device
+from .errors import InputError
+from .nn.cdi import inference_model
+from .nn.ptycho import (
+    FineTuning,
+    fine_tune,
+    normalised,
+    patch_offset,
+    predict_patches,
+    probe_weight,
+    sample_patches,
+    stitch,
+)
+from .nn.ptycho_net import binned, binning, intensity_scale, preprocess
+from .nn.registry import list_models, load_model
+from .retrieval.ptycho import EpieRecipe, ObjectGrid, checked_scan, run_epie
 
 METHODS = ("nn", "epie")
 LABELS = {"nn": "NN", "epie": "ePIE"}
@@ -62,3 +82,177 @@ def scanned_region(
     for y, x in corners:
         region[max(y, 0) : y + frame // 2, max(x, 0) : x + frame // 2] = True
     return region
+
+
+def default_model() -> Path:
+    models = list_models("ptycho")
+    if not models:
+        raise InputError(
+            None, "no bundled ptychography model found (was the package installed whole?)"
+        )
+    return models[0]
+
+
+@dataclass
+class NetworkInput:
+    """A scan as the network sees it: binned patterns, their scale, and where patches lie."""
+
+    patterns: np.ndarray  # (N, size, size) binned intensities, masked pixels zero
+    scale: float  # the scan's mean pixel intensity (core.nn.ptycho_net.intensity_scale)
+    corners: np.ndarray  # (N, 2) scan coordinates of each predicted patch's top-left corner
+    weight: np.ndarray  # (size, size) probe-intensity weights for loss and stitching
+    grid: ObjectGrid  # the ePIE grid of this scan, which stitched results share
+
+
+def network_input(scan: PtychoScan, size: int, probe: np.ndarray | None = None) -> NetworkInput:
+    """Bin the scan's patterns for a network taking ``size`` x ``size`` patterns."""
+    intensities, positions = checked_scan(scan)
+    frame = intensities.shape[-1]
+    if intensities.shape[-2] != frame:
+        raise InputError(
+            scan.meta.source,
+            f"patterns are {intensities.shape[-2:]}; ptychography needs square ones",
+        )
+    factor = binning(frame, size, scan.meta.source)
+    if scan.stack.mask is not None:
+        intensities = np.where(scan.stack.mask, intensities, 0)
+    patterns = binned(intensities, factor)
+    probe = probe if probe is not None else scan.probe
+    return NetworkInput(
+        patterns=patterns,
+        scale=intensity_scale(patterns),
+        corners=positions + patch_offset(frame, size),
+        weight=probe_weight(probe, frame, size),
+        grid=ObjectGrid.around(positions, (frame, frame)),
+    )
+
+
+def network_steps(
+    scan: PtychoScan,
+    model: Path | str | None = None,
+    device: str = "auto",
+    loaded: tuple[torch.nn.Module, dict] | None = None,
+) -> Steps:
+    """Every pattern through the network, the patches stitched on the ePIE grid of the scan."""
+    start = time.perf_counter()
+    torch_device = resolve_device(device)
+    if loaded is not None:
+        path, (net, card) = "(in memory)", loaded
+    else:
+        path = Path(model) if model is not None else default_model()
+        net, card = load_model(path, torch_device)
+    if card.get("mode") != "ptycho":
+        raise InputError(path, f"a {card.get('mode')} model, not a ptychography one")
+    data = network_input(scan, net.size)
+    fast = inference_model(net)
+    patches = np.empty((len(data.patterns), net.size, net.size), np.complex64)
+    for lo, batch in predict_patches(fast, data.patterns, data.scale, torch_device):
+        patches[lo : lo + len(batch)] = batch
+        yield lo + len(batch), len(data.patterns) + 1
+    image = stitch(patches, data.corners, data.weight, data.grid.origin, data.grid.shape)
+    provenance = Provenance(
+        method=LABELS["nn"],
+        model_name=card.get("name"),
+        model_version=card.get("version"),
+        parameters={"model_path": str(path), "binning": scan.stack.frame_shape[-1] // net.size},
+        wall_time_s=time.perf_counter() - start,
+        source=scan.meta.source,
+    )
+    yield len(data.patterns) + 1, len(data.patterns) + 1
+    return ObjectResult(image, provenance, origin=data.grid.origin)
+
+
+def matched_to(result: ObjectResult, reference: ObjectResult) -> ObjectResult:
+    """``result`` with the global phase offset and amplitude scale of ``reference`` (same grid),
+    fitted where both have signal, so the two layers share a colour scale."""
+    if result.objects.shape != reference.objects.shape or result.origin != reference.origin:
+        raise ValueError("results on different grids")
+    both = (np.abs(result.objects) > 0) & (np.abs(reference.objects) > 0)
+    objects = metrics.matched(result.objects, reference.objects, both).astype(np.complex64)
+    return replace(result, objects=objects)
+
+
+def region_mask(
+    grid: ObjectGrid,
+    rectangle: tuple[float, float, float, float] | None = None,
+    polygon: np.ndarray | None = None,
+) -> np.ndarray:
+    """A region on ``grid`` from a rectangle (y0, y1, x0, x1) or a polygon (K, 2) of (y, x)
+    vertices, both in scan coordinates (napari world coordinates of the scan's layers)."""
+    if polygon is not None:
+        vertices = np.asarray(polygon, float) - np.asarray(grid.origin)
+        return polygon2mask(grid.shape, vertices)
+    if rectangle is None:
+        raise ValueError("give a rectangle or a polygon")
+    y0, y1, x0, x1 = (v - o for v, o in zip(rectangle, np.repeat(grid.origin, 2), strict=True))
+    mask = np.zeros(grid.shape, bool)
+    mask[
+        max(int(np.ceil(y0)), 0) : max(int(np.floor(y1)), 0),
+        max(int(np.ceil(x0)), 0) : max(int(np.floor(x1)), 0),
+    ] = True
+    return mask
+
+
+def positions_in_region(data: NetworkInput, region: np.ndarray, size: int) -> np.ndarray:
+    """Indices of the frames whose predicted patch lies wholly inside ``region`` (on data.grid)."""
+    local = np.asarray(data.corners) - np.asarray(data.grid.origin)
+    inside = []
+    for index, (y, x) in enumerate(local):
+        y0, x0 = int(np.floor(y)), int(np.floor(x))
+        if y0 < 0 or x0 < 0 or y0 + size + 1 > region.shape[0] or x0 + size + 1 > region.shape[1]:
+            continue
+        if region[y0 : y0 + size + 1, x0 : x0 + size + 1].all():
+            inside.append(index)
+    return np.asarray(inside, int)
+
+
+def retrain_steps(
+    scan: PtychoScan,
+    reference: ObjectResult,
+    region: np.ndarray,
+    run: FineTuning,
+    seconds: float = 55.0,
+    device: str = "auto",
+) -> Generator[tuple[int, int], None, FineTuning]:
+    """Fine-tune ``run.model`` on the frames whose patches lie inside ``region`` (a mask on the
+    reference's grid), with the reference's patches as targets; see ``nn.ptycho.fine_tune``.
+    ``run`` is updated as training goes, so a stopped run still holds its best model."""
+    data = network_input(scan, run.model.size, reference.probe)
+    if (
+        reference.origin is None
+        or reference.objects.shape != data.grid.shape
+        or tuple(reference.origin) != tuple(data.grid.origin)
+    ):
+        raise InputError(
+            reference.provenance.source,
+            "the reference is not a reconstruction of this scan (its grid differs)",
+        )
+    chosen = positions_in_region(data, region, run.model.size)
+    if len(chosen) < 10:
+        raise InputError(
+            scan.meta.source,
+            f"the region holds {len(chosen)} scan positions with whole patches inside; "
+            "draw a larger region (at least 10)",
+        )
+    torch_device = resolve_device(device)
+    targets = sample_patches(
+        normalised(reference.objects, region),
+        data.grid.origin,
+        data.corners[chosen],
+        run.model.size,
+    )
+    inputs = preprocess(torch.as_tensor(data.patterns[chosen]), data.scale).to(torch_device)
+    run.model.to(torch_device)
+    run.source = {
+        "scan": scan.meta.source,
+        "reference": reference.provenance.source,
+        "positions": len(chosen),
+    }
+    yield from fine_tune(
+        run,
+        inputs,
+        torch.as_tensor(targets).to(torch_device),
+        torch.as_tensor(data.weight).to(torch_device),
+        seconds=seconds,
+    )
+    return run

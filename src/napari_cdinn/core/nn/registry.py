@@ -19,8 +19,9 @@ from torch import nn
 
 from ..errors import InputError
 from .cdi_net import CDINet
+from .ptycho_net import PtychoNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"CDINet": CDINet}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"CDINet": CDINet, "PtychoNet": PtychoNet}
 
 
 def bundled_dir() -> Path:

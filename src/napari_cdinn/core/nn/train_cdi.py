@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import platform
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,6 +23,7 @@ from ..simulate.cdi import simulate_cdi
 from .cdi import inference_model, predict, training_targets, twin_invariant_loss
 from .cdi_net import CDINet, preprocess
 from .registry import save_model, user_dir
+from .training import Log, cosine_lr, machine, resume, save_checkpoint
 
 HELD_OUT_SEED = 999_999  # never used for training data
 CHUNK = 5000
@@ -85,14 +84,7 @@ def train(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     args.out = args.out or user_dir()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    log_path = args.log or args.workdir / "train_cdi.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        print(line, flush=True)
-        with open(log_path, "a") as handle:
-            handle.write(line + "\n")
+    log = Log(args.log or args.workdir / "train_cdi.log")
 
     log(f"start: {vars(args)}")
     data = training_data(args.n_train + args.n_val, args.size, args.seed, args.workdir, log)
@@ -104,13 +96,7 @@ def train(args: argparse.Namespace) -> Path:
     model = CDINet(size=args.size, width=args.width).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
-    state = {"epoch": 0, "elapsed_s": 0.0, "history": []}
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = {k: saved[k] for k in state}
-        log(f"resumed from epoch {state['epoch']} ({state['elapsed_s'] / 60:.1f} min trained)")
+    state = resume(checkpoint, model, optimizer, log)
     budget = args.minutes * 60
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
     while state["elapsed_s"] < budget:
@@ -120,8 +106,8 @@ def train(args: argparse.Namespace) -> Path:
         total, n_batches = 0.0, 0
         for lo in range(0, n_train - args.batch + 1, args.batch):
             fraction = min(1.0, (state["elapsed_s"] + time.time() - epoch_start) / budget)
-            for group in optimizer.param_groups:  # cosine decay over the time budget
-                group["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction)))
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(args.lr, fraction)
             index = order[lo : lo + args.batch]
             inputs = preprocess(x_all[index]).contiguous(memory_format=torch.channels_last)
             amplitude, phase = model(inputs)
@@ -145,9 +131,7 @@ def train(args: argparse.Namespace) -> Path:
             f"epoch {state['epoch']}: train {total / n_batches:.4f} val {val_loss:.4f} "
             f"lr {optimizer.param_groups[0]['lr']:.2e} ({state['elapsed_s'] / 60:.1f} min)"
         )
-        torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, checkpoint
-        )
+        save_checkpoint(checkpoint, model, optimizer, state)
 
     held_out = evaluate(model, 1000, args.size)
     log(f"held-out: {held_out}")
@@ -177,7 +161,7 @@ def train(args: argparse.Namespace) -> Path:
             "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
             "epochs": state["epoch"],
             "minutes": round(state["elapsed_s"] / 60, 1),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+            "machine": machine(),
             "history": state["history"],
         },
         "held_out": held_out,

@@ -10,18 +10,47 @@ from __future__ import annotations
 
 import numpy as np
 from skimage import data as skdata
+from skimage.filters import gaussian
 from skimage.transform import resize
 
 from ..data import DiffractionStack, Metadata, PtychoScan
 from .cdi import far_field_intensity
 
-TEXTURES = ("camera", "moon", "coins", "text", "brick", "grass", "gravel", "page", "clock")
+NATURAL = (
+    "camera", "moon", "coins", "text", "brick", "grass", "gravel", "page", "clock", "astronaut",
+    "cat", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+    "cell", "shepp_logan_phantom",
+)  # fmt: skip
+PROCEDURAL = ("siemens", "shapes")
+TEXTURES = NATURAL + PROCEDURAL
+HELD_OUT_TEXTURES = ("camera", "coins")  # never in the network's training scans (benchmarks)
+
+
+def _procedural(name: str, side: int, rng: np.random.Generator) -> np.ndarray:
+    """A Siemens star with a random number of spokes, or random blurred ellipses."""
+    yy, xx = np.mgrid[:side, :side] - (side - 1) / 2
+    if name == "siemens":
+        spokes = int(rng.integers(12, 48))
+        image = (np.sin(spokes * np.arctan2(yy, xx) + rng.uniform(0, np.pi)) > 0).astype(float)
+        return image * (np.hypot(yy, xx) < side * rng.uniform(0.4, 0.7))
+    image = np.zeros((side, side))
+    for _ in range(int(rng.integers(10, 40))):
+        cy, cx = rng.uniform(-side / 2, side / 2, 2)
+        ry, rx = rng.uniform(side / 40, side / 6, 2)
+        angle = rng.uniform(0, np.pi)
+        u = (yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
+        v = -(yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
+        image[(u / ry) ** 2 + (v / rx) ** 2 < 1] = rng.uniform(0.2, 1)
+    return gaussian(image, rng.uniform(0.5, 2))
 
 
 def _texture(name: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    image = np.asarray(getattr(skdata, name)(), float)
+    if name in PROCEDURAL:
+        image = _procedural(name, max(shape) * 2, rng)
+    else:
+        image = np.asarray(getattr(skdata, name)(), float)
     if image.ndim == 3:
-        image = image.mean(axis=-1)
+        image = image[..., :3].mean(axis=-1)
     side = min(image.shape)
     crop = int(side * rng.uniform(0.6, 1.0))
     y0, x0 = (int(rng.integers(0, s - crop + 1)) for s in image.shape)
@@ -30,9 +59,11 @@ def _texture(name: str, shape: tuple[int, int], rng: np.random.Generator) -> np.
     return image / (image.max() + 1e-12)
 
 
-def textured_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def textured_object(
+    shape: tuple[int, int], rng: np.random.Generator, textures: tuple[str, ...] = TEXTURES
+) -> np.ndarray:
     """Amplitude in [0.3, 1] and phase in [-pi/2, pi/2] from two different textures."""
-    amp_name, phase_name = rng.choice(TEXTURES, size=2, replace=False)
+    amp_name, phase_name = rng.choice(textures, size=2, replace=False)
     amplitude = 0.3 + 0.7 * _texture(str(amp_name), shape, rng)
     phase = (_texture(str(phase_name), shape, rng) - 0.5) * np.pi
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
@@ -105,15 +136,18 @@ def simulate_ptycho(
     photons: float | None = 1e6,
     every: int = 1,
     seed: int = 0,
+    textures: tuple[str, ...] = TEXTURES,
+    defocus: float = 6.0,
 ) -> PtychoScan:
     """A scan of a random textured object: intensities, positions, probe and the true object.
 
     ``photons``: mean total counts per pattern (Poisson noise), ``None`` for noiseless;
-    ``every``: keep every k-th position (sparse scans).
+    ``every``: keep every k-th position (sparse scans); ``textures``: the names to draw the
+    object's amplitude and phase from; ``defocus``: of the probe, in radians at the pupil edge.
     """
     rng = np.random.default_rng(seed)
-    obj = textured_object(object_shape, rng)
-    probe = focused_probe(frame, rng)
+    obj = textured_object(object_shape, rng, textures)
+    probe = focused_probe(frame, rng, defocus=defocus)
     if scan == "raster":
         positions = raster_positions(object_shape, frame, step, rng)
     elif scan == "spiral":
@@ -126,7 +160,7 @@ def simulate_ptycho(
         intensities = rng.poisson(intensities * (photons / intensities.sum(axis=(1, 2)).mean()))
         intensities = intensities.astype(np.float32)
     settings = {"mode": "ptycho", "object_shape": list(object_shape), "frame": frame, "step": step}
-    settings.update(scan=scan, photons=photons, every=every, seed=seed)
+    settings.update(scan=scan, photons=photons, every=every, seed=seed, defocus=defocus)
     meta = Metadata(reader="simulate.ptycho", extra={"simulation": settings})
     stack = DiffractionStack(intensities, None, meta)
     return PtychoScan(stack, positions, probe, truth=obj)

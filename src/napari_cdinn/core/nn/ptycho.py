@@ -1,0 +1,219 @@
+"""Targets, loss, inference, stitching and few-shot fine-tuning for the ptychography network.
+
+Patches: frame n sees the object at scan position p (its window's top-left corner); the network's
+patch is the central ``size`` x ``size`` of that window, i.e. it starts at p + ``offset`` with
+offset = (frame - size) / 2.  Targets are patches of a reference object (the truth in simulations,
+ePIE or a loaded reconstruction on real data), normalised so that amplitude ~ 1 and the mean
+phase is 0 over the region used, since ptychography fixes neither.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .ptycho_net import preprocess
+
+
+def patch_offset(frame: int, size: int) -> float:
+    """Where the network's patch starts inside a frame's window (object pixels)."""
+    return (frame - size) / 2
+
+
+def sample_patches(
+    image: np.ndarray, origin: tuple[float, float], corners: np.ndarray, size: int
+) -> np.ndarray:
+    """(N, size, size) patches of a complex ``image`` (pixel [0, 0] at scan coordinate
+    ``origin``) with top-left corners at sub-pixel scan coordinates ``corners`` (bilinear)."""
+    local = np.asarray(corners, float) - np.asarray(origin)
+    base = np.floor(local).astype(int)
+    fy, fx = (local - base).T
+    padded = np.pad(image, ((0, size + 1), (0, size + 1)))
+    rows = base[:, 0, None, None] + np.arange(size)[None, :, None]
+    cols = base[:, 1, None, None] + np.arange(size)[None, None, :]
+    if (base < 0).any() or (rows.max() >= image.shape[0]) or (cols.max() >= image.shape[1]):
+        raise ValueError("patches reach outside the reference image")
+    fy, fx = fy[:, None, None], fx[:, None, None]
+    return (
+        (1 - fy) * (1 - fx) * padded[rows, cols]
+        + (1 - fy) * fx * padded[rows, cols + 1]
+        + fy * (1 - fx) * padded[rows + 1, cols]
+        + fy * fx * padded[rows + 1, cols + 1]
+    ).astype(np.complex64)
+
+
+def normalised(image: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """``image`` with amplitude divided by its 99th percentile and the amplitude-weighted mean
+    phase removed, both over ``region`` (default all)."""
+    inside = image if region is None else image[region]
+    amplitude = np.abs(inside)
+    scale = float(np.percentile(amplitude, 99)) or 1.0
+    offset = np.angle(np.sum(inside))
+    return (image / scale * np.exp(-1j * offset)).astype(np.complex64)
+
+
+def probe_weight(probe: np.ndarray | None, frame: int, size: int) -> np.ndarray:
+    """(size, size) weights in [0.02, 1] for loss and stitching: the probe intensity under the
+    network's patch (how well each patch pixel is seen), or a Gaussian without a probe."""
+    if probe is None:
+        axis = np.arange(size) - (size - 1) / 2
+        weight = np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * (size / 6) ** 2))
+    else:
+        probe = np.asarray(probe)
+        probe = probe[0] if probe.ndim == 3 else probe
+        lo = round(patch_offset(frame, size))
+        weight = np.abs(probe[lo : lo + size, lo : lo + size]) ** 2
+    weight = weight / max(float(weight.max()), 1e-30)
+    return np.maximum(weight, 0.02).astype(np.float32)
+
+
+def patch_loss(
+    amplitude: torch.Tensor, phase: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Probe-weighted mean absolute error of amplitude plus of the wrapped phase difference;
+    ``weight`` (s, s) for all samples or (B, s, s) one per sample."""
+    wrapped = torch.remainder(phase - target.angle() + torch.pi, 2 * torch.pi) - torch.pi
+    misfit = (amplitude - target.abs()).abs() + wrapped.abs()
+    return (weight * misfit).sum() / weight.expand_as(misfit).sum()
+
+
+@torch.inference_mode()
+def predict_patches(
+    model: nn.Module,
+    intensities: np.ndarray,
+    scale: float,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (start index, complex patches) batch by batch for (N, size, size) patterns."""
+    for lo in range(0, len(intensities), batch_size):
+        batch = torch.as_tensor(np.asarray(intensities[lo : lo + batch_size], np.float32))
+        x = preprocess(batch.to(device), scale).contiguous(memory_format=torch.channels_last)
+        amplitude, phase = model(x)
+        yield lo, torch.polar(amplitude, phase).cpu().numpy()
+
+
+def stitch(
+    patches: np.ndarray,
+    corners: np.ndarray,
+    weight: np.ndarray,
+    origin: tuple[float, float],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """One complex image on a grid (pixel [0, 0] at scan coordinate ``origin``) from (N, s, s)
+    patches at sub-pixel scan ``corners``: bilinear splatting, each patch weighted by ``weight``.
+    Amplitude is the weighted mean of the patches' amplitudes, phase the angle of their weighted
+    complex sum (so phases average across the -pi/pi cut); unseen pixels are 0."""
+    size = patches.shape[-1]
+    local = np.asarray(corners, float) - np.asarray(origin)
+    base = np.floor(local).astype(int)
+    fraction = local - base
+    amplitude_sum = np.zeros((shape[0] + 1, shape[1] + 1))
+    complex_sum = np.zeros((shape[0] + 1, shape[1] + 1), np.complex128)
+    weight_sum = np.zeros((shape[0] + 1, shape[1] + 1))
+    for patch, (y, x), (fy, fx) in zip(patches, base, fraction, strict=True):
+        amplitude, unit = np.abs(patch), patch
+        for dy, dx, share in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                              (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):  # fmt: skip
+            if share == 0:
+                continue
+            window = np.s_[y + dy : y + dy + size, x + dx : x + dx + size]
+            w = share * weight
+            weight_sum[window] += w
+            amplitude_sum[window] += w * amplitude
+            complex_sum[window] += w * unit
+    weight_sum, amplitude_sum = (
+        weight_sum[: shape[0], : shape[1]],
+        amplitude_sum[: shape[0], : shape[1]],
+    )
+    complex_sum = complex_sum[: shape[0], : shape[1]]
+    seen = weight_sum > 1e-3 * weight_sum.max()
+    out = np.zeros(shape, np.complex64)
+    out[seen] = amplitude_sum[seen] / weight_sum[seen] * np.exp(1j * np.angle(complex_sum[seen]))
+    return out
+
+
+@dataclass
+class FineTuning:
+    """A fine-tuning run's state, kept up to date as it goes, so a stopped run keeps its best
+    model: the caller holds this object and reads ``best_model()`` whenever it stops."""
+
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)  # per epoch: train, validation, lr, seconds
+    best_state: dict | None = None
+    best_validation: float = float("inf")
+    source: dict = field(default_factory=dict)  # what it was trained on, for the model card
+
+    def best_model(self) -> nn.Module:
+        model = copy.deepcopy(self.model)
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return model.eval()
+
+
+def fine_tune(
+    run: FineTuning,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    seconds: float = 55.0,
+    max_epochs: int = 200,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> Iterator[tuple[int, int]]:
+    """Generator: PtychoNN's recipe (MAE, Adam 1e-3, learning rate halved when the validation
+    loss stalls, 90/10 split), until ``seconds`` or ``max_epochs``; yields (batches done, total)
+    after every batch so Stop (closing the generator) ends it within a fraction of a second.
+    ``inputs`` (N, 1, s, s) preprocessed, ``targets`` (N, s, s) complex, ``weight`` (s, s)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(inputs), generator=generator)
+    n_validation = max(1, len(inputs) // 10)
+    validation, training = order[:n_validation], order[n_validation:]
+    model = run.model
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+    per_epoch = -(-len(training) // batch_size)
+    total = per_epoch * max_epochs
+    start = time.perf_counter()
+    done = 0
+    for epoch in range(max_epochs):
+        model.train()
+        shuffled = training[torch.randperm(len(training), generator=generator)]
+        train_loss = 0.0
+        for batch in shuffled.split(batch_size):
+            amplitude, phase = model(inputs[batch])
+            loss = patch_loss(amplitude, phase, targets[batch], weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            train_loss += float(loss) * len(batch)
+            done += 1
+            yield done, total
+        model.eval()
+        with torch.no_grad():
+            amplitude, phase = model(inputs[validation])
+            validation_loss = float(patch_loss(amplitude, phase, targets[validation], weight))
+        scheduler.step(validation_loss)
+        run.history.append(
+            {
+                "epoch": epoch + 1,
+                "train": train_loss / len(training),
+                "validation": validation_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        if validation_loss < run.best_validation:
+            run.best_validation = validation_loss
+            run.best_state = copy.deepcopy(model.state_dict())
+        elapsed = time.perf_counter() - start
+        if elapsed + elapsed / (epoch + 1) > seconds:  # the next epoch would overrun
+            break
+    yield total, total

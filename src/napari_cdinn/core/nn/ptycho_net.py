@@ -1,0 +1,91 @@
+"""The ptychography network, after PtychoNN (Cherukara et al. 2020): one encoder, two decoders
+(amplitude, phase), small enough for >= 1000 patterns/s on two CPU cores.
+
+Geometry (see the README): the network takes ``size`` x ``size`` patterns (64).  A frame of
+``size * b`` pixels is binned b x b first; binning the detector halves the real-space field of
+view, so the predicted ``size`` x ``size`` patch is the object under the central ``size`` x
+``size`` pixels of the frame's window, at the reconstruction's own object-pixel size: patches
+from the network and from ePIE lie on one grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .cdi_net import _block
+
+
+def _decoder(width: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),  # 16
+        _block(4 * width, 2 * width),
+        nn.Upsample(scale_factor=2, mode="nearest"),  # 32
+        _block(2 * width, width),
+        _block(width, width),
+        nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1),  # 64
+    )
+
+
+class PtychoNet(nn.Module):
+    """Encoder 64 -> 8 pixels, two decoders 8 -> 64 pixels (the frame's central patch)."""
+
+    def __init__(self, size: int = 64, width: int = 16):
+        super().__init__()
+        self.size = size
+        self.width = width
+        self.encoder = nn.Sequential(
+            _block(1, width // 2, stride=2),  # 32
+            _block(width // 2, width, stride=2),  # 16
+            _block(width, 2 * width),
+            _block(2 * width, 4 * width, stride=2),  # 8
+            _block(4 * width, 4 * width),
+        )
+        self.amplitude_decoder = _decoder(width)
+        self.phase_decoder = _decoder(width)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, 1, size, size) preprocessed patterns -> amplitude, phase (B, size, size)."""
+        features = self.encoder(x)
+        amplitude = nn.functional.softplus(self.amplitude_decoder(features))[:, 0]
+        phase = torch.pi * torch.tanh(self.phase_decoder(features))[:, 0]
+        return amplitude, phase
+
+    def arguments(self) -> dict[str, int]:
+        """Constructor arguments, recorded in the model card."""
+        return {"size": self.size, "width": self.width}
+
+
+def binning(frame: int, size: int, source: object = None) -> int:
+    """The detector binning b that brings ``frame`` pixels to the network's ``size``."""
+    if frame < size or frame % size:
+        raise InputError(
+            source,
+            f"patterns are {frame} pixels wide; the ptychography network takes {size} x k pixels "
+            f"(k = 1, 2, ...): crop or bin the data to such a size",
+        )
+    return frame // size
+
+
+def binned(intensities: np.ndarray, factor: int) -> np.ndarray:
+    """Sum ``factor`` x ``factor`` detector pixels: (N, H, W) -> (N, H/f, W/f)."""
+    if factor == 1:
+        return np.asarray(intensities, np.float32)
+    n, h, w = intensities.shape
+    blocks = np.asarray(intensities, np.float32).reshape(
+        n, h // factor, factor, w // factor, factor
+    )
+    return blocks.sum(axis=(2, 4))
+
+
+def intensity_scale(intensities: np.ndarray) -> float:
+    """The scan's mean pixel intensity: one number per scan, so the network still sees how much
+    each frame transmits (the object's absorption) while any dose or detector looks alike."""
+    return float(max(np.mean(intensities), 1e-12))
+
+
+def preprocess(intensities: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, H, W) intensities -> (B, 1, H, W) network input: log(1 + I / scale) / 5."""
+    return (torch.log1p(intensities.clamp_min(0) / scale) / 5)[:, None]

@@ -1,0 +1,202 @@
+"""Pretraining of the ptychography network on simulated scans (``training/train_ptycho.py``).
+
+Simulates ``--n-scans`` scans of random objects once (cached in ``--workdir``): textures from
+``simulate.ptycho`` except the held-out ones, probes with random defocus and aberrations, steps
+of 6 to 14 pixels, doses from 1e4 to 1e7 photons per pattern or none.  Targets are the true object
+patches (normalised as few-shot targets are, ``nn.ptycho.normalised``).  Trains within
+``--minutes``, checkpointing every epoch so an interrupted run resumes, then writes weights and
+model card (with the held-out scores) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import __version__
+from .. import metrics
+from ..progress import run_to_end
+from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
+from .ptycho import normalised, patch_loss, probe_weight, sample_patches
+from .ptycho_net import PtychoNet, intensity_scale, preprocess
+from .registry import save_model
+from .training import Log, cosine_lr, machine, resume, save_checkpoint
+
+HELD_OUT_SEED = 999_999  # the held-out scan; training scans use seed * 100_000 + index
+TRAINING_TEXTURES = tuple(t for t in TEXTURES if t not in HELD_OUT_TEXTURES)
+SIZE = 64
+
+
+def simulate_scan(seed: int) -> dict[str, np.ndarray]:
+    """One training scan as network inputs (float16), complex targets and its probe weight."""
+    rng = np.random.default_rng(seed)
+    photons = None if rng.random() < 0.2 else float(10 ** rng.uniform(4, 7))
+    scan = simulate_ptycho(
+        (160, 160), frame=SIZE, step=float(rng.uniform(6, 14)), photons=photons, seed=seed,
+        textures=TRAINING_TEXTURES, defocus=float(rng.uniform(2, 10)),
+    )  # fmt: skip
+    intensities = scan.stack.intensities
+    inputs = preprocess(torch.as_tensor(intensities), intensity_scale(intensities))[:, 0]
+    targets = sample_patches(normalised(scan.truth), (0.0, 0.0), scan.positions, SIZE)
+    return {
+        "inputs": inputs.numpy().astype(np.float16),
+        "targets": targets,
+        "weight": probe_weight(scan.probe, SIZE, SIZE)[None],
+        "n": np.array([len(targets)]),
+    }
+
+
+def training_data(n_scans: int, seed: int, workdir: Path, log: Log) -> dict[str, np.ndarray]:
+    """Simulate (in 2 processes) or load the cached training scans."""
+    cache = workdir / f"scans_n{n_scans}_seed{seed}.npz"
+    if cache.exists():
+        log(f"loading cached training data {cache}")
+        with np.load(cache) as data:
+            return {k: data[k] for k in data.files}
+    start = time.time()
+    with Pool(2) as pool:
+        parts = pool.map(simulate_scan, [seed * 100_000 + i for i in range(n_scans)], chunksize=8)
+    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    data["scan_of"] = np.repeat(np.arange(n_scans), data.pop("n"))
+    log(
+        f"simulated {n_scans} scans, {len(data['targets'])} patterns in {time.time() - start:.0f} s"
+    )
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    tmp.rename(cache)
+    return data
+
+
+def evaluate(model: PtychoNet) -> dict[str, float]:
+    """SSIM of the stitched network result against the truth of a held-out scan (held-out
+    textures and seed, 1e6 photons per pattern), in its well-scanned region."""
+    from .. import ptycho
+
+    scan = simulate_ptycho(
+        (256, 256), frame=SIZE, step=10.0, photons=1e6, seed=HELD_OUT_SEED,
+        textures=HELD_OUT_TEXTURES,
+    )  # fmt: skip
+    result = run_to_end(ptycho.network_steps(scan, loaded=(model.eval(), {"mode": "ptycho"})))
+    truth = ptycho.on_grid(scan.truth, result.origin, result.objects.shape)
+    region = ptycho.scanned_region(scan.positions, SIZE, result.origin, result.objects.shape)
+    amplitude, phase = metrics.object_ssim(result.objects, truth, region)
+    return {"scan_seed": HELD_OUT_SEED, "textures": list(HELD_OUT_TEXTURES),
+            "positions": len(scan.positions), "ssim_amplitude": amplitude, "ssim_phase": phase}  # fmt: skip
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run the pretraining described by ``args``; returns the weights file."""
+    torch.set_num_threads(args.threads)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    log = Log(args.log or args.workdir / "train_ptycho.log")
+    log(f"start: {vars(args)}")
+    data = training_data(args.n_scans, args.seed, args.workdir, log)
+    inputs = torch.as_tensor(data["inputs"])
+    targets = torch.as_tensor(data["targets"])
+    weights = torch.as_tensor(data["weight"])
+    scan_of = torch.as_tensor(data["scan_of"])
+    is_validation = scan_of >= args.n_scans - args.n_val_scans  # whole scans held back
+    train_index = torch.nonzero(~is_validation)[:, 0]
+    val_index = torch.nonzero(is_validation)[:, 0]
+    torch.manual_seed(args.seed)
+    model = PtychoNet(size=SIZE, width=args.width).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    checkpoint = args.workdir / "checkpoint.pt"
+    state = resume(checkpoint, model, optimizer, log)
+    budget = args.minutes * 60
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        x = inputs[index].float()[:, None].contiguous(memory_format=torch.channels_last)
+        amplitude, phase = model(x)
+        return patch_loss(amplitude, phase, targets[index], weights[scan_of[index]])
+
+    generator = torch.Generator().manual_seed(args.seed + state["epoch"])
+    while state["elapsed_s"] < budget:
+        model.train()
+        epoch_start = time.time()
+        order = train_index[torch.randperm(len(train_index), generator=generator)]
+        total, n_batches = 0.0, 0
+        for batch in order.split(args.batch):
+            fraction = (state["elapsed_s"] + time.time() - epoch_start) / budget
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(args.lr, fraction)
+            loss = loss_of(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            n_batches += 1
+            if fraction >= 1.0:
+                break
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(np.mean([float(loss_of(b)) for b in val_index.split(512)]))
+        state["epoch"] += 1
+        state["elapsed_s"] += time.time() - epoch_start
+        state["history"].append([state["epoch"], total / n_batches, val_loss])
+        log(
+            f"epoch {state['epoch']}: train {total / n_batches:.4f} val {val_loss:.4f} "
+            f"lr {optimizer.param_groups[0]['lr']:.2e} ({state['elapsed_s'] / 60:.1f} min)"
+        )
+        save_checkpoint(checkpoint, model, optimizer, state)
+
+    held_out = evaluate(model)
+    log(f"held-out: {held_out}")
+    card = {
+        "name": args.name,
+        "version": f"{__version__}+{time.strftime('%Y%m%d')}",
+        "mode": "ptycho",
+        "architecture": "PtychoNet",
+        "arguments": model.arguments(),
+        "input": {
+            "size": [SIZE, SIZE],
+            "preprocessing": "frames of 64k pixels binned k x k; log(1 + I / s) / 5 with s the "
+            "scan's mean pixel intensity (core.nn.ptycho_net.preprocess)",
+            "geometry": "the output patch is the object under the central 64 x 64 pixels of the "
+            "frame's window, at the reconstruction's object-pixel size",
+        },
+        "output": "amplitude (normalised, ~1) and phase (-pi, pi) of that patch",
+        "training_data": {
+            "recipe": "core.simulate.ptycho.simulate_ptycho, 160 x 160 objects of training "
+            "textures, frame 64, step 6..14 px, defocus 2..10 rad, 20 % noiseless, else Poisson "
+            "at 1e4..1e7 photons per pattern",
+            "n_scans": args.n_scans,
+            "n_patterns": len(targets),
+            "validation_scans": args.n_val_scans,
+            "seed": args.seed,
+        },
+        "training": {
+            "script": "training/train_ptycho.py",
+            "loss": "probe-weighted MAE of amplitude and of the wrapped phase difference",
+            "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
+            "epochs": state["epoch"],
+            "minutes": round(state["elapsed_s"] / 60, 1),
+            "machine": machine(),
+            "history": state["history"],
+        },
+        "held_out": held_out,
+    }
+    path = save_model(model, args.out / f"{args.name}.safetensors", card)
+    log(f"wrote {path} and its card: {json.dumps(held_out)}")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-scans", type=int, default=400)
+    parser.add_argument("--n-val-scans", type=int, default=10)
+    parser.add_argument("--width", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--minutes", type=float, default=45.0, help="training time budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("ptycho_training"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for weights + card")
+    parser.add_argument("--name", default="ptycho_nn")
+    parser.add_argument("--log", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
