@@ -25,7 +25,7 @@ from ..progress import run_to_end
 from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, probe_weight, sample_patches
 from .ptycho_net import PtychoNet, intensity_scale, preprocess
-from .registry import save_model
+from .registry import save_model, user_dir
 from .training import Log, cosine_lr, machine, resume, save_checkpoint
 
 HELD_OUT_SEED = 999_999  # the held-out scan; training scans use seed * 100_000 + index
@@ -93,6 +93,7 @@ def evaluate(model: PtychoNet) -> dict[str, float]:
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
     torch.set_num_threads(args.threads)
+    args.out = args.out or user_dir()
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = Log(args.log or args.workdir / "train_ptycho.log")
     log(f"start: {vars(args)}")
@@ -196,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=45.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("ptycho_training"))
-    parser.add_argument("--out", type=Path, required=True, help="folder for weights + card")
+    parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
     parser.add_argument("--name", default="ptycho_nn")
     parser.add_argument("--log", type=Path)
     parser.add_argument("--threads", type=int, default=2)
