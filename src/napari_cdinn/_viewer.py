@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DOCK = "Diffraction data"
-DOCKS = (DOCK, "Invert CDI")
+DOCKS = (DOCK, "Invert CDI", "Ptychography")
 
 
 def open_viewer(

@@ -112,16 +112,28 @@ def parse_frames(spec: str | None, n: int) -> np.ndarray:
 
 def cmd_invert(args: argparse.Namespace) -> int:
     """Invert a file with the chosen mode and method and write the documented HDF5 layout."""
-    from .core import cdi, io
-    from .core.data import DiffractionStack
-    from .core.progress import run_to_end
+    from .core import io
 
     data = io.read(args.input, dataset=args.dataset)
     mode = args.mode or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(
         type(data).__name__, "wideangle"
     )
-    if mode != "cdi":
-        raise CdinnError(f"invert: mode '{mode}' is not available yet (available: cdi)")
+    if mode == "ptycho":
+        results = _invert_ptycho(args, data)
+    elif mode == "cdi":
+        results = _invert_cdi(args, data)
+    else:
+        raise CdinnError(f"invert: mode '{mode}' is not available yet (available: cdi, ptycho)")
+    io.write_results(args.output, results)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
+    from .core import cdi
+    from .core.data import DiffractionStack
+    from .core.progress import run_to_end
+
     data = getattr(data, "stack", data)  # --mode cdi on a scan inverts its frames one by one
     if not isinstance(data, DiffractionStack):
         raise CdinnError(f"{args.input}: holds no diffraction patterns for the cdi mode")
@@ -133,28 +145,99 @@ def cmd_invert(args: argparse.Namespace) -> int:
         stack.intensities = stack.frames() ** 2
     methods = ["nn", "refine"] if method == "refine" else [method]
     steps = cdi.invert_steps(
-        stack, methods, refine_iterations=args.iterations, device=args.device, model_path=args.model
-    )
+        stack, methods, refine_iterations=args.iterations or 50, device=args.device,
+        model_path=args.model,
+    )  # fmt: skip
     results = list(run_to_end(steps).values())
-    io.write_results(args.output, results)
     for result in results:
         p = result.provenance
         print(
             f"{p.method}: {len(result.objects)} pattern(s) in {p.wall_time_s:.3f} s, "
             f"median chi2 {np.median(result.chi2):.4g}"
         )
-    print(f"wrote {args.output}")
-    return 0
+    return results
+
+
+def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
+    from .core import ptycho
+    from .core.data import PtychoScan
+    from .core.progress import run_to_end
+    from .core.retrieval.ptycho import EpieRecipe
+
+    if not isinstance(data, PtychoScan):
+        raise CdinnError(f"{args.input}: holds no scan positions for the ptycho mode")
+    method = args.method or "nn"
+    if method not in ptycho.METHODS:
+        raise CdinnError(f"invert: method '{method}' is not one of {', '.join(ptycho.METHODS)}")
+    scan = data.subset(parse_frames(args.frames, len(data.positions)))
+    if args.amplitudes:
+        scan.stack.intensities = scan.stack.frames() ** 2
+    if method == "epie":
+        recipe = EpieRecipe(epochs=args.iterations or EpieRecipe.epochs)
+        result = run_to_end(ptycho.epie_steps(scan, recipe, device=args.device))
+    else:
+        result = run_to_end(ptycho.network_steps(scan, args.model, device=args.device))
+    p = result.provenance
+    print(f"{p.method}: {len(scan.positions)} positions in {p.wall_time_s:.3f} s")
+    return [result]
+
+
+def parse_region(spec: str) -> tuple[float, float, float, float]:
+    """ "y0:y1,x0:x1" in scan coordinates (object pixels) -> (y0, y1, x0, x1)."""
+    try:
+        (y0, y1), (x0, x1) = ([float(v) for v in part.split(":")] for part in spec.split(","))
+    except ValueError:
+        raise CdinnError(f"--region '{spec}': use y0:y1,x0:x1 (scan coordinates)") from None
+    if y1 <= y0 or x1 <= x0:
+        raise CdinnError(f"--region '{spec}': empty (need y0 < y1 and x0 < x1)")
+    return y0, y1, x0, x1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a network on simulated data (so far: cdi)."""
+    """cdi: train on simulated data; ptycho: fine-tune on a region of a scan's reconstruction."""
+    if args.mode == "ptycho":
+        return _train_ptycho(args)
     if args.mode != "cdi":
-        raise CdinnError(f"train: mode '{args.mode}' is not available yet (available: cdi)")
+        raise CdinnError(f"train: mode '{args.mode}' is not available yet (available: cdi, ptycho)")
     from .core.nn.train_cdi import train
 
     weights = train(args)
     print(f"model written to {weights} (use it with: napari-cdinn invert FILE --model {weights})")
+    return 0
+
+
+def _train_ptycho(args: argparse.Namespace) -> int:
+    from .core import io, ptycho
+    from .core.data import ObjectResult, PtychoScan
+    from .core.nn.ptycho import FineTuning
+    from .core.nn.registry import load_model, user_dir
+    from .core.progress import run_to_end
+
+    if not (args.scan and args.reference and args.region):
+        raise CdinnError("train ptycho needs SCAN, --reference RECON.h5 and --region y0:y1,x0:x1")
+    scan = io.read(args.scan, dataset=args.dataset)
+    if not isinstance(scan, PtychoScan):
+        raise CdinnError(f"{args.scan}: holds no scan positions")
+    stitched = [
+        r for r in io.read_results(args.reference) if isinstance(r, ObjectResult) and r.origin
+    ]
+    if not stitched:
+        raise CdinnError(f"{args.reference}: holds no stitched (ptychography) reconstruction")
+    reference = stitched[0]
+    base = args.model or ptycho.default_model()
+    model, card = load_model(base)
+    grid = ptycho.network_input(scan, model.size).grid
+    region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
+    run = FineTuning(model)
+    run_to_end(ptycho.retrain_steps(scan, reference, region, run, args.seconds, args.device))
+    output = args.output or user_dir() / f"ptycho_{Path(args.scan).stem}.safetensors"
+    path = ptycho.save_fine_tuned(run, output, card, args.region)
+    last = run.history[-1]
+    print(
+        f"fine-tuned on {run.source['positions']} positions, {last['epoch']} epochs in "
+        f"{last['seconds']:.1f} s, best validation loss {run.best_validation:.4f}"
+    )
+    print(f"model written to {path} (use it with: napari-cdinn invert SCAN --model {path})")
     return 0
 
 
@@ -179,17 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--screenshot", type=Path, help="save a screenshot of the window and quit")
     view.set_defaults(func=cmd_view)
 
-    invert = sub.add_parser("invert", help="invert diffraction data (modes so far: cdi)")
+    invert = sub.add_parser("invert", help="invert diffraction data (modes so far: cdi, ptycho)")
     invert.add_argument("input", type=Path)
     invert.add_argument("-o", "--output", type=Path, required=True)
     invert.add_argument("--mode", choices=MODES, help="default: from the file's content")
-    invert.add_argument("--method", help="cdi: nn (default), iterative, refine")
+    invert.add_argument(
+        "--method", help="cdi: nn (default), iterative, refine; ptycho: nn (default), epie"
+    )
     invert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     invert.add_argument(
         "--model", type=Path, help="a model file (.safetensors) instead of the bundled one"
     )
-    invert.add_argument("--iterations", type=int, default=50, help="refine: ER/HIO iterations")
-    invert.add_argument("--frames", help="frames to invert: N, START:STOP[:STEP] or N,M,...")
+    invert.add_argument(
+        "--iterations",
+        type=int,
+        help="cdi refine: ER/HIO iterations (50); ptycho epie: epochs (100)",
+    )
+    invert.add_argument("--frames", help="frames/positions: N, START:STOP[:STEP] or N,M,...")
     invert.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")
     invert.add_argument("--amplitudes", action="store_true", help="the file holds sqrt(I), not I")
     invert.set_defaults(func=cmd_invert)
@@ -213,9 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .core.nn.train_options import add_arguments
 
-    train = sub.add_parser("train", help="train a network on simulated data (modes so far: cdi)")
+    train = sub.add_parser(
+        "train",
+        help="cdi: train on simulated data; ptycho: fine-tune on a region of a reconstructed scan",
+    )
     train.add_argument("mode", choices=MODES)
+    train.add_argument("scan", type=Path, nargs="?", help="ptycho: the scan to learn from")
     add_arguments(train)
+    few_shot = train.add_argument_group("ptycho fine-tuning")
+    few_shot.add_argument("--reference", type=Path, help="results file with the reconstruction")
+    few_shot.add_argument("--region", help="y0:y1,x0:x1 in scan coordinates (object pixels)")
+    few_shot.add_argument("-o", "--output", type=Path, help="model file to write")
+    few_shot.add_argument("--model", type=Path, help="start from this model (default: bundled)")
+    few_shot.add_argument("--seconds", type=float, default=55.0, help="training time budget")
+    few_shot.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    few_shot.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")
     train.set_defaults(func=cmd_train)
     return parser
 

@@ -31,7 +31,8 @@ from .nn.ptycho import (
     stitch,
 )
 from .nn.ptycho_net import binned, binning, intensity_scale, preprocess
-from .nn.registry import list_models, load_model
+from .nn.registry import list_models, load_model, save_model
+from .nn.training import machine
 from .retrieval.ptycho import EpieRecipe, ObjectGrid, checked_scan, run_epie
 
 METHODS = ("nn", "epie")
@@ -256,3 +257,30 @@ def retrain_steps(
         seconds=seconds,
     )
     return run
+
+
+def save_fine_tuned(
+    run: FineTuning, path: Path | str, base_card: dict, region: str, name: str | None = None
+) -> Path:
+    """Write the run's best model and a card naming the scan, reference and region it learnt."""
+    path = Path(path).with_suffix(".safetensors")
+    model = run.best_model()
+    card = {
+        "name": name or path.stem,
+        "version": f"{base_card.get('version', '0')}+ft{time.strftime('%Y%m%d%H%M%S')}",
+        "mode": "ptycho",
+        "architecture": base_card.get("architecture", "PtychoNet"),
+        "arguments": model.arguments(),
+        "input": base_card.get("input"),
+        "output": base_card.get("output"),
+        "fine_tuned_from": {"name": base_card.get("name"), "version": base_card.get("version")},
+        "training": {
+            "recipe": "few-shot: probe-weighted MAE, Adam 1e-3 halved on plateau, 90/10 split",
+            **run.source,
+            "region": region,
+            "best_validation": run.best_validation,
+            "history": run.history,
+            "machine": machine(),
+        },
+    }
+    return save_model(model, path, card)

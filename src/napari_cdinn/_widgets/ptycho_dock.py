@@ -1,0 +1,412 @@
+"""The "Ptychography" dock: ePIE with live layers, the network stitched beside it, and few-shot
+retraining on a region drawn over the reconstruction, with a live loss plot and a Stop that keeps
+the best model so far.  All work runs in napari workers; the dock only moves layers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.layers import Image, Layer, Shapes
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _settings
+from .._layers import layers_for_result, source_name
+from ..core import ptycho
+from ..core.data import ObjectResult, Provenance, PtychoScan
+from ..core.nn.registry import list_models, load_model, read_card, save_model, user_dir
+from ..core.retrieval.ptycho import EpieRecipe
+from . import report_error
+
+if TYPE_CHECKING:
+    import napari
+
+PREVIEW_EVERY_S = 0.5  # live ePIE layers refresh at most this often
+
+
+def scan_of(layer: Layer | None) -> PtychoScan | None:
+    """The scan behind a diffraction layer napari-cdinn opened (None for other layers)."""
+    if not isinstance(layer, Image):
+        return None
+    data = layer.metadata.get("cdinn", {}).get("data")
+    return data if isinstance(data, PtychoScan) else None
+
+
+def stitched_result(layer: Layer | None) -> ObjectResult | None:
+    """The stitched reconstruction behind an amplitude/phase layer (ePIE or loaded)."""
+    if not isinstance(layer, Image):
+        return None
+    result = layer.metadata.get("cdinn_result")
+    return result if isinstance(result, ObjectResult) and result.origin is not None else None
+
+
+def region_from_shapes(layer: Shapes, grid: ptycho.ObjectGrid) -> np.ndarray:
+    """The union of the layer's shapes as a mask on ``grid``; vertices go through the layer's
+    own transform (scale, translate, ...) to world = scan coordinates."""
+    region = np.zeros(grid.shape, bool)
+    for vertices in layer.data:
+        world = np.array([layer.data_to_world(v) for v in vertices])[:, -2:]
+        region |= ptycho.region_mask(grid, polygon=world)
+    return region
+
+
+class PtychoDock(QWidget):
+    """Scan -> ePIE / network -> draw a region -> Retrain -> the whole scan by the new model."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.pbar = None
+        self.run = None  # the FineTuning in progress
+        self._preview: tuple | None = None
+        self._shown_at = 0.0
+
+        self.scan_combo = QComboBox()
+        self.every = QSpinBox(minimum=1, maximum=16, value=1)
+        self.every.setToolTip("Use every k-th scan position (sparse scans)")
+        self.epochs = QSpinBox(minimum=1, maximum=5000, value=100)
+        self.probe_update = QCheckBox("Update the probe")
+        self.probe_update.setChecked(True)
+        self.epie_button = QPushButton("Reconstruct (ePIE)")
+        self.epie_button.clicked.connect(self.reconstruct)
+        self.model_combo = QComboBox()
+        self.load_button = QPushButton("Load model...")
+        self.load_button.clicked.connect(self.load_model_file)
+        self.save_button = QPushButton("Save model as...")
+        self.save_button.clicked.connect(self.save_model_file)
+        self.invert_button = QPushButton("Invert (network)")
+        self.invert_button.clicked.connect(self.invert)
+        self.reference_combo = QComboBox()
+        self.region_button = QPushButton("Draw region")
+        self.region_button.clicked.connect(self.draw_region)
+        self.seconds = QSpinBox(minimum=5, maximum=3600, value=55)
+        self.retrain_button = QPushButton("Retrain")
+        self.retrain_button.clicked.connect(self.retrain)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+
+        top = QFormLayout()
+        top.addRow("Scan layer", self.scan_combo)
+        top.addRow("Every k-th position", self.every)
+        epie = QGroupBox("Iterative")
+        epie_form = QFormLayout(epie)
+        epie_form.addRow("Epochs", self.epochs)
+        epie_form.addRow("", self.probe_update)
+        epie_form.addRow(self.epie_button)
+        network = QGroupBox("Network")
+        network_form = QFormLayout(network)
+        network_form.addRow("Model", self.model_combo)
+        files = QHBoxLayout()
+        files.addWidget(self.load_button)
+        files.addWidget(self.save_button)
+        network_form.addRow(files)
+        network_form.addRow(self.invert_button)
+        training = QGroupBox("Few-shot retraining")
+        training_form = QFormLayout(training)
+        training_form.addRow("Reference", self.reference_combo)
+        training_form.addRow(self.region_button)
+        training_form.addRow("Time budget (s)", self.seconds)
+        training_form.addRow(self.retrain_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(epie)
+        layout.addWidget(network)
+        layout.addWidget(training)
+        layout.addWidget(self.stop_button)
+        layout.addWidget(self.status)
+        layout.addWidget(self.canvas)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._follow_selection)
+        self._refresh_layers()
+        self._refresh_models()
+
+    # -- choices ---------------------------------------------------------------------------------
+    def _refresh_layers(self, event: object = None) -> None:
+        for combo, test in ((self.scan_combo, scan_of), (self.reference_combo, stitched_result)):
+            current = combo.currentText()
+            combo.clear()
+            names = [layer.name for layer in self.viewer.layers if test(layer) is not None]
+            if combo is self.reference_combo:  # one entry per result: its amplitude layer
+                names = [n for n in names if "phase" not in n]
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+
+    def _follow_selection(self, event: object = None) -> None:
+        layer = self.viewer.layers.selection.active
+        if scan_of(layer) is not None:
+            self.scan_combo.setCurrentText(layer.name)
+
+    def _refresh_models(self, select: Path | None = None) -> None:
+        self.model_combo.clear()
+        for path in list_models("ptycho"):
+            self.model_combo.addItem(path.stem, str(path))
+        if select is not None:
+            if self.model_combo.findData(str(select)) < 0:
+                self.model_combo.addItem(select.stem, str(select))
+            self.model_combo.setCurrentIndex(self.model_combo.findData(str(select)))
+
+    def _layer(self, name: str) -> Layer | None:
+        return self.viewer.layers.get(name, None)
+
+    def selected_scan(self) -> tuple[str, PtychoScan] | None:
+        scan = scan_of(self._layer(self.scan_combo.currentText()))
+        if scan is None:
+            show_error("Open a ptychography scan first (drag a file onto napari) and pick it.")
+            return None
+        name = self.scan_combo.currentText().removesuffix(" diffraction")
+        if self.every.value() > 1:
+            scan = scan.subset(slice(None, None, self.every.value()))
+            name = f"{name} 1 in {self.every.value()}"
+        return name, scan
+
+    def model_path(self) -> Path | None:
+        data = self.model_combo.currentData()
+        return Path(data) if data else None
+
+    # -- work ------------------------------------------------------------------------------------
+    def _start(self, worker, description: str, on_return) -> None:
+        self.worker = worker
+        self.pbar = progress(total=0, desc=description)
+        worker.yielded.connect(self._progress)
+        worker.returned.connect(on_return)
+        worker.errored.connect(report_error)
+        worker.finished.connect(self._finished)
+        for button in (self.epie_button, self.invert_button, self.retrain_button):
+            button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        worker.start()
+
+    def _progress(self, step: tuple[int, int]) -> None:
+        done, total = step
+        self.pbar.total = total
+        self.pbar.update(done - self.pbar.n)
+        if self._preview is not None and time.monotonic() - self._shown_at > PREVIEW_EVERY_S:
+            self._show_preview()
+        if self.run is not None and self.run.history:
+            self._plot_losses()
+
+    def _finished(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+        for button in (self.epie_button, self.invert_button, self.retrain_button):
+            button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.worker = None
+
+    def stop(self) -> None:
+        """Ends the running work at its next step (a training batch: well under a second)."""
+        if self.worker is not None:
+            self.worker.quit()
+            show_info("Stopping...")
+
+    def reconstruct(self) -> None:
+        chosen = self.selected_scan()
+        if chosen is None:
+            return
+        name, scan = chosen
+        recipe = EpieRecipe(
+            epochs=self.epochs.value(),
+            probe_update_from=2 if self.probe_update.isChecked() else None,
+        )
+
+        def preview(obj: np.ndarray, probe: np.ndarray, epoch: int) -> None:
+            self._preview = (name, obj, probe, epoch)  # picked up in the GUI thread
+
+        worker = create_worker(
+            ptycho.epie_steps, scan, recipe, _settings.device_choice(), preview,
+            _ignore_errors=True,
+        )  # fmt: skip
+        self._preview = None
+        self._grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+        self._start(worker, f"ePIE on {name}", lambda result: self._show_result(name, result))
+
+    def _show_preview(self) -> None:
+        name, obj, probe, epoch = self._preview
+        self._preview = None
+        self._shown_at = time.monotonic()
+        result = ObjectResult(
+            obj, Provenance(method="ePIE", source=name), probe=probe, origin=self._grid.origin
+        )
+        self._show_result(name, result, final=False)
+        self.status.setText(f"ePIE epoch {epoch}")
+
+    def invert(self, model: Path | None = None) -> None:
+        chosen = self.selected_scan()
+        path = model or self.model_path()
+        if chosen is None:
+            return
+        if path is None:
+            show_error("No ptychography model: load one or retrain.")
+            return
+        name, scan = chosen
+        worker = create_worker(
+            ptycho.network_steps, scan, path, _settings.device_choice(), _ignore_errors=True
+        )
+        self._start(worker, f"Network on {name}", lambda result: self._show_result(name, result))
+
+    def _show_result(self, name: str, result: ObjectResult, final: bool = True) -> None:
+        reference = stitched_result(self._layer(f"{name} amplitude (ePIE)"))
+        if (
+            result.provenance.method != "ePIE"
+            and reference is not None
+            and reference.objects.shape == result.objects.shape
+        ):
+            result = ptycho.matched_to(result, reference)  # same phase offset and scale
+        for data, kwargs, kind in layers_for_result(result, name):
+            existing = self._layer(kwargs["name"])
+            if existing is not None and existing.data.shape == data.shape:
+                existing.data = data
+                existing.metadata = kwargs["metadata"]
+                if kwargs["metadata"]["component"] == "amplitude":
+                    existing.contrast_limits = kwargs["contrast_limits"]
+            else:
+                if existing is not None:
+                    self.viewer.layers.remove(existing)
+                self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        if result.probe is not None:
+            probe_name = f"{name} probe amplitude ({result.provenance.method})"
+            probe = np.abs(result.probe)
+            if self._layer(probe_name) is not None:
+                self._layer(probe_name).data = probe
+            else:
+                self.viewer.add_image(probe, name=probe_name, colormap="magma", visible=False)
+        if final:
+            wall = result.provenance.wall_time_s or 0.0
+            self.status.setText(f"{result.provenance.method}: {wall:.2f} s")
+
+    # -- retraining ------------------------------------------------------------------------------
+    def draw_region(self) -> None:
+        chosen = self.selected_scan()
+        if chosen is None:
+            return
+        name = f"{chosen[0]} training region"
+        layer = self._layer(name)
+        if layer is None:
+            layer = self.viewer.add_shapes(
+                name=name, edge_color="yellow", face_color="transparent", edge_width=2
+            )
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        show_info("Draw rectangles or polygons over the reconstruction, then press Retrain.")
+
+    def retrain(self) -> None:
+        chosen = self.selected_scan()
+        reference = stitched_result(self._layer(self.reference_combo.currentText()))
+        if chosen is None:
+            return
+        name, scan = chosen
+        region_layer = self._layer(f"{name} training region")
+        if reference is None:
+            show_error("Reconstruct with ePIE (or open a reconstruction) to learn from first.")
+            return
+        if not isinstance(region_layer, Shapes) or len(region_layer.data) == 0:
+            show_error("Draw the training region first (Draw region).")
+            return
+        base = self.model_path()
+        if base is None:
+            show_error("No ptychography model to start from.")
+            return
+        grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+        region = region_from_shapes(region_layer, grid)
+        model, card = load_model(base)
+        self.run = ptycho.FineTuning(model)
+        self._base_card = card
+        self._trained = (name, scan)
+        self.figure.clear()
+        worker = create_worker(
+            ptycho.retrain_steps, scan, reference, region, self.run, float(self.seconds.value()),
+            _settings.device_choice(), _ignore_errors=True,
+        )  # fmt: skip
+        worker.finished.connect(self._after_training)
+        self._start(worker, f"Retraining on {name}", lambda run: None)
+
+    def _plot_losses(self) -> None:
+        history = self.run.history
+        self.figure.clear()
+        axes = self.figure.add_subplot(111)
+        epochs = [h["epoch"] for h in history]
+        axes.semilogy(epochs, [h["train"] for h in history], ".-", label="train")
+        axes.semilogy(epochs, [h["validation"] for h in history], ".-", label="validation")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("loss")
+        axes.legend(fontsize="small")
+        self.canvas.draw_idle()
+
+    def _after_training(self) -> None:
+        """Stopped or done: keep the best model, save it, invert the whole scan with it."""
+        run, (name, scan) = self.run, self._trained
+        if run is None or run.best_state is None:
+            self.status.setText("No epoch finished: the model is unchanged.")
+            return
+        self._plot_losses()
+        stem = f"ptycho_{source_name(scan, 'scan')}_{time.strftime('%Y%m%d_%H%M%S')}"
+        region = f"shapes of layer '{name} training region'"
+        path = ptycho.save_fine_tuned(run, user_dir() / stem, self._base_card, region)
+        self._refresh_models(select=path)
+        last = run.history[-1]
+        self.status.setText(
+            f"Retrained on {run.source.get('positions')} positions, {last['epoch']} epochs, "
+            f"{last['seconds']:.0f} s; saved {path.name}"
+        )
+        self.run = None
+        self.invert(model=path)
+
+    # -- model files -----------------------------------------------------------------------------
+    def load_model_file(self) -> None:
+        chosen, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Models (*.safetensors)")
+        if chosen:
+            self.load_model_path(Path(chosen))
+
+    def load_model_path(self, path: Path) -> None:
+        try:
+            card = read_card(path)
+            if card.get("mode") != "ptycho":
+                raise ValueError(f"{path.name} is a {card.get('mode')} model")
+            load_model(path)  # refuse a broken file now, not at inversion time
+        except Exception as err:
+            report_error(err)
+            return
+        self._refresh_models(select=path)
+
+    def save_model_file(self) -> None:
+        current = self.model_path()
+        if current is None:
+            show_error("No model selected.")
+            return
+        target, _ = QFileDialog.getSaveFileName(self, "Save model as", "", "Models (*.safetensors)")
+        if target:
+            self.save_model_as(current, Path(target))
+
+    def save_model_as(self, current: Path, target: Path) -> Path:
+        model, card = load_model(current)
+        saved = save_model(model, target.with_suffix(".safetensors"), card)
+        self._refresh_models(select=saved)
+        return saved
