@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from napari_cdinn.core import metrics, ptycho
-from napari_cdinn.core.data import PtychoScan
+from napari_cdinn.core.data import ObjectResult, Provenance, PtychoScan
 from napari_cdinn.core.errors import InputError
+from napari_cdinn.core.nn.ptycho import FineTuning, probe_weight, sample_patches, stitch
+from napari_cdinn.core.nn.ptycho_net import PtychoNet
+from napari_cdinn.core.nn.registry import list_models, load_model
 from napari_cdinn.core.progress import run_to_end
 from napari_cdinn.core.retrieval import patches, projections
 from napari_cdinn.core.retrieval.ptycho import SUBPIXEL, EpieRecipe, ObjectGrid
@@ -17,7 +22,7 @@ from napari_cdinn.core.simulate.ptycho import focused_probe, simulate_ptycho
 
 @pytest.fixture(scope="module")
 def small_scan() -> PtychoScan:
-    return simulate_ptycho((128, 128), frame=64, step=8, photons=None, seed=4)
+    return simulate_ptycho((128, 128), 64, 8, photons=None, seed=4, textures=("camera", "brick"))
 
 
 def truth_on_grid(result, scan: PtychoScan) -> tuple[np.ndarray, np.ndarray]:
@@ -106,3 +111,107 @@ def test_bad_scans_are_refused_with_the_reason(small_scan):
     for words, scan in cases.items():
         with pytest.raises(InputError, match=words):
             run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device="cpu"))
+
+
+def test_stitching_the_true_patches_returns_the_true_object(small_scan):
+    size = 64
+    grid = ObjectGrid.around(small_scan.positions, (size, size))
+    weight = probe_weight(small_scan.probe, size, size)
+    seen = ptycho.scanned_region(small_scan.positions, size, grid.origin, grid.shape)
+    truth = ptycho.on_grid(small_scan.truth, grid.origin, grid.shape)
+    whole = np.round(small_scan.positions)  # whole pixels: sampling and splatting are exact
+    patches = sample_patches(small_scan.truth, (0.0, 0.0), whole, size)
+    stitched = stitch(patches, whole, weight, grid.origin, grid.shape)
+    np.testing.assert_allclose(stitched[seen], truth[seen], atol=1e-5)
+    patches = sample_patches(small_scan.truth, (0.0, 0.0), small_scan.positions, size)
+    stitched = stitch(patches, small_scan.positions, weight, grid.origin, grid.shape)
+    assert metrics.object_ssim(stitched, truth, seen)[1] > 0.95  # sub-pixel: bilinear, twice
+
+
+def test_a_region_selects_exactly_the_positions_whose_patches_lie_inside(small_scan):
+    data = ptycho.network_input(small_scan, 64)
+    grid = data.grid
+    y0, y1, x0, x1 = rectangle = (-1.0, 100.0, -1.0, 110.0)  # in scan coordinates
+    region = ptycho.region_mask(grid, rectangle=rectangle)
+    chosen = ptycho.positions_in_region(data, region, 64)
+    low, high = data.corners, data.corners + 64 + 1  # bilinear patches touch one more pixel
+    inside = (
+        (np.floor(low[:, 0]) >= y0) & (np.floor(low[:, 1]) >= x0)
+        & (np.floor(low[:, 0]) + 65 <= y1) & (np.floor(low[:, 1]) + 65 <= x1)
+    )  # fmt: skip
+    assert set(chosen) == set(np.flatnonzero(inside)) and 0 < len(chosen) < len(low)
+    assert (high[chosen] <= [y1 + 1, x1 + 1]).all()
+    triangle = np.array([[y0, x0], [y1 + 60, x0], [y0, x1 + 60]])
+    in_triangle = ptycho.positions_in_region(data, ptycho.region_mask(grid, polygon=triangle), 64)
+    assert set(in_triangle) < set(chosen)
+
+
+def tiny_model() -> PtychoNet:
+    torch.manual_seed(0)
+    return PtychoNet(size=64, width=8)
+
+
+def epie_like_reference(scan: PtychoScan) -> ObjectResult:
+    """The truth as a stitched result on the scan's grid (a perfect teacher, fast)."""
+    grid = ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+    objects = ptycho.on_grid(scan.truth, grid.origin, grid.shape)
+    return ObjectResult(objects, Provenance("truth"), probe=scan.probe, origin=grid.origin)
+
+
+def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_scan):
+    reference = epie_like_reference(small_scan)
+    grid = ObjectGrid.around(small_scan.positions, (64, 64))
+    region = np.ones(grid.shape, bool)
+    run = FineTuning(tiny_model())
+    run_to_end(ptycho.retrain_steps(small_scan, reference, region, run, 600, "cpu", max_epochs=4))
+    losses = [h["validation"] for h in run.history]
+    assert len(losses) == 4 and min(losses[1:]) < losses[0]
+    assert run.source["positions"] == len(small_scan.positions)
+
+    stopped = FineTuning(tiny_model())
+    steps = ptycho.retrain_steps(small_scan, reference, region, stopped, seconds=60, device="cpu")
+    started = time.perf_counter()
+    while len(stopped.history) < 1:
+        next(steps)
+    next(steps)
+    steps.close()  # what Stop does (the worker quits at its next yield)
+    assert time.perf_counter() - started < 30
+    assert len(stopped.history) == 1 and stopped.best_state is not None
+    amplitude, _ = stopped.best_model()(torch.zeros(1, 1, 64, 64))
+    assert torch.isfinite(amplitude).all()
+
+
+def test_saved_models_load_back_identical_and_damaged_ones_are_refused(tmp_path, small_scan):
+    run = FineTuning(tiny_model())
+    card = {"name": "base", "version": "1", "architecture": "PtychoNet"}
+    path = ptycho.save_fine_tuned(run, tmp_path / "mine", card, "y 0:10, x 0:10")
+    loaded, saved_card = load_model(path)
+    assert saved_card["mode"] == "ptycho" and saved_card["training"]["region"] == "y 0:10, x 0:10"
+    x = torch.rand(2, 1, 64, 64)
+    for a, b in zip(run.best_model()(x), loaded(x), strict=True):
+        torch.testing.assert_close(a, b)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputError, match="safetensors"):
+        load_model(path)
+    cdi_model = sorted(p for p in list_models("cdi"))[0]
+    with pytest.raises(InputError, match="not a ptychography"):
+        run_to_end(ptycho.network_steps(small_scan, cdi_model, device="cpu"))
+
+
+def test_odd_frames_work_in_epie_and_are_refused_by_the_network():
+    scan = simulate_ptycho((96, 96), frame=33, step=6, photons=None, seed=1)
+    result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=3), device="cpu"))
+    assert np.isfinite(result.objects).all()
+    with pytest.raises(InputError, match="33 pixels wide"):
+        ptycho.network_input(scan, 64)
+
+
+def test_a_reference_of_another_scan_is_refused(small_scan):
+    other = simulate_ptycho((160, 160), frame=64, step=8, photons=None, seed=5)
+    with pytest.raises(InputError, match="not a reconstruction of this scan"):
+        run_to_end(
+            ptycho.retrain_steps(
+                small_scan, epie_like_reference(other), np.ones((10, 10), bool),
+                FineTuning(tiny_model()), device="cpu",
+            )
+        )  # fmt: skip

@@ -214,6 +214,7 @@ def retrain_steps(
     run: FineTuning,
     seconds: float = 55.0,
     device: str = "auto",
+    max_epochs: int = 200,
 ) -> Generator[tuple[int, int], None, FineTuning]:
     """Fine-tune ``run.model`` on the frames whose patches lie inside ``region`` (a mask on the
     reference's grid), with the reference's patches as targets; see ``nn.ptycho.fine_tune``.
@@ -255,6 +256,7 @@ def retrain_steps(
         torch.as_tensor(targets).to(torch_device),
         torch.as_tensor(data.weight).to(torch_device),
         seconds=seconds,
+        max_epochs=max_epochs,
     )
     return run
 

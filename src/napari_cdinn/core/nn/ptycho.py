@@ -193,7 +193,7 @@ def fine_tune(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            train_loss += float(loss) * len(batch)
+            train_loss += loss.item() * len(batch)
             done += 1
             yield done, total
         model.eval()

@@ -155,7 +155,7 @@ def run_epie(
     obj = torch.ones(grid.shape, dtype=torch.complex64, device=torch_device)
     ramps = _shift_ramps((h, w), torch_device)
     bank, bank_power = _bank_and_power(probe, ramps)
-    centre = _spectrum_centre(magnitudes.square().mean(dim=0))
+    centre = _spectrum_centre(intensity(torch.fft.fft2(probe)))  # kept: see _without_phase_ramp
     generator = torch.Generator().manual_seed(recipe.seed)
     errors: list[float] = []
     total = recipe.epochs * n
@@ -220,8 +220,8 @@ def _without_phase_ramp(
     probe: torch.Tensor, obj: torch.Tensor, centre: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resolve ptychography's linear-phase ambiguity: P e^(-ikr), O e^(ikr) make the same data.
-    The ramp that centres the probe's spectrum where the measured patterns are centred moves
-    from the probe to the object, so the object is not left with a drifting phase slope."""
+    The ramp that brings the probe's spectrum back to where the initial probe's was moves from
+    the probe to the object, so the object is not left with a drifting phase slope."""
     size = torch.tensor(probe.shape, device=probe.device, dtype=torch.float64)
     offset = _spectrum_centre(intensity(torch.fft.fft2(probe))) - centre
     cycles = (torch.remainder(offset + size / 2, size) - size / 2) / size  # per pixel

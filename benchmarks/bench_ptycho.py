@@ -1,0 +1,228 @@
+"""Ptychography benchmark: ePIE, the bundled network and few-shot retraining, side by side.
+
+    python benchmarks/bench_ptycho.py            # the issue's figures (about 15 min on 2 cores)
+    python benchmarks/bench_ptycho.py --quick    # a smaller simulated scan, fewer epochs
+
+Sections: (1) a simulated scan of a held-out object (>= 2000 positions, 50 % overlap, 1e6
+photons per pattern): ePIE on all of it, retraining on a region of 800 positions with ePIE's
+reconstruction as the teacher, then the whole scan by the network; SSIM against the truth and
+against ePIE outside the region; (2) the same scan with 1 position in 4; (3) the real tike scan
+(../shared/data/ptycho): retrain on one half, score the other half against ePIE, with a picture
+for the README; (4) speed: network throughput, ePIE epoch against its FFT floor, network against
+ePIE wall time for the whole scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_cdinn.core import io, metrics, ptycho
+from napari_cdinn.core.data import ObjectResult, PtychoScan
+from napari_cdinn.core.nn.cdi import inference_model
+from napari_cdinn.core.nn.ptycho import FineTuning, predict_patches
+from napari_cdinn.core.nn.registry import load_model
+from napari_cdinn.core.progress import run_to_end
+from napari_cdinn.core.retrieval.ptycho import EpieRecipe
+from napari_cdinn.core.simulate.ptycho import HELD_OUT_TEXTURES, simulate_ptycho
+
+REPO = Path(__file__).resolve().parents[1]
+TIKE = REPO.parent / "shared" / "data" / "ptycho" / "siemens-star-small.npz.bz2"
+HELD_OUT_SEED = 424_242  # never used for training scans
+
+
+def timed(steps) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = run_to_end(steps)
+    return result, time.perf_counter() - start
+
+
+def region_holding(scan: PtychoScan, grid: ptycho.ObjectGrid, n: int, size: int) -> np.ndarray:
+    """A rectangle over the left of the scan whose inside holds the whole patches of about ``n``
+    positions (the user's drawn region)."""
+    data = ptycho.network_input(scan, size)
+    right_edges = np.sort(data.corners[:, 1] + size + 1)
+    x1 = right_edges[min(n, len(right_edges)) - 1]
+    rectangle = (grid.origin[0], grid.origin[0] + grid.shape[0], grid.origin[1], x1 + 0.5)
+    return ptycho.region_mask(grid, rectangle=rectangle)
+
+
+def scores(result: ObjectResult, reference: np.ndarray, where: np.ndarray) -> str:
+    amplitude, phase = metrics.object_ssim(result.objects, reference, where)
+    return f"amplitude {amplitude:.3f}  phase {phase:.3f}"
+
+
+def few_shot(
+    scan: PtychoScan, epie: ObjectResult, region: np.ndarray, seconds: float
+) -> tuple[FineTuning, Path, float]:
+    """Retrain the bundled model on ``region`` of ``epie``; returns run, saved model, wall time."""
+    model, card = load_model(ptycho.default_model())
+    run = FineTuning(model)
+    _, elapsed = timed(ptycho.retrain_steps(scan, epie, region, run, seconds, device="cpu"))
+    path = ptycho.save_fine_tuned(run, REPO / "bench_tmp" / "ptycho_fine_tuned", card, "bench")
+    return run, path, elapsed
+
+
+def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float]:
+    side = 300 if args.quick else 520
+    scan = simulate_ptycho(
+        (side, side), frame=64, step=10.0, photons=1e6, seed=HELD_OUT_SEED,
+        textures=HELD_OUT_TEXTURES,
+    )  # fmt: skip
+    n = len(scan.positions)
+    print(f"\n(1) simulated held-out scan: {n} positions, step 10 px (probe ~20 px: 50 % overlap), "
+          f"{side} x {side} object, 1e6 photons per pattern")  # fmt: skip
+    epie, t_epie = timed(ptycho.epie_steps(scan, EpieRecipe(epochs=args.epochs), device="cpu"))
+    grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+    truth = ptycho.on_grid(scan.truth, grid.origin, grid.shape)
+    scanned = ptycho.scanned_region(scan.positions, 64, grid.origin, grid.shape)
+    region = region_holding(scan, grid, 800, 64)
+    outside = scanned & ~region
+    pretrained, _ = timed(ptycho.network_steps(scan, device="cpu"))
+    run, model_path, t_train = few_shot(scan, epie, region, args.seconds)
+    network, t_nn = timed(ptycho.network_steps(scan, model_path, device="cpu"))
+    network = ptycho.matched_to(network, epie)
+    pretrained = ptycho.matched_to(pretrained, epie)
+    epie_amp, epie_phase = metrics.object_ssim(epie.objects, truth, outside)
+    nn_amp, nn_phase = metrics.object_ssim(network.objects, truth, outside)
+    print(f"  ePIE {args.epochs} epochs: {t_epie:.1f} s; retraining on {run.source['positions']} "
+          f"positions: {t_train:.1f} s ({len(run.history)} epochs; target <= 60 s); network on "
+          f"all {n} positions: {t_nn:.2f} s")  # fmt: skip
+    print("  SSIM outside the training region, against the truth:")
+    print(f"    ePIE (teacher)        amplitude {epie_amp:.3f}  phase {epie_phase:.3f}")
+    print(f"    network, retrained    amplitude {nn_amp:.3f}  phase {nn_phase:.3f}   "
+          f"(targets: phase >= 0.85, amplitude >= 0.95 x ePIE = {0.95 * epie_amp:.3f})")  # fmt: skip
+    print(f"    network, pretrained   {scores(pretrained, truth, outside)}")
+    print(f"  network against ePIE outside the region: {scores(network, epie.objects, outside)}")
+    sparse(scan, model_path, region, args)
+    return scan, epie, t_epie
+
+
+def sparse(scan: PtychoScan, model_path: Path, region: np.ndarray, args) -> None:
+    """Every 4th position: ePIE against the network trained on the dense scan's region."""
+    thin = scan.subset(slice(None, None, 4))
+    print(f"\n(2) the same scan with 1 position in 4 ({len(thin.positions)} positions, step ~20 px "
+          "along the fast axis)")  # fmt: skip
+    epie, t_epie = timed(ptycho.epie_steps(thin, EpieRecipe(epochs=args.epochs), device="cpu"))
+    network, t_nn = timed(ptycho.network_steps(thin, model_path, device="cpu"))
+    network = ptycho.matched_to(network, epie)
+    grid = ptycho.ObjectGrid.around(thin.positions, thin.stack.frame_shape)
+    truth = ptycho.on_grid(scan.truth, grid.origin, grid.shape)
+    dense_grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+    shift = tuple(np.subtract(grid.origin, dense_grid.origin))
+    region = ptycho.on_grid(region, shift, grid.shape)  # the same region on the sparse grid
+    outside = ptycho.scanned_region(thin.positions, 64, grid.origin, grid.shape) & ~region
+    print(f"  ePIE    {t_epie:6.1f} s  SSIM vs truth {scores(epie, truth, outside)}")
+    print(f"  network {t_nn:6.2f} s  SSIM vs truth {scores(network, truth, outside)}")
+
+
+def tike(args: argparse.Namespace, figure: Path) -> None:
+    scan = io.read(TIKE)
+    n = len(scan.positions)
+    print(f"\n(3) real scan: {TIKE.name}, {n} positions, 128 x 128 frames (binned 2 x 2 for the "
+          "network), probe from the file")  # fmt: skip
+    epie, t_epie = timed(ptycho.epie_steps(scan, EpieRecipe(epochs=args.epochs), device="cpu"))
+    grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+    middle = grid.origin[1] + grid.shape[1] / 2
+    left = ptycho.region_mask(grid, rectangle=(-1e9, 1e9, -1e9, middle))
+    run, model_path, t_train = few_shot(scan, epie, left, args.seconds)
+    network, t_nn = timed(ptycho.network_steps(scan, model_path, device="cpu"))
+    network = ptycho.matched_to(network, epie)
+    scanned = ptycho.scanned_region(scan.positions, 128, grid.origin, grid.shape)
+    right = scanned & ~left
+    print(f"  ePIE {args.epochs} epochs {t_epie:.1f} s; retrained on the {run.source['positions']} "
+          f"positions of the left half in {t_train:.1f} s; network {t_nn:.2f} s")  # fmt: skip
+    print(f"  SSIM network vs ePIE on the right half: {scores(network, epie.objects, right)}")
+    save_figure(epie, network, scanned, middle - grid.origin[1], figure)
+    print(f"  picture: {figure}")
+
+
+def save_figure(epie: ObjectResult, network: ObjectResult, seen, split: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = np.flatnonzero(seen.any(1))
+    cols = np.flatnonzero(seen.any(0))
+    crop = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    phase_epie = np.where(seen, np.angle(epie.objects), np.nan)[crop]
+    phase_nn = np.where(seen, np.angle(network.objects), np.nan)[crop]
+    difference = np.angle(np.exp(1j * (phase_nn - phase_epie)))
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    for ax, image, title, cmap, limits in (
+        (axes[0], phase_epie, "ePIE phase", "twilight", (-np.pi, np.pi)),
+        (axes[1], phase_nn, "network phase (retrained on the left half)", "twilight", (-np.pi, np.pi)),
+        (axes[2], difference, "difference (rad)", "RdBu", (-1, 1)),
+    ):  # fmt: skip
+        shown = ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1])
+        ax.axvline(split - cols[0], color="yellow", lw=1, ls="--")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def speed(scan: PtychoScan, t_epie: float, epochs: int, repeats: int = 3) -> None:
+    print("\n(4) speed (2 CPU threads)")
+    net, _ = load_model(ptycho.default_model())
+    fast = inference_model(net)
+    patterns = ptycho.network_input(scan, net.size).patterns[:256]
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for _ in predict_patches(fast, patterns, 1.0):
+            pass
+        best = min(best, time.perf_counter() - start)
+    print(f"  network inference, batch 256: {len(patterns) / best:.0f} patterns/s (target >= 1000)")
+    recipe = EpieRecipe(epochs=5)
+    one = scan.subset(slice(0, 1024))
+    run_to_end(ptycho.epie_steps(one.subset(slice(0, 64)), EpieRecipe(epochs=2), device="cpu"))
+    field = torch.randn(recipe.batch_size, 64, 64, dtype=torch.complex64)
+    ours, floor = [], []
+    for _ in range(repeats):
+        ours.append(timed(ptycho.epie_steps(one, recipe, device="cpu"))[1] / recipe.epochs)
+        start = time.perf_counter()
+        for _ in range(len(one.positions) // recipe.batch_size):
+            torch.fft.ifft2(torch.fft.fft2(field, norm="ortho"), norm="ortho")
+        floor.append(time.perf_counter() - start)
+    print(f"  ePIE epoch over {len(one.positions)} positions: {min(ours) * 1e3:.1f} ms, FFT floor "
+          f"{min(floor) * 1e3:.1f} ms: ratio {min(ours) / min(floor):.2f} (target <= 3)")  # fmt: skip
+    n = len(scan.positions)
+    per_epoch = t_epie / epochs
+    _, t_nn = timed(ptycho.network_steps(scan, device="cpu"))
+    print(
+        f"  whole scan ({n} positions): network {t_nn:.2f} s, ePIE {per_epoch:.2f} s per epoch, "
+        f"400 epochs (the paper's) {400 * per_epoch:.0f} s: ratio {400 * per_epoch / t_nn:.0f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller scan, fewer epochs")
+    parser.add_argument("--epochs", type=int, default=100, help="ePIE epochs")
+    parser.add_argument("--seconds", type=float, default=55.0, help="retraining budget")
+    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "ptycho_tike.png")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs = min(args.epochs, 30)
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    scan, _, t_epie = simulated(args)
+    if TIKE.exists():
+        tike(args, args.figure)
+    else:
+        print(f"\n(3) skipped: {TIKE} not found")
+    speed(scan, t_epie, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
