@@ -192,13 +192,17 @@ class PtychoDock(QWidget):
         return Path(data) if data else None
 
     # -- work ------------------------------------------------------------------------------------
-    def _start(self, worker, description: str, on_return) -> None:
+    def _start(self, worker, description: str, on_return, then=None) -> None:
+        """Run ``worker``; ``on_return`` gets its result, ``then`` runs after it ends however
+        it ended (finished, stopped or failed), once the dock is idle again."""
         self.worker = worker
         self.pbar = progress(total=0, desc=description)
         worker.yielded.connect(self._progress)
         worker.returned.connect(on_return)
         worker.errored.connect(report_error)
         worker.finished.connect(self._finished)
+        if then is not None:
+            worker.finished.connect(then)
         for button in (self.epie_button, self.invert_button, self.retrain_button):
             button.setEnabled(False)
         self.stop_button.setEnabled(True)
@@ -345,8 +349,7 @@ class PtychoDock(QWidget):
             ptycho.retrain_steps, scan, reference, region, self.run, float(self.seconds.value()),
             _settings.device_choice(), _ignore_errors=True,
         )  # fmt: skip
-        worker.finished.connect(self._after_training)
-        self._start(worker, f"Retraining on {name}", lambda run: None)
+        self._start(worker, f"Retraining on {name}", lambda run: None, then=self._after_training)
 
     def _plot_losses(self) -> None:
         history = self.run.history

@@ -1,0 +1,138 @@
+"""The "Ptychography" dock on the sample scan: ePIE with live layers, the network, retraining on a
+drawn region (with a Stop that keeps the model), re-inversion, model files, region geometry."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_cdinn._widgets import ptycho_dock
+from napari_cdinn.core import ptycho
+from napari_cdinn.core.nn import registry
+
+pytestmark = pytest.mark.napari
+NAME = "ptycho_scan"
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    """Fine-tuned models go to a temporary user folder, never the real one."""
+    folder = tmp_path / "models"
+    monkeypatch.setattr(registry, "user_dir", lambda: folder)
+    monkeypatch.setattr(ptycho_dock, "user_dir", lambda: folder)
+    return folder
+
+
+@pytest.fixture
+def pdock(viewer, models):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cdinn", "Ptychography")
+    viewer.open_sample("napari-cdinn", "ptycho")
+    return widget
+
+
+def wait(dock, qtbot, timeout=180_000):
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=timeout)
+
+
+def reconstruct(dock, qtbot, epochs=40) -> list[bool]:
+    """Run ePIE; returns, per progress step, whether the ePIE layers existed yet."""
+    seen = []
+    dock.epochs.setValue(epochs)
+    dock.reconstruct()
+    dock.worker.yielded.connect(
+        lambda _: seen.append(f"{NAME} amplitude (ePIE)" in dock.viewer.layers)
+    )
+    wait(dock, qtbot)
+    return seen
+
+
+def draw_left_half(viewer, dock) -> None:
+    dock.draw_region()
+    shapes = viewer.layers[f"{NAME} training region"]
+    scan = ptycho_dock.scan_of(viewer.layers[f"{NAME} diffraction"])
+    low, high = scan.positions.min(0) - 2, scan.positions.max(0) + 66
+    middle = (low[1] + high[1]) / 2 + 20
+    shapes.add_rectangles(np.array([[low[0], low[1]], [high[0], middle]]))
+
+
+def test_dock_runs_epie_network_and_retraining_then_reinverts(viewer, pdock, qtbot, models):
+    assert pdock.scan_combo.currentText() == f"{NAME} diffraction"
+    seen = reconstruct(pdock, qtbot, epochs=60)
+    assert any(seen[:-1]), "ePIE layers should appear while it runs"
+    amplitude = viewer.layers[f"{NAME} amplitude (ePIE)"]
+    phase = viewer.layers[f"{NAME} phase (ePIE)"]
+    assert f"{NAME} probe amplitude (ePIE)" in viewer.layers
+    result = amplitude.metadata["cdinn_result"]
+    assert tuple(amplitude.translate) == pytest.approx(result.origin)
+    assert phase.colormap.name == "twilight"
+
+    pdock.invert()
+    wait(pdock, qtbot)
+    network = viewer.layers[f"{NAME} amplitude (NN)"]
+    assert network.data.shape == amplitude.data.shape
+    assert tuple(network.translate) == pytest.approx(tuple(amplitude.translate))
+
+    draw_left_half(viewer, pdock)
+    pdock.reference_combo.setCurrentText(f"{NAME} amplitude (ePIE)")
+    pdock.seconds.setValue(8)
+    pdock.retrain()
+    wait(pdock, qtbot)
+    qtbot.waitUntil(
+        lambda: pdock.worker is None and "Retrained" in pdock.status.text(), timeout=120_000
+    )
+    wait(pdock, qtbot)  # the re-inversion with the new model
+    saved = list(models.glob("*.safetensors"))
+    assert len(saved) == 1 and saved[0].with_suffix(".json").exists()
+    assert pdock.model_path() == saved[0]
+    lines = pdock.figure.axes[0].lines
+    assert len(lines) == 2 and len(lines[0].get_xdata()) >= 1  # train and validation curves
+    card = registry.read_card(saved[0])
+    assert card["training"]["positions"] > 10 and card["mode"] == "ptycho"
+    assert (
+        viewer.layers[f"{NAME} amplitude (NN)"].metadata["cdinn_result"].provenance.model_name
+        == saved[0].stem
+    )
+
+
+def test_stop_ends_retraining_within_a_second_and_keeps_the_best_model(
+    viewer, pdock, qtbot, models
+):
+    reconstruct(pdock, qtbot, epochs=10)
+    draw_left_half(viewer, pdock)
+    pdock.reference_combo.setCurrentText(f"{NAME} amplitude (ePIE)")
+    pdock.seconds.setValue(600)
+    pdock.retrain()
+    run = pdock.run
+    qtbot.waitUntil(lambda: len(run.history) >= 1, timeout=120_000)
+    stopped_at = time.perf_counter()
+    pdock.stop()
+    qtbot.waitUntil(lambda: "Retrained" in pdock.status.text(), timeout=10_000)
+    assert time.perf_counter() - stopped_at < 2.0
+    assert len(run.history) < 50 and run.best_state is not None
+    assert len(list(models.glob("*.safetensors"))) == 1
+    wait(pdock, qtbot)
+
+
+def test_model_files_load_save_and_a_wrong_file_is_refused(pdock, tmp_path, error_messages):
+    bundled = pdock.model_path()
+    copy = pdock.save_model_as(bundled, tmp_path / "copy")
+    assert copy.exists() and pdock.model_path() == copy
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a model")
+    broken.with_suffix(".json").write_text(copy.with_suffix(".json").read_text())
+    pdock.load_model_path(broken)
+    assert any("broken.safetensors" in m for m in error_messages())
+    assert pdock.model_path() == copy
+
+
+def test_region_from_shapes_follows_the_layer_transform(viewer, pdock):
+    scan = ptycho_dock.scan_of(viewer.layers[f"{NAME} diffraction"])
+    grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+    shapes = viewer.add_shapes(scale=(2, 2), translate=(10, 5))
+    shapes.add_rectangles(np.array([[0, 0], [20, 30]]))  # data coordinates
+    region = ptycho_dock.region_from_shapes(shapes, grid)
+    expected = ptycho.region_mask(grid, polygon=np.array([[10, 5], [50, 5], [50, 65], [10, 65]]))
+    assert region.sum() > 0
+    assert np.array_equal(region, expected)
