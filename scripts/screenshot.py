@@ -1,6 +1,8 @@
 """Screenshots for the README: both bundled samples opened through the plugin's dock
 (docs/screenshot.png), and with ``--cdi`` the CDI sample inverted by the Invert CDI dock with all
-three methods side by side (docs/screenshot_cdi.png).
+three methods side by side (docs/screenshot_cdi.png), and with ``--ptycho`` the ptychography
+sample through the Ptychography dock: ePIE, a drawn region, retraining, the network's result
+(docs/screenshot_ptycho.png).
 
 The Bragg CDI patterns and the ptychography scan (diffraction and scan positions) are opened with
 the "Diffraction data" dock, shown side by side in napari's grid mode, and the ptychography
@@ -11,6 +13,7 @@ Run (a display is needed; on a headless machine use xvfb)::
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py -o /tmp/shot.png --frame 5
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py --cdi
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py --ptycho
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", type=Path, help="default docs/screenshot(_cdi).png")
     parser.add_argument("--cdi", action="store_true", help="the Invert CDI dock with its results")
+    parser.add_argument("--ptycho", action="store_true", help="the Ptychography dock at work")
     parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
     parser.add_argument("--frame", type=int, default=12, help="frame shown (both stacks)")
     args = parser.parse_args()
@@ -78,6 +82,8 @@ def main() -> int:
     viewer = napari.Viewer(title="napari-cdinn")
     window = viewer.window._qt_window
     window.resize(width, height)
+    if args.ptycho:
+        return ptycho_screenshot(viewer, args.output or REPO / "docs" / "screenshot_ptycho.png")
     if args.cdi:
         return cdi_screenshot(
             viewer, args.output or REPO / "docs" / "screenshot_cdi.png", args.frame
@@ -129,6 +135,43 @@ def cdi_screenshot(viewer, output: Path, frame: int) -> int:
     _wait(lambda: dock.run_button.isEnabled(), timeout=600)
     viewer.dims.set_point(0, frame)
     viewer.layers.selection.active = viewer.layers[0]
+    _settle()
+    viewer.reset_view()
+    _hide_notifications(viewer.window._qt_window)
+    _settle()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    image = viewer.screenshot(str(output), canvas_only=False, flash=False)
+    print(f"wrote {output} ({image.shape[1]} x {image.shape[0]} px)")
+    viewer.close()
+    return 0
+
+
+def ptycho_screenshot(viewer, output: Path) -> int:
+    """ePIE on the sample scan, a region over its left half, retraining, the network beside it."""
+    import numpy as np
+
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Ptychography")
+    viewer.open_sample("napari-cdinn", "ptycho")
+    dock.epochs.setValue(100)
+    dock.reconstruct()
+    _wait(lambda: dock.worker is None, timeout=600)
+    scan = viewer.layers["ptycho_scan diffraction"].metadata["cdinn"]["data"]
+    low, high = scan.positions.min(0) - 2, scan.positions.max(0) + 66
+    dock.draw_region()
+    region = viewer.layers["ptycho_scan training region"]
+    region.add_rectangles(np.array([[low[0], low[1]], [high[0], (low[1] + high[1]) / 2 + 20]]))
+    region.mode = "pan_zoom"
+    dock.reference_combo.setCurrentText("ptycho_scan amplitude (ePIE)")
+    dock.seconds.setValue(30)
+    dock.retrain()
+    _wait(lambda: dock.worker is None and "Retrained" in dock.status.text(), timeout=600)
+    _wait(lambda: dock.worker is None, timeout=600)
+    for layer in viewer.layers:
+        layer.visible = "phase" in layer.name or "region" in layer.name
+    viewer.layers.move(viewer.layers.index(region), len(viewer.layers) - 1)
+    network = viewer.layers["ptycho_scan phase (NN)"]
+    network.translate = np.asarray(network.translate) + (0, network.data.shape[1] + 8)  # beside
+    viewer.layers.selection.active = viewer.layers["ptycho_scan diffraction"]
     _settle()
     viewer.reset_view()
     _hide_notifications(viewer.window._qt_window)

@@ -62,13 +62,39 @@ def test_nan_pixels_warn_on_stderr_and_succeed(tmp_path, capsys):
     assert "warning" in err and "1 NaN/Inf" in err and "nan.npy" in err
 
 
-@pytest.mark.parametrize("mode", ["ptycho", "wideangle"])
-def test_modes_not_built_yet_say_so_and_write_nothing(tmp_path, capsys, mode):
+def test_modes_not_built_yet_say_so_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "out.h5"
-    assert main(["invert", str(SAMPLES / "cdi_crystals.cxi"), "--mode", mode, "-o", str(out)]) == 1
+    sample = str(SAMPLES / "cdi_crystals.cxi")
+    assert main(["invert", sample, "--mode", "wideangle", "-o", str(out)]) == 1
     assert "not available yet" in capsys.readouterr().err
+    assert main(["invert", sample, "--mode", "ptycho", "-o", str(out)]) == 1
+    assert "no scan positions" in capsys.readouterr().err
     assert not out.exists()
-    assert main(["train", mode]) == 1
+    assert main(["train", "wideangle"]) == 1
+    assert main(["train", "ptycho"]) == 1
+    assert "needs SCAN" in capsys.readouterr().err
+
+
+def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, capsys):
+    scan = str(SAMPLES / "ptycho_scan.cxi")
+    epie = tmp_path / "epie.h5"
+    assert main(["invert", scan, "--mode", "ptycho", "--method", "epie", "--iterations", "5",
+                 "-o", str(epie)]) == 0  # fmt: skip
+    (reference,) = io.read_results(epie)
+    assert reference.origin is not None and reference.probe.shape == (64, 64)
+    model = tmp_path / "mine.safetensors"
+    argv = ["train", "ptycho", scan, "--reference", str(epie), "--region", "-5:200,-5:110",
+            "--seconds", "3", "-o", str(model)]  # fmt: skip
+    assert main(argv) == 0
+    assert "fine-tuned on" in capsys.readouterr().out
+    assert model.exists() and model.with_suffix(".json").exists()
+    out = tmp_path / "nn.h5"
+    assert main(["invert", scan, "--mode", "ptycho", "--model", str(model), "-o", str(out)]) == 0
+    (network,) = io.read_results(out)
+    assert network.objects.shape == reference.objects.shape and network.origin == reference.origin
+    assert network.provenance.model_name == "mine"
+    assert main(["train", "ptycho", scan, "--reference", str(epie), "--region", "5:1,0:9"]) == 1
+    assert "empty" in capsys.readouterr().err
 
 
 def test_invert_cdi_network_writes_documented_layout(tmp_path, capsys):
