@@ -170,7 +170,7 @@ def ptycho_screenshot(viewer, output: Path) -> int:
         layer.visible = "phase" in layer.name or "region" in layer.name
     viewer.layers.move(viewer.layers.index(region), len(viewer.layers) - 1)
     network = viewer.layers["ptycho_scan phase (NN)"]
-    network.translate = np.asarray(network.translate) + (0, network.data.shape[1] + 8)  # beside
+    network.translate = np.add(network.translate, [0, network.data.shape[1] + 8])  # beside
     viewer.layers.selection.active = viewer.layers["ptycho_scan diffraction"]
     _settle()
     viewer.reset_view()
