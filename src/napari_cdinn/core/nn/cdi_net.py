@@ -22,6 +22,17 @@ def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+def encoder(width: int) -> nn.Sequential:
+    """64 -> 8 pixels, 1 -> 4 * width channels (shared by the CDI and ptychography networks)."""
+    return nn.Sequential(
+        _block(1, width // 2, stride=2),  # 32
+        _block(width // 2, width, stride=2),  # 16
+        _block(width, 2 * width),
+        _block(2 * width, 4 * width, stride=2),  # 8
+        _block(4 * width, 4 * width),
+    )
+
+
 def _decoder(width: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"),
@@ -40,13 +51,7 @@ class CDINet(nn.Module):
         super().__init__()
         self.size = size
         self.width = width
-        self.encoder = nn.Sequential(
-            _block(1, width // 2, stride=2),  # 32
-            _block(width // 2, width, stride=2),  # 16
-            _block(width, 2 * width),
-            _block(2 * width, 4 * width, stride=2),  # 8
-            _block(4 * width, 4 * width),
-        )
+        self.encoder = encoder(width)
         self.amplitude_decoder = _decoder(width)
         self.phase_decoder = _decoder(width)
 

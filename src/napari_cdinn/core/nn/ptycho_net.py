@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .cdi_net import _block
+from .cdi_net import _block, encoder
 
 
 def _decoder(width: int) -> nn.Sequential:
@@ -36,13 +36,7 @@ class PtychoNet(nn.Module):
         super().__init__()
         self.size = size
         self.width = width
-        self.encoder = nn.Sequential(
-            _block(1, width // 2, stride=2),  # 32
-            _block(width // 2, width, stride=2),  # 16
-            _block(width, 2 * width),
-            _block(2 * width, 4 * width, stride=2),  # 8
-            _block(4 * width, 4 * width),
-        )
+        self.encoder = encoder(width)
         self.amplitude_decoder = _decoder(width)
         self.phase_decoder = _decoder(width)
 

@@ -23,7 +23,7 @@ from ..simulate.cdi import simulate_cdi
 from .cdi import inference_model, predict, training_targets, twin_invariant_loss
 from .cdi_net import CDINet, preprocess
 from .registry import save_model, user_dir
-from .training import Log, cosine_lr, machine, resume, save_checkpoint
+from .training import Log, machine, resume, train_within_budget
 
 HELD_OUT_SEED = 999_999  # never used for training data
 CHUNK = 5000
@@ -97,41 +97,28 @@ def train(args: argparse.Namespace) -> Path:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
     state = resume(checkpoint, model, optimizer, log)
-    budget = args.minutes * 60
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
-    while state["elapsed_s"] < budget:
-        model.train()
-        epoch_start = time.time()
+
+    def batches():
         order = torch.randperm(n_train, generator=generator)
-        total, n_batches = 0.0, 0
-        for lo in range(0, n_train - args.batch + 1, args.batch):
-            fraction = min(1.0, (state["elapsed_s"] + time.time() - epoch_start) / budget)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(args.lr, fraction)
-            index = order[lo : lo + args.batch]
-            inputs = preprocess(x_all[index]).contiguous(memory_format=torch.channels_last)
-            amplitude, phase = model(inputs)
-            loss = twin_invariant_loss(amplitude, phase, target_all[index], twin_all[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            n_batches += 1
-            if fraction >= 1.0:
-                break
-        model.eval()
-        with torch.no_grad():
-            val = slice(n_train, None)
-            amplitude, phase = model(preprocess(x_all[val]))
-            val_loss = float(twin_invariant_loss(amplitude, phase, target_all[val], twin_all[val]))
-        state["epoch"] += 1
-        state["elapsed_s"] += time.time() - epoch_start
-        state["history"].append([state["epoch"], total / n_batches, val_loss])
-        log(
-            f"epoch {state['epoch']}: train {total / n_batches:.4f} val {val_loss:.4f} "
-            f"lr {optimizer.param_groups[0]['lr']:.2e} ({state['elapsed_s'] / 60:.1f} min)"
+        return (
+            order[lo : lo + args.batch] for lo in range(0, n_train - args.batch + 1, args.batch)
         )
-        save_checkpoint(checkpoint, model, optimizer, state)
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        inputs = preprocess(x_all[index]).contiguous(memory_format=torch.channels_last)
+        amplitude, phase = model(inputs)
+        return twin_invariant_loss(amplitude, phase, target_all[index], twin_all[index])
+
+    def validation_loss() -> float:
+        val = slice(n_train, None)
+        amplitude, phase = model(preprocess(x_all[val]))
+        return float(twin_invariant_loss(amplitude, phase, target_all[val], twin_all[val]))
+
+    train_within_budget(
+        model, optimizer, state, minutes=args.minutes, lr=args.lr, batches=batches,
+        loss_of=loss_of, validation_loss=validation_loss, checkpoint=checkpoint, log=log,
+    )  # fmt: skip
 
     held_out = evaluate(model, 1000, args.size)
     log(f"held-out: {held_out}")

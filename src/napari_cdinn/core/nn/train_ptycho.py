@@ -26,7 +26,7 @@ from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, probe_weight, sample_patches
 from .ptycho_net import PtychoNet, intensity_scale, preprocess
 from .registry import save_model, user_dir
-from .training import Log, cosine_lr, machine, resume, save_checkpoint
+from .training import Log, machine, resume, train_within_budget
 
 HELD_OUT_SEED = 999_999  # the held-out scan; training scans use seed * 100_000 + index
 TRAINING_TEXTURES = tuple(t for t in TEXTURES if t not in HELD_OUT_TEXTURES)
@@ -40,6 +40,7 @@ def simulate_scan(seed: int) -> dict[str, np.ndarray]:
     scan = simulate_ptycho(
         (160, 160), frame=SIZE, step=float(rng.uniform(6, 14)), photons=photons, seed=seed,
         textures=TRAINING_TEXTURES, defocus=float(rng.uniform(2, 10)),
+        zoom=float(rng.uniform(1.5, 5)),
     )  # fmt: skip
     intensities = scan.stack.intensities
     inputs = preprocess(torch.as_tensor(intensities), intensity_scale(intensities))[:, 0]
@@ -110,7 +111,6 @@ def train(args: argparse.Namespace) -> Path:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
     state = resume(checkpoint, model, optimizer, log)
-    budget = args.minutes * 60
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
         x = inputs[index].float()[:, None].contiguous(memory_format=torch.channels_last)
@@ -118,34 +118,15 @@ def train(args: argparse.Namespace) -> Path:
         return patch_loss(amplitude, phase, targets[index], weights[scan_of[index]])
 
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
-    while state["elapsed_s"] < budget:
-        model.train()
-        epoch_start = time.time()
-        order = train_index[torch.randperm(len(train_index), generator=generator)]
-        total, n_batches = 0.0, 0
-        for batch in order.split(args.batch):
-            fraction = (state["elapsed_s"] + time.time() - epoch_start) / budget
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(args.lr, fraction)
-            loss = loss_of(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            n_batches += 1
-            if fraction >= 1.0:
-                break
-        model.eval()
-        with torch.no_grad():
-            val_loss = float(np.mean([float(loss_of(b)) for b in val_index.split(512)]))
-        state["epoch"] += 1
-        state["elapsed_s"] += time.time() - epoch_start
-        state["history"].append([state["epoch"], total / n_batches, val_loss])
-        log(
-            f"epoch {state['epoch']}: train {total / n_batches:.4f} val {val_loss:.4f} "
-            f"lr {optimizer.param_groups[0]['lr']:.2e} ({state['elapsed_s'] / 60:.1f} min)"
-        )
-        save_checkpoint(checkpoint, model, optimizer, state)
+    train_within_budget(
+        model, optimizer, state, minutes=args.minutes, lr=args.lr,
+        batches=lambda: train_index[torch.randperm(len(train_index), generator=generator)].split(
+            args.batch
+        ),
+        loss_of=loss_of,
+        validation_loss=lambda: float(np.mean([float(loss_of(b)) for b in val_index.split(512)])),
+        checkpoint=checkpoint, log=log,
+    )  # fmt: skip
 
     held_out = evaluate(model)
     log(f"held-out: {held_out}")
@@ -165,8 +146,9 @@ def train(args: argparse.Namespace) -> Path:
         "output": "amplitude (normalised, ~1) and phase (-pi, pi) of that patch",
         "training_data": {
             "recipe": "core.simulate.ptycho.simulate_ptycho, 160 x 160 objects of training "
-            "textures, frame 64, step 6..14 px, defocus 2..10 rad, 20 % noiseless, else Poisson "
-            "at 1e4..1e7 photons per pattern",
+            "textures magnified 1.5..5 x (features as large as in 300-600 px objects), frame 64, "
+            "step 6..14 px, defocus 2..10 rad, 20 % noiseless, else Poisson at 1e4..1e7 "
+            "photons per pattern",
             "n_scans": args.n_scans,
             "n_patterns": len(targets),
             "validation_scans": args.n_val_scans,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -51,3 +52,49 @@ def save_checkpoint(checkpoint: Path, model, optimizer, state: dict) -> None:
     tmp = checkpoint.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
     tmp.replace(checkpoint)
+
+
+def train_within_budget(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    *,
+    minutes: float,
+    lr: float,
+    batches: Callable[[], Iterable[torch.Tensor]],
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    validation_loss: Callable[[], float],
+    checkpoint: Path,
+    log: Log,
+) -> None:
+    """Epochs until ``minutes`` of training are spent (across resumes): each epoch runs the
+    index batches of ``batches()`` with a cosine-decayed learning rate, then logs the validation
+    loss and writes the checkpoint; ``state`` (epoch, elapsed_s, history) is updated in place."""
+    budget = minutes * 60
+    while state["elapsed_s"] < budget:
+        model.train()
+        epoch_start = time.time()
+        total, n_batches = 0.0, 0
+        for index in batches():
+            fraction = min(1.0, (state["elapsed_s"] + time.time() - epoch_start) / budget)
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, fraction)
+            loss = loss_of(index)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            n_batches += 1
+            if fraction >= 1.0:
+                break
+        model.eval()
+        with torch.no_grad():
+            val_loss = validation_loss()
+        state["epoch"] += 1
+        state["elapsed_s"] += time.time() - epoch_start
+        state["history"].append([state["epoch"], total / n_batches, val_loss])
+        log(
+            f"epoch {state['epoch']}: train {total / n_batches:.4f} val {val_loss:.4f} "
+            f"lr {optimizer.param_groups[0]['lr']:.2e} ({state['elapsed_s'] / 60:.1f} min)"
+        )
+        save_checkpoint(checkpoint, model, optimizer, state)

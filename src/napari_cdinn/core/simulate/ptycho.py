@@ -44,7 +44,9 @@ def _procedural(name: str, side: int, rng: np.random.Generator) -> np.ndarray:
     return gaussian(image, rng.uniform(0.5, 2))
 
 
-def _texture(name: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def _texture(
+    name: str, shape: tuple[int, int], rng: np.random.Generator, zoom: float = 1.0
+) -> np.ndarray:
     if name in PROCEDURAL:
         image = _procedural(name, max(shape) * 2, rng)
     else:
@@ -52,7 +54,7 @@ def _texture(name: str, shape: tuple[int, int], rng: np.random.Generator) -> np.
     if image.ndim == 3:
         image = image[..., :3].mean(axis=-1)
     side = min(image.shape)
-    crop = int(side * rng.uniform(0.6, 1.0))
+    crop = max(8, int(side * rng.uniform(0.6, 1.0) / zoom))
     y0, x0 = (int(rng.integers(0, s - crop + 1)) for s in image.shape)
     image = resize(image[y0 : y0 + crop, x0 : x0 + crop], shape, anti_aliasing=True)
     image -= image.min()
@@ -60,12 +62,16 @@ def _texture(name: str, shape: tuple[int, int], rng: np.random.Generator) -> np.
 
 
 def textured_object(
-    shape: tuple[int, int], rng: np.random.Generator, textures: tuple[str, ...] = TEXTURES
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    textures: tuple[str, ...] = TEXTURES,
+    zoom: float = 1.0,
 ) -> np.ndarray:
-    """Amplitude in [0.3, 1] and phase in [-pi/2, pi/2] from two different textures."""
+    """Amplitude in [0.3, 1] and phase in [-pi/2, pi/2] from two different textures; ``zoom``
+    magnifies the textures (a smaller crop of each image fills the object)."""
     amp_name, phase_name = rng.choice(textures, size=2, replace=False)
-    amplitude = 0.3 + 0.7 * _texture(str(amp_name), shape, rng)
-    phase = (_texture(str(phase_name), shape, rng) - 0.5) * np.pi
+    amplitude = 0.3 + 0.7 * _texture(str(amp_name), shape, rng, zoom)
+    phase = (_texture(str(phase_name), shape, rng, zoom) - 0.5) * np.pi
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
 
 
@@ -138,15 +144,16 @@ def simulate_ptycho(
     seed: int = 0,
     textures: tuple[str, ...] = TEXTURES,
     defocus: float = 6.0,
+    zoom: float = 1.0,
 ) -> PtychoScan:
     """A scan of a random textured object: intensities, positions, probe and the true object.
 
     ``photons``: mean total counts per pattern (Poisson noise), ``None`` for noiseless;
     ``every``: keep every k-th position (sparse scans); ``textures``: the names to draw the
-    object's amplitude and phase from; ``defocus``: of the probe, in radians at the pupil edge.
+    object's amplitude and phase from; ``defocus``: of the probe, in radians at the pupil edge; ``zoom``: texture magnification.
     """
     rng = np.random.default_rng(seed)
-    obj = textured_object(object_shape, rng, textures)
+    obj = textured_object(object_shape, rng, textures, zoom)
     probe = focused_probe(frame, rng, defocus=defocus)
     if scan == "raster":
         positions = raster_positions(object_shape, frame, step, rng)
@@ -160,7 +167,7 @@ def simulate_ptycho(
         intensities = rng.poisson(intensities * (photons / intensities.sum(axis=(1, 2)).mean()))
         intensities = intensities.astype(np.float32)
     settings = {"mode": "ptycho", "object_shape": list(object_shape), "frame": frame, "step": step}
-    settings.update(scan=scan, photons=photons, every=every, seed=seed, defocus=defocus)
+    settings.update(scan=scan, photons=photons, every=every, seed=seed, defocus=defocus, zoom=zoom)
     meta = Metadata(reader="simulate.ptycho", extra={"simulation": settings})
     stack = DiffractionStack(intensities, None, meta)
     return PtychoScan(stack, positions, probe, truth=obj)
