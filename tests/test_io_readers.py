@@ -354,6 +354,22 @@ def test_npz_bz2_tike_layout(tmp_path):
     assert_tike(cio.read(path), arrays)
 
 
+def test_tike_patterns_in_fft_order_are_centred(tmp_path, real_path):
+    """tike keeps the zero frequency at [0, 0]; the reader centres it (our convention)."""
+    centred = np.zeros((3, 16, 16), np.float32)
+    centred[:, 7:9, 7:9] = 100.0
+    centred += 1
+    arrays = tike_arrays(n=3)
+    arrays["data"] = np.fft.ifftshift(centred, axes=(-2, -1))[None]
+    np.savez(tmp_path / "fft_order.npz", **arrays)
+    scan = cio.read(tmp_path / "fft_order.npz")
+    np.testing.assert_array_equal(scan.stack.intensities, centred)
+    assert "FFT order" in scan.meta.extra["shifted"]
+    real = cio.read(real_path("ptycho/siemens-star-small.npz.bz2"))
+    mean = real.stack.frames().mean(axis=0)
+    assert mean[56:72, 56:72].mean() > 100 * mean[:8, :8].mean()
+
+
 def test_npz_ptychonn_layout_complex_truth(tmp_path):
     reciprocal = counts((5, 16, 16), "float32")
     real = (RNG.random((5, 8, 8)) * np.exp(1j * RNG.uniform(-np.pi, np.pi, (5, 8, 8)))).astype(
@@ -561,7 +577,7 @@ def test_real_tike_siemens_star(siemens_star):
     scan, arrays = siemens_star
     assert isinstance(scan, PtychoScan)
     assert scan.stack.shape == (516, 128, 128)
-    assert_stack(scan.stack, arrays["data"][0])
+    assert_stack(scan.stack, np.fft.fftshift(arrays["data"][0], axes=(-2, -1)))  # centred
     assert scan.probe is not None
     assert scan.probe.shape == (128, 128) and scan.probe.dtype == np.complex64
     np.testing.assert_array_equal(scan.probe, arrays["probe"].reshape(128, 128))

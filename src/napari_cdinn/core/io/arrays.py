@@ -108,8 +108,24 @@ def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = N
     return _stack(arrays[key], source, Metadata(source, "npz", key), lazy)
 
 
+def in_fft_order(frames: np.ndarray) -> bool:
+    """Whether patterns have their zero frequency at [0, 0] (tike's convention) rather than at
+    the centre: the mean pattern is brighter at its corners than at its middle."""
+    mean = np.asarray(frames[: min(len(frames), 64)], np.float64).mean(axis=0)
+    h, w = mean.shape
+    ry, rx = max(1, h // 16), max(1, w // 16)
+    corners = np.fft.fftshift(mean)[h // 2 - ry : h // 2 + ry, w // 2 - rx : w // 2 + rx]
+    middle = mean[h // 2 - ry : h // 2 + ry, w // 2 - rx : w // 2 + rx]
+    return float(corners.mean()) > 10 * float(middle.mean())
+
+
 def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) -> PtychoScan:
-    stack = _stack(arrays["data"], source, Metadata(source, "npz-tike", "data"), lazy)
+    data = arrays["data"]
+    meta = Metadata(source, "npz-tike", "data")
+    if in_fft_order(np.reshape(data, (-1, *np.shape(data)[-2:]))):
+        data = np.fft.fftshift(data, axes=(-2, -1))  # tike keeps the zero frequency at [0, 0]
+        meta.extra["shifted"] = "patterns were in FFT order (zero frequency at [0, 0]); centred"
+    stack = _stack(data, source, meta, lazy)
     positions = check_positions(np.reshape(arrays["scan"], (-1, 2)), stack.n_frames, source)
     probe = None
     if "probe" in arrays:

@@ -187,6 +187,7 @@ def run_epie(
         if preview is not None:
             preview(obj.cpu().numpy(), probe.cpu().numpy(), epoch + 1)
         yield (epoch + 1) * n, total
+    obj, probe = _flattened(obj, probe, grid, corners, (h, w))
     return obj.cpu().numpy(), probe.cpu().numpy(), grid, errors
 
 
@@ -233,3 +234,34 @@ def _without_phase_ramp(
         return torch.exp(1j * phase).to(torch.complex64)
 
     return probe * ramp(probe.shape, -1.0), obj * ramp(obj.shape, 1.0)
+
+
+def _flattened(
+    obj: torch.Tensor,
+    probe: torch.Tensor,
+    grid: ObjectGrid,
+    corners: torch.Tensor,
+    frame: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the object's mean linear phase ramp (amplitude-weighted phase step between
+    neighbours, over the scanned pixels) into the probe: the data cannot tell them apart, and a
+    flat object is what one expects to look at."""
+    seen = torch.zeros(grid.shape, dtype=torch.bool, device=obj.device)
+    for y, x in corners.tolist():
+        seen[
+            y + frame[0] // 4 : y + 3 * frame[0] // 4, x + frame[1] // 4 : x + 3 * frame[1] // 4
+        ] = True
+    steps = []
+    for axis in (0, 1):
+        a, b = obj.narrow(axis, 1, obj.shape[axis] - 1), obj.narrow(axis, 0, obj.shape[axis] - 1)
+        inside = seen.narrow(axis, 1, seen.shape[axis] - 1) & seen.narrow(
+            axis, 0, seen.shape[axis] - 1
+        )
+        steps.append(float(torch.angle((a * b.conj())[inside].sum())))
+    y = torch.arange(grid.shape[0], device=obj.device, dtype=torch.float64)[:, None]
+    x = torch.arange(grid.shape[1], device=obj.device, dtype=torch.float64)[None, :]
+    obj = obj * torch.exp(-1j * (steps[0] * y + steps[1] * x)).to(obj.dtype)
+    y = torch.arange(frame[0], device=obj.device, dtype=torch.float64)[:, None]
+    x = torch.arange(frame[1], device=obj.device, dtype=torch.float64)[None, :]
+    probe = probe * torch.exp(1j * (steps[0] * y + steps[1] * x)).to(probe.dtype)
+    return obj, probe
