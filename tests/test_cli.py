@@ -83,7 +83,7 @@ def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, caps
     (reference,) = io.read_results(epie)
     assert reference.origin is not None and reference.probe.shape == (64, 64)
     model = tmp_path / "mine.safetensors"
-    argv = ["train", "ptycho", scan, "--reference", str(epie), "--region", "-5:200,-5:110",
+    argv = ["train", "ptycho", scan, "--reference", str(epie), "--region=-5:200,-5:110",
             "--seconds", "3", "-o", str(model)]  # fmt: skip
     assert main(argv) == 0
     assert "fine-tuned on" in capsys.readouterr().out

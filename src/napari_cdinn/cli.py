@@ -311,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(train)
     few_shot = train.add_argument_group("ptycho fine-tuning")
     few_shot.add_argument("--reference", type=Path, help="results file with the reconstruction")
-    few_shot.add_argument("--region", help="y0:y1,x0:x1 in scan coordinates (object pixels)")
+    few_shot.add_argument(
+        "--region",
+        help="y0:y1,x0:x1 in scan coordinates (object pixels); --region=-5:90,... if negative",
+    )
     few_shot.add_argument("-o", "--output", type=Path, help="model file to write")
     few_shot.add_argument("--model", type=Path, help="start from this model (default: bundled)")
     few_shot.add_argument("--seconds", type=float, default=55.0, help="training time budget")

@@ -57,7 +57,9 @@ def draw_left_half(viewer, dock) -> None:
     shapes.add_rectangles(np.array([[low[0], low[1]], [high[0], middle]]))
 
 
-def test_dock_runs_epie_network_and_retraining_then_reinverts(viewer, pdock, qtbot, models):
+def test_dock_runs_epie_network_and_retraining_then_reinverts(
+    viewer, pdock, qtbot, models, error_messages
+):
     assert pdock.scan_combo.currentText() == f"{NAME} diffraction"
     seen = reconstruct(pdock, qtbot, epochs=60)
     assert any(seen[:-1]), "ePIE layers should appear while it runs"
@@ -79,9 +81,8 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(viewer, pdock, qtb
     pdock.seconds.setValue(8)
     pdock.retrain()
     wait(pdock, qtbot)
-    qtbot.waitUntil(
-        lambda: pdock.worker is None and "Retrained" in pdock.status.text(), timeout=120_000
-    )
+    assert "Retrained" in pdock.training_status.text(), error_messages()
+    assert pdock.status.text().startswith("NN:")
     wait(pdock, qtbot)  # the re-inversion with the new model
     saved = list(models.glob("*.safetensors"))
     assert len(saved) == 1 and saved[0].with_suffix(".json").exists()
@@ -108,7 +109,7 @@ def test_stop_ends_retraining_within_a_second_and_keeps_the_best_model(
     qtbot.waitUntil(lambda: len(run.history) >= 1, timeout=120_000)
     stopped_at = time.perf_counter()
     pdock.stop()
-    qtbot.waitUntil(lambda: "Retrained" in pdock.status.text(), timeout=10_000)
+    qtbot.waitUntil(lambda: "Retrained" in pdock.training_status.text(), timeout=10_000)
     assert time.perf_counter() - stopped_at < 2.0
     assert len(run.history) < 50 and run.best_state is not None
     assert len(list(models.glob("*.safetensors"))) == 1

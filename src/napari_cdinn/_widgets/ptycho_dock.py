@@ -107,6 +107,8 @@ class PtychoDock(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.training_status = QLabel("")
+        self.training_status.setWordWrap(True)
         self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
 
@@ -132,6 +134,7 @@ class PtychoDock(QWidget):
         training_form.addRow(self.region_button)
         training_form.addRow("Time budget (s)", self.seconds)
         training_form.addRow(self.retrain_button)
+        training_form.addRow(self.training_status)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(epie)
@@ -174,7 +177,7 @@ class PtychoDock(QWidget):
             self.model_combo.setCurrentIndex(self.model_combo.findData(str(select)))
 
     def _layer(self, name: str) -> Layer | None:
-        return self.viewer.layers.get(name, None)
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
 
     def selected_scan(self) -> tuple[str, PtychoScan] | None:
         scan = scan_of(self._layer(self.scan_combo.currentText()))
@@ -367,7 +370,7 @@ class PtychoDock(QWidget):
         """Stopped or done: keep the best model, save it, invert the whole scan with it."""
         run, (name, scan) = self.run, self._trained
         if run is None or run.best_state is None:
-            self.status.setText("No epoch finished: the model is unchanged.")
+            self.training_status.setText("No epoch finished: the model is unchanged.")
             return
         self._plot_losses()
         stem = f"ptycho_{source_name(scan, 'scan')}_{time.strftime('%Y%m%d_%H%M%S')}"
@@ -375,7 +378,7 @@ class PtychoDock(QWidget):
         path = ptycho.save_fine_tuned(run, user_dir() / stem, self._base_card, region)
         self._refresh_models(select=path)
         last = run.history[-1]
-        self.status.setText(
+        self.training_status.setText(
             f"Retrained on {run.source.get('positions')} positions, {last['epoch']} epochs, "
             f"{last['seconds']:.0f} s; saved {path.name}"
         )
