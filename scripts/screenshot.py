@@ -164,7 +164,7 @@ def ptycho_screenshot(viewer, output: Path) -> int:
     dock.reference_combo.setCurrentText("ptycho_scan amplitude (ePIE)")
     dock.seconds.setValue(30)
     dock.retrain()
-    _wait(lambda: dock.worker is None and "Retrained" in dock.status.text(), timeout=600)
+    _wait(lambda: dock.worker is None and "Retrained" in dock.training_status.text(), timeout=300)
     _wait(lambda: dock.worker is None, timeout=600)
     for layer in viewer.layers:
         layer.visible = "phase" in layer.name or "region" in layer.name
