@@ -111,14 +111,19 @@ def main() -> int:
     viewer.dims.set_point(0, args.frame)
     viewer.layers.selection.active = diffraction[-1]  # fills the dock's summary
     _wait(lambda: bool(dock.info.toPlainText()))
-    _settle()
-    viewer.reset_view()  # fit the grid to the canvas once the window has its final size
-    _hide_notifications(window)
-    _settle()
+    return _save(viewer, args.output)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    image = viewer.screenshot(str(args.output), canvas_only=False, flash=False)
-    print(f"wrote {args.output} ({image.shape[1]} x {image.shape[0]} px)")
+
+def _save(viewer, output: Path) -> int:
+    """Fit the view (once the window has its final size), hide the toasts, write the window to
+    ``output`` and close the viewer."""
+    _settle()
+    viewer.reset_view()
+    _hide_notifications(viewer.window._qt_window)
+    _settle()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    image = viewer.screenshot(str(output), canvas_only=False, flash=False)
+    print(f"wrote {output} ({image.shape[1]} x {image.shape[0]} px)")
     viewer.close()
     return 0
 
@@ -135,15 +140,7 @@ def cdi_screenshot(viewer, output: Path, frame: int) -> int:
     _wait(lambda: dock.run_button.isEnabled(), timeout=600)
     viewer.dims.set_point(0, frame)
     viewer.layers.selection.active = viewer.layers[0]
-    _settle()
-    viewer.reset_view()
-    _hide_notifications(viewer.window._qt_window)
-    _settle()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    image = viewer.screenshot(str(output), canvas_only=False, flash=False)
-    print(f"wrote {output} ({image.shape[1]} x {image.shape[0]} px)")
-    viewer.close()
-    return 0
+    return _save(viewer, output)
 
 
 def ptycho_screenshot(viewer, output: Path) -> int:
@@ -172,15 +169,7 @@ def ptycho_screenshot(viewer, output: Path) -> int:
     network = viewer.layers["ptycho_scan phase (NN)"]
     network.translate = np.add(network.translate, [0, network.data.shape[1] + 8])  # beside
     viewer.layers.selection.active = viewer.layers["ptycho_scan diffraction"]
-    _settle()
-    viewer.reset_view()
-    _hide_notifications(viewer.window._qt_window)
-    _settle()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    image = viewer.screenshot(str(output), canvas_only=False, flash=False)
-    print(f"wrote {output} ({image.shape[1]} x {image.shape[0]} px)")
-    viewer.close()
-    return 0
+    return _save(viewer, output)
 
 
 if __name__ == "__main__":

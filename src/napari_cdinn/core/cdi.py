@@ -19,8 +19,9 @@ from .data import DiffractionStack, ObjectResult, Provenance
 from .device import resolve_device
 from .errors import InputError, InputWarning
 from .metrics import chi2
+from .nn import registry
 from .nn.cdi import inference_model, predict
-from .nn.registry import list_models, load_model
+from .nn.registry import load_model
 from .retrieval.cdi import RetrievalRecipe, run_retrieval
 
 METHODS = ("nn", "iterative", "refine")
@@ -29,10 +30,7 @@ Steps = Generator[tuple[int, int], None, ObjectResult]
 
 
 def default_model() -> Path:
-    models = list_models("cdi")
-    if not models:
-        raise InputError(None, "no bundled CDI model found (was the package installed whole?)")
-    return models[0]
+    return registry.default_model("cdi")
 
 
 def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | None]:

@@ -19,6 +19,7 @@ from . import metrics
 from .data import ObjectResult, Provenance, PtychoScan
 from .device import resolve_device
 from .errors import InputError
+from .nn import registry
 from .nn.cdi import inference_model
 from .nn.ptycho import (
     FineTuning,
@@ -31,9 +32,10 @@ from .nn.ptycho import (
     stitch,
 )
 from .nn.ptycho_net import binned, binning, intensity_scale, preprocess
-from .nn.registry import list_models, load_model, save_model
+from .nn.registry import load_model, save_model
 from .nn.training import machine
 from .retrieval.ptycho import EpieRecipe, ObjectGrid, checked_scan, run_epie
+from .retrieval.ptycho import scanned_region as scanned_region  # for benchmarks and tests
 
 METHODS = ("nn", "epie")
 LABELS = {"nn": "NN", "epie": "ePIE"}
@@ -73,25 +75,8 @@ def on_grid(image: np.ndarray, origin: tuple[float, float], shape: tuple[int, in
     return out
 
 
-def scanned_region(
-    positions: np.ndarray, frame: int, origin: tuple[float, float], shape: tuple[int, int]
-) -> np.ndarray:
-    """Pixels of a result grid inside the central half of some frame: where the scan measured
-    the object well (the probe's outskirts see too little to judge a reconstruction)."""
-    region = np.zeros(shape, bool)
-    corners = np.round(np.asarray(positions) - np.asarray(origin)).astype(int) + frame // 4
-    for y, x in corners:
-        region[max(y, 0) : y + frame // 2, max(x, 0) : x + frame // 2] = True
-    return region
-
-
 def default_model() -> Path:
-    models = list_models("ptycho")
-    if not models:
-        raise InputError(
-            None, "no bundled ptychography model found (was the package installed whole?)"
-        )
-    return models[0]
+    return registry.default_model("ptycho")
 
 
 @dataclass

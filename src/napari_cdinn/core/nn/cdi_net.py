@@ -44,27 +44,36 @@ def _decoder(width: int) -> nn.Sequential:
     )
 
 
-class CDINet(nn.Module):
-    """Encoder 64 -> 8 pixels, two decoders 8 -> 32 pixels (the object's half of the field)."""
+class EncoderDecoders(nn.Module):
+    """One encoder, two decoders (amplitude, phase): the shape of both networks here.  A subclass
+    names its decoder and the function that keeps the amplitude in range."""
+
+    make_decoder = staticmethod(_decoder)
+    amplitude_activation = staticmethod(torch.sigmoid)
 
     def __init__(self, size: int = 64, width: int = 16):
         super().__init__()
         self.size = size
         self.width = width
         self.encoder = encoder(width)
-        self.amplitude_decoder = _decoder(width)
-        self.phase_decoder = _decoder(width)
+        self.amplitude_decoder = self.make_decoder(width)
+        self.phase_decoder = self.make_decoder(width)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, 1, size, size) preprocessed patterns -> amplitude, phase (B, size/2, size/2)."""
+        """``x`` (B, 1, size, size) preprocessed patterns -> amplitude, phase (B, h, w)."""
         features = self.encoder(x)
-        amplitude = torch.sigmoid(self.amplitude_decoder(features))[:, 0]
+        amplitude = self.amplitude_activation(self.amplitude_decoder(features))[:, 0]
         phase = torch.pi * torch.tanh(self.phase_decoder(features))[:, 0]
         return amplitude, phase
 
     def arguments(self) -> dict[str, int]:
         """Constructor arguments, recorded in the model card."""
         return {"size": self.size, "width": self.width}
+
+
+class CDINet(EncoderDecoders):
+    """Encoder 64 -> 8 pixels, two decoders 8 -> 32 pixels (the object's half of the field);
+    amplitude in [0, 1] (sigmoid)."""
 
 
 def preprocess(intensities: torch.Tensor) -> torch.Tensor:

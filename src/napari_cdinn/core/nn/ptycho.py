@@ -118,7 +118,7 @@ def stitch(
     complex_sum = np.zeros((shape[0] + 1, shape[1] + 1), np.complex128)
     weight_sum = np.zeros((shape[0] + 1, shape[1] + 1))
     for patch, (y, x), (fy, fx) in zip(patches, base, fraction, strict=True):
-        amplitude, unit = np.abs(patch), patch
+        amplitude = np.abs(patch)
         for dy, dx, share in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
                               (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):  # fmt: skip
             if share == 0:
@@ -127,7 +127,7 @@ def stitch(
             w = share * weight
             weight_sum[window] += w
             amplitude_sum[window] += w * amplitude
-            complex_sum[window] += w * unit
+            complex_sum[window] += w * patch
     weight_sum, amplitude_sum = (
         weight_sum[: shape[0], : shape[1]],
         amplitude_sum[: shape[0], : shape[1]],

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .cdi_net import _block, encoder
+from .cdi_net import EncoderDecoders, _block
 
 
 def _decoder(width: int) -> nn.Sequential:
@@ -29,27 +29,12 @@ def _decoder(width: int) -> nn.Sequential:
     )
 
 
-class PtychoNet(nn.Module):
-    """Encoder 64 -> 8 pixels, two decoders 8 -> 64 pixels (the frame's central patch)."""
+class PtychoNet(EncoderDecoders):
+    """Encoder 64 -> 8 pixels, two decoders 8 -> 64 pixels (the frame's central patch);
+    amplitude unbounded above (softplus)."""
 
-    def __init__(self, size: int = 64, width: int = 16):
-        super().__init__()
-        self.size = size
-        self.width = width
-        self.encoder = encoder(width)
-        self.amplitude_decoder = _decoder(width)
-        self.phase_decoder = _decoder(width)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, 1, size, size) preprocessed patterns -> amplitude, phase (B, size, size)."""
-        features = self.encoder(x)
-        amplitude = nn.functional.softplus(self.amplitude_decoder(features))[:, 0]
-        phase = torch.pi * torch.tanh(self.phase_decoder(features))[:, 0]
-        return amplitude, phase
-
-    def arguments(self) -> dict[str, int]:
-        """Constructor arguments, recorded in the model card."""
-        return {"size": self.size, "width": self.width}
+    make_decoder = staticmethod(_decoder)
+    amplitude_activation = staticmethod(nn.functional.softplus)
 
 
 def binning(frame: int, size: int, source: object = None) -> int:

@@ -49,6 +49,15 @@ def list_models(mode: str | None = None) -> list[Path]:
     return found
 
 
+def default_model(mode: str) -> Path:
+    """The bundled model of a mode (the first of ``list_models(mode)``)."""
+    models = list_models(mode)
+    if not models:
+        label = {"cdi": "CDI", "ptycho": "ptychography"}.get(mode, mode)
+        raise InputError(None, f"no bundled {label} model found (was the package installed whole?)")
+    return models[0]
+
+
 def read_card(weights: str | Path) -> dict[str, Any]:
     path = card_path(Path(weights))
     try:

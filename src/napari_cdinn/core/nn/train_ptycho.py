@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ... import __version__
-from .. import metrics
+from .. import metrics, ptycho
 from ..progress import run_to_end
 from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, probe_weight, sample_patches
@@ -77,8 +77,6 @@ def training_data(n_scans: int, seed: int, workdir: Path, log: Log) -> dict[str,
 def evaluate(model: PtychoNet) -> dict[str, float]:
     """SSIM of the stitched network result against the truth of a held-out scan (held-out
     textures and seed, 1e6 photons per pattern), in its well-scanned region."""
-    from .. import ptycho
-
     scan = simulate_ptycho(
         (256, 256), frame=SIZE, step=10.0, photons=1e6, seed=HELD_OUT_SEED,
         textures=HELD_OUT_TEXTURES,

@@ -140,18 +140,20 @@ def run_epie(
     magnitudes = torch.fft.ifftshift(
         torch.as_tensor(np.sqrt(np.maximum(intensities, 0)), device=torch_device), dim=(-2, -1)
     )
-    power = float(np.mean(np.sum(intensities, axis=(-2, -1))))
-    valid_frame = None
-    if scan.stack.mask is not None:
-        valid_frame = torch.fft.ifftshift(torch.as_tensor(scan.stack.mask, device=torch_device))
-        power = float(np.mean(np.sum(np.where(scan.stack.mask, intensities, 0), axis=(-2, -1))))
+    mask = scan.stack.mask
+    measured_counts = intensities if mask is None else np.where(mask, intensities, 0)
+    power = float(np.mean(np.sum(measured_counts, axis=(-2, -1))))
+    valid_batch = None  # the detector mask in FFT order, once for a whole batch
+    if mask is not None:
+        valid_frame = torch.fft.ifftshift(torch.as_tensor(mask, device=torch_device))
+        valid_batch = valid_frame.expand(recipe.batch_size, h, w).contiguous()
 
     guess = scan.probe if scan.probe is not None else initial_probe(intensities)
     guess = np.asarray(guess, np.complex64)
     if guess.ndim == 3:
         guess = guess[0]  # the dominant mode of a multi-mode probe
-    probe = torch.as_tensor(guess, device=torch_device)
-    probe *= math.sqrt(power / max(float((probe.abs() ** 2).sum()), 1e-30))
+    probe = torch.tensor(guess, device=torch_device)  # a copy: the scan's probe stays as read
+    probe *= math.sqrt(power / max(float(intensity(probe).sum()), 1e-30))
     obj = torch.ones(grid.shape, dtype=torch.complex64, device=torch_device)
     ramps = _shift_ramps((h, w), torch_device)
     bank, bank_power = _bank_and_power(probe, ramps)
@@ -170,9 +172,10 @@ def run_epie(
             at, shift = corners[batch], bins[batch]
             waves = exit_waves(obj, at, bank, shift)
             spectrum = torch.fft.fft2(waves, norm="ortho")
-            valid = None if valid_frame is None else valid_frame.expand(len(batch), h, w)
-            measured = magnitudes[batch]
-            error += set_modulus_(spectrum, measured, valid, with_error=True, correction=True)
+            valid = None if valid_batch is None else valid_batch[: len(batch)]
+            error += set_modulus_(
+                spectrum, magnitudes[batch], valid, with_error=True, correction=True
+            )
             change = torch.fft.ifft2(spectrum, norm="ortho")  # projected minus current exit wave
             if update_probe:
                 add_probe_gradient_(probe_numerator, probe_denominator, obj, at, shift, change)
@@ -187,7 +190,9 @@ def run_epie(
         if preview is not None:
             preview(obj.cpu().numpy(), probe.cpu().numpy(), epoch + 1)
         yield (epoch + 1) * n, total
-    obj, probe = _flattened(obj, probe, grid, corners, (h, w))
+    whole_pixel_positions = corner_array + np.asarray(grid.origin)  # where the frames were used
+    seen = scanned_region(whole_pixel_positions, h, grid.origin, grid.shape)
+    probe, obj = _flattened(probe, obj, seen)
     return obj.cpu().numpy(), probe.cpu().numpy(), grid, errors
 
 
@@ -220,48 +225,51 @@ def _spectrum_centre(power: torch.Tensor) -> torch.Tensor:
 def _without_phase_ramp(
     probe: torch.Tensor, obj: torch.Tensor, centre: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resolve ptychography's linear-phase ambiguity: P e^(-ikr), O e^(ikr) make the same data.
-    The ramp that brings the probe's spectrum back to where the initial probe's was moves from
-    the probe to the object, so the object is not left with a drifting phase slope."""
+    """Resolve ptychography's linear-phase ambiguity while iterating: the ramp that brings the
+    probe's spectrum back to where the initial probe's was moves from the probe to the object,
+    so the object is not left with a drifting phase slope."""
     size = torch.tensor(probe.shape, device=probe.device, dtype=torch.float64)
     offset = _spectrum_centre(intensity(torch.fft.fft2(probe))) - centre
     cycles = (torch.remainder(offset + size / 2, size) - size / 2) / size  # per pixel
-
-    def ramp(shape: tuple[int, int], sign: float) -> torch.Tensor:
-        y = torch.arange(shape[0], device=probe.device, dtype=torch.float64)[:, None]
-        x = torch.arange(shape[1], device=probe.device, dtype=torch.float64)[None, :]
-        phase = sign * 2 * math.pi * (cycles[0] * y + cycles[1] * x)
-        return torch.exp(1j * phase).to(torch.complex64)
-
-    return probe * ramp(probe.shape, -1.0), obj * ramp(obj.shape, 1.0)
+    return _ramp_moved(probe, obj, (-2 * math.pi * cycles).tolist())
 
 
 def _flattened(
-    obj: torch.Tensor,
-    probe: torch.Tensor,
-    grid: ObjectGrid,
-    corners: torch.Tensor,
-    frame: tuple[int, int],
+    probe: torch.Tensor, obj: torch.Tensor, seen: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move the object's mean linear phase ramp (amplitude-weighted phase step between
-    neighbours, over the scanned pixels) into the probe: the data cannot tell them apart, and a
+    neighbours, over the ``seen`` pixels) into the probe: the data cannot tell them apart, and a
     flat object is what one expects to look at."""
-    seen = torch.zeros(grid.shape, dtype=torch.bool, device=obj.device)
-    for y, x in corners.tolist():
-        seen[
-            y + frame[0] // 4 : y + 3 * frame[0] // 4, x + frame[1] // 4 : x + 3 * frame[1] // 4
-        ] = True
-    steps = []
-    for axis in (0, 1):
-        a, b = obj.narrow(axis, 1, obj.shape[axis] - 1), obj.narrow(axis, 0, obj.shape[axis] - 1)
-        inside = seen.narrow(axis, 1, seen.shape[axis] - 1) & seen.narrow(
-            axis, 0, seen.shape[axis] - 1
-        )
-        steps.append(float(torch.angle((a * b.conj())[inside].sum())))
-    y = torch.arange(grid.shape[0], device=obj.device, dtype=torch.float64)[:, None]
-    x = torch.arange(grid.shape[1], device=obj.device, dtype=torch.float64)[None, :]
-    obj = obj * torch.exp(-1j * (steps[0] * y + steps[1] * x)).to(obj.dtype)
-    y = torch.arange(frame[0], device=obj.device, dtype=torch.float64)[:, None]
-    x = torch.arange(frame[1], device=obj.device, dtype=torch.float64)[None, :]
-    probe = probe * torch.exp(1j * (steps[0] * y + steps[1] * x)).to(probe.dtype)
-    return obj, probe
+    seen = torch.as_tensor(seen, device=obj.device)
+    both_y, both_x = seen[1:] & seen[:-1], seen[:, 1:] & seen[:, :-1]
+    steps = [
+        float(torch.angle((obj[1:] * obj[:-1].conj())[both_y].sum())),
+        float(torch.angle((obj[:, 1:] * obj[:, :-1].conj())[both_x].sum())),
+    ]
+    return _ramp_moved(probe, obj, steps)
+
+
+def _ramp_moved(
+    probe: torch.Tensor, obj: torch.Tensor, slope: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object times e^(-i slope.r), probe times e^(+i slope.r) (slope (y, x) in radians per
+    pixel): every exit wave only gains a constant phase, so the data are unchanged."""
+
+    def ramp(shape: tuple[int, ...], sign: float) -> torch.Tensor:
+        y = torch.arange(shape[0], device=obj.device, dtype=torch.float64)[:, None]
+        x = torch.arange(shape[1], device=obj.device, dtype=torch.float64)[None, :]
+        return torch.exp(sign * 1j * (slope[0] * y + slope[1] * x)).to(torch.complex64)
+
+    return probe * ramp(probe.shape, 1.0), obj * ramp(obj.shape, -1.0)
+
+
+def scanned_region(
+    positions: np.ndarray, frame: int, origin: tuple[float, float], shape: tuple[int, int]
+) -> np.ndarray:
+    """Pixels of a result grid inside the central half of some frame: where the scan measured
+    the object well (the probe's outskirts see too little to judge a reconstruction)."""
+    region = np.zeros(shape, bool)
+    corners = np.round(np.asarray(positions) - np.asarray(origin)).astype(int) + frame // 4
+    for y, x in corners:
+        region[max(y, 0) : y + frame // 2, max(x, 0) : x + frame // 2] = True
+    return region
