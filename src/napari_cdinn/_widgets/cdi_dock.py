@@ -26,10 +26,10 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _settings
-from .._layers import layers_for_result
+from .._layers import dataset_of, layers_for_result
 from ..core import cdi
 from ..core.data import DiffractionStack, ObjectResult
-from . import report_error
+from . import advance, report_error
 
 if TYPE_CHECKING:
     import napari
@@ -37,9 +37,7 @@ if TYPE_CHECKING:
 
 def diffraction_stack(layer: Layer | None) -> DiffractionStack | None:
     """The raw diffraction data behind a layer napari-cdinn opened (None for other layers)."""
-    if not isinstance(layer, Image):
-        return None
-    data = layer.metadata.get("cdinn", {}).get("data")
+    data = dataset_of(layer.metadata) if isinstance(layer, Image) else None
     stack = getattr(data, "stack", data)
     return stack if isinstance(stack, DiffractionStack) else None
 
@@ -149,9 +147,7 @@ class CDIDock(QWidget):
             show_info("Inversion cancelled")
 
     def _progress(self, step: tuple[int, int]) -> None:
-        done, total = step
-        self.pbar.total = total
-        self.pbar.update(done - self.pbar.n)
+        advance(self.pbar, step)
 
     def _finished(self) -> None:
         self.pbar.close()

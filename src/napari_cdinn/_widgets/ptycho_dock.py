@@ -30,12 +30,12 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _settings
-from .._layers import layers_for_result, source_name
+from .._layers import dataset_of, layers_for_result, source_name
 from ..core import ptycho
 from ..core.data import ObjectResult, Provenance, PtychoScan
 from ..core.nn.registry import list_models, load_model, read_card, save_model, user_dir
 from ..core.retrieval.ptycho import EpieRecipe
-from . import report_error
+from . import advance, report_error
 
 if TYPE_CHECKING:
     import napari
@@ -45,9 +45,7 @@ PREVIEW_EVERY_S = 0.5  # live ePIE layers refresh at most this often
 
 def scan_of(layer: Layer | None) -> PtychoScan | None:
     """The scan behind a diffraction layer napari-cdinn opened (None for other layers)."""
-    if not isinstance(layer, Image):
-        return None
-    data = layer.metadata.get("cdinn", {}).get("data")
+    data = dataset_of(layer.metadata) if isinstance(layer, Image) else None
     return data if isinstance(data, PtychoScan) else None
 
 
@@ -212,9 +210,7 @@ class PtychoDock(QWidget):
         worker.start()
 
     def _progress(self, step: tuple[int, int]) -> None:
-        done, total = step
-        self.pbar.total = total
-        self.pbar.update(done - self.pbar.n)
+        advance(self.pbar, step)
         if self._preview is not None and time.monotonic() - self._shown_at > PREVIEW_EVERY_S:
             self._show_preview()
         if self.run is not None and self.run.history:
