@@ -86,7 +86,7 @@ def test_fused_cpu_steps_match_the_torch_ones(monkeypatch):
         error = projections.set_modulus_(spectrum, magnitudes, measured, True, correction=True)
         change = torch.fft.ifft2(spectrum, norm="ortho")
         patches.add_probe_gradient_(numerator, denominator, current, corners, bins, change)
-        patches.update_object_(current, corners, bank, power, bins, change, alpha=0.1)
+        patches.update_object_(current, corners, bank, power, bins, change, 0.1, float(power.max()))
         return waves, torch.tensor(error), change, numerator, denominator, current
 
     fused = one_batch()

@@ -82,11 +82,12 @@ def update_object_(
     bins: torch.Tensor,
     change: torch.Tensor,
     alpha: float,
+    peak: float,
 ) -> None:
     """The batch's rPIE object step (Maiden et al. 2017) with overlaps summed:
-    ``obj += sum conj(P) change / ((1 - alpha) sum |P|^2 + alpha max |P|^2)``, where ``change``
-    is each frame's exit-wave update (projected minus current)."""
-    peak = float(bank_power.max())
+    ``obj += sum conj(P) change / ((1 - alpha) sum |P|^2 + alpha peak)``, where ``change`` is
+    each frame's exit-wave update (projected minus current) and ``peak`` = max |P|^2 (given, as
+    it changes only with the probe)."""
     if fused(obj):
         _update_object_cpu(
             obj.numpy(), corners.numpy(), bank.numpy(), bank_power.numpy(), bins.numpy(),

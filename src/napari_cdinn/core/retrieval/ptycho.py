@@ -80,10 +80,14 @@ def _shift_ramps(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
     return ramps.reshape(SUBPIXEL * SUBPIXEL, *shape)
 
 
-def _bank_and_power(probe: torch.Tensor, ramps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The probe moved by every sub-pixel shift (SUBPIXEL**2, H, W), and its intensity."""
+def _bank_and_power(
+    probe: torch.Tensor, ramps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The probe moved by every sub-pixel shift (SUBPIXEL**2, H, W), its intensity and the
+    intensity's maximum (rPIE's step floor)."""
     bank = torch.fft.ifft2(torch.fft.fft2(probe) * ramps)
-    return bank, intensity(bank)
+    power = intensity(bank)
+    return bank, power, float(power.max())
 
 
 def initial_probe(intensities: np.ndarray) -> np.ndarray:
@@ -156,7 +160,7 @@ def run_epie(
     probe *= math.sqrt(power / max(float(intensity(probe).sum()), 1e-30))
     obj = torch.ones(grid.shape, dtype=torch.complex64, device=torch_device)
     ramps = _shift_ramps((h, w), torch_device)
-    bank, bank_power = _bank_and_power(probe, ramps)
+    bank, bank_power, peak = _bank_and_power(probe, ramps)
     centre = _spectrum_centre(intensity(torch.fft.fft2(probe)))  # kept: see _without_phase_ramp
     generator = torch.Generator().manual_seed(recipe.seed)
     errors: list[float] = []
@@ -179,14 +183,14 @@ def run_epie(
             change = torch.fft.ifft2(spectrum, norm="ortho")  # projected minus current exit wave
             if update_probe:
                 add_probe_gradient_(probe_numerator, probe_denominator, obj, at, shift, change)
-            update_object_(obj, at, bank, bank_power, shift, change, recipe.object_alpha)
+            update_object_(obj, at, bank, bank_power, shift, change, recipe.object_alpha, peak)
             done += len(batch)
             yield done, total
         errors.append(error / (power * n))
         if update_probe:
             probe = _updated_probe(probe, probe_numerator, probe_denominator, ramps, recipe)
             probe, obj = _without_phase_ramp(probe, obj, centre)
-            bank, bank_power = _bank_and_power(probe, ramps)
+            bank, bank_power, peak = _bank_and_power(probe, ramps)
         if preview is not None:
             preview(obj.cpu().numpy(), probe.cpu().numpy(), epoch + 1)
         yield (epoch + 1) * n, total
