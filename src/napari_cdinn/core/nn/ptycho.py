@@ -76,11 +76,19 @@ def probe_weight(probe: np.ndarray | None, frame: int, size: int) -> np.ndarray:
 def patch_loss(
     amplitude: torch.Tensor, phase: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
-    """Probe-weighted mean absolute error of amplitude plus of the wrapped phase difference;
-    ``weight`` (s, s) for all samples or (B, s, s) one per sample."""
-    wrapped = torch.remainder(phase - target.angle() + torch.pi, 2 * torch.pi) - torch.pi
+    """Probe-weighted mean absolute error of amplitude plus of the wrapped phase difference,
+    the latter after removing each patch's weighted mean phase difference: one diffraction
+    pattern cannot tell a patch from itself times e^(i c), so the network is not asked to guess
+    c (stitching fixes it from the overlaps).  ``weight`` (s, s) for all samples or (B, s, s)."""
+    weight = weight.expand_as(amplitude)
+    difference = phase - target.angle()
+    offset = torch.atan2(
+        (weight * difference.sin()).sum((-2, -1), keepdim=True),
+        (weight * difference.cos()).sum((-2, -1), keepdim=True),
+    ).detach()
+    wrapped = torch.remainder(difference - offset + torch.pi, 2 * torch.pi) - torch.pi
     misfit = (amplitude - target.abs()).abs() + wrapped.abs()
-    return (weight * misfit).sum() / weight.expand_as(misfit).sum()
+    return (weight * misfit).sum() / weight.sum()
 
 
 @torch.inference_mode()
@@ -99,6 +107,37 @@ def predict_patches(
         yield lo, torch.polar(amplitude, phase).cpu().numpy()
 
 
+def phase_synchronised(
+    patches: np.ndarray, corners: np.ndarray, weight: np.ndarray, rounds: int = 2
+) -> np.ndarray:
+    """``patches`` each times the e^(i c_n) that makes it agree with its neighbours where they
+    overlap.  A diffraction pattern says nothing of its patch's constant phase c_n; the overlaps
+    of a scan do.  Patches join one by one from the middle of the scan outwards, each turned onto
+    those already placed, then every patch is turned onto all the others ``rounds`` times."""
+    size = patches.shape[-1]
+    base = np.round(corners - corners.min(axis=0)).astype(int)
+    shape = tuple(base.max(axis=0) + size)
+    lit = (patches * weight).astype(np.complex128)  # each patch as the stitch weighs it
+    windows = [np.s_[y : y + size, x : x + size] for y, x in base]
+    total = np.zeros(shape, np.complex128)
+    middle = base.mean(axis=0)
+    for n in np.argsort(np.hypot(*(base - middle).T)):
+        agreement = np.vdot(lit[n], total[windows[n]])  # sum conj(patch) x the others
+        if agreement != 0:
+            lit[n] *= agreement / abs(agreement)
+        total[windows[n]] += lit[n]
+    for _ in range(rounds):
+        turns = np.array([np.vdot(lit[n], total[windows[n]] - lit[n]) for n in range(len(lit))])
+        turns = np.where(turns != 0, turns / np.maximum(np.abs(turns), 1e-300), 1)
+        lit *= turns[:, None, None]
+        total[:] = 0
+        for n in range(len(lit)):
+            total[windows[n]] += lit[n]
+    turn = np.array([np.vdot(patches[n] * weight, lit[n]) for n in range(len(lit))])
+    turn = np.where(turn != 0, turn / np.maximum(np.abs(turn), 1e-300), 1)
+    return (patches * turn[:, None, None]).astype(np.complex64)
+
+
 def stitch(
     patches: np.ndarray,
     corners: np.ndarray,
@@ -109,8 +148,10 @@ def stitch(
     """One complex image on a grid (pixel [0, 0] at scan coordinate ``origin``) from (N, s, s)
     patches at sub-pixel scan ``corners``: bilinear splatting, each patch weighted by ``weight``.
     Amplitude is the weighted mean of the patches' amplitudes, phase the angle of their weighted
-    complex sum (so phases average across the -pi/pi cut); unseen pixels are 0."""
+    complex sum (so phases average across the -pi/pi cut), after each patch's constant phase is
+    made to agree with its neighbours' (:func:`phase_synchronised`); unseen pixels are 0."""
     size = patches.shape[-1]
+    patches = phase_synchronised(patches, np.asarray(corners, float), weight)
     local = np.asarray(corners, float) - np.asarray(origin)
     base = np.floor(local).astype(int)
     fraction = local - base
