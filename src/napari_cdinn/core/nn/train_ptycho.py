@@ -154,7 +154,8 @@ def train(args: argparse.Namespace) -> Path:
         },
         "training": {
             "script": "training/train_ptycho.py",
-            "loss": "probe-weighted MAE of amplitude and of the wrapped phase difference",
+            "loss": "probe-weighted MAE of amplitude and of the wrapped phase difference after "
+            "removing each patch's weighted mean phase difference (nn.ptycho.patch_loss)",
             "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
             "epochs": state["epoch"],
             "minutes": round(state["elapsed_s"] / 60, 1),
