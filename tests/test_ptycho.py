@@ -11,7 +11,13 @@ import torch
 from napari_cdinn.core import metrics, ptycho
 from napari_cdinn.core.data import ObjectResult, Provenance, PtychoScan
 from napari_cdinn.core.errors import InputError
-from napari_cdinn.core.nn.ptycho import FineTuning, probe_weight, sample_patches, stitch
+from napari_cdinn.core.nn.ptycho import (
+    FineTuning,
+    patch_loss,
+    probe_weight,
+    sample_patches,
+    stitch,
+)
 from napari_cdinn.core.nn.ptycho_net import PtychoNet
 from napari_cdinn.core.nn.registry import list_models, load_model
 from napari_cdinn.core.progress import run_to_end
@@ -126,6 +132,33 @@ def test_stitching_the_true_patches_returns_the_true_object(small_scan):
     patches = sample_patches(small_scan.truth, (0.0, 0.0), small_scan.positions, size)
     stitched = stitch(patches, small_scan.positions, weight, grid.origin, grid.shape)
     assert metrics.object_ssim(stitched, truth, seen)[1] > 0.95  # sub-pixel: bilinear, twice
+
+
+def test_stitching_sets_each_patch_constant_phase_from_its_neighbours(small_scan):
+    """A diffraction pattern cannot fix its patch's constant phase; the overlaps must."""
+    size = 64
+    grid = ObjectGrid.around(small_scan.positions, (size, size))
+    weight = probe_weight(small_scan.probe, size, size)
+    seen = ptycho.scanned_region(small_scan.positions, size, grid.origin, grid.shape)
+    truth = ptycho.on_grid(small_scan.truth, grid.origin, grid.shape)
+    whole = np.round(small_scan.positions)
+    patches = sample_patches(small_scan.truth, (0.0, 0.0), whole, size)
+    turns = np.exp(1j * np.random.default_rng(3).uniform(-np.pi, np.pi, len(patches)))
+    turned = (patches * turns[:, None, None]).astype(np.complex64)
+    stitched = stitch(turned, whole, weight, grid.origin, grid.shape)
+    aligned = metrics.matched(stitched, truth, seen)  # one global phase stays free
+    np.testing.assert_allclose(aligned[seen], truth[seen], atol=1e-4)
+
+
+def test_the_patch_loss_ignores_each_patch_constant_phase():
+    generator = torch.Generator().manual_seed(0)
+    target = torch.polar(torch.rand(3, 8, 8, generator=generator) + 0.5,
+                         torch.rand(3, 8, 8, generator=generator) * 2 - 1)  # fmt: skip
+    weight = torch.rand(8, 8, generator=generator)
+    amplitude, phase = target.abs(), target.angle()
+    shifted = phase + torch.tensor([0.0, 2.0, -3.0])[:, None, None]  # one constant per patch
+    assert float(patch_loss(amplitude, shifted, target, weight)) < 1e-5
+    assert float(patch_loss(amplitude, phase + 0.3 * torch.rand(3, 8, 8), target, weight)) > 0.01
 
 
 def test_a_region_selects_exactly_the_positions_whose_patches_lie_inside(small_scan):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
 from .ptycho_net import preprocess
@@ -116,26 +117,25 @@ def phase_synchronised(
     those already placed, then every patch is turned onto all the others ``rounds`` times."""
     size = patches.shape[-1]
     base = np.round(corners - corners.min(axis=0)).astype(int)
-    shape = tuple(base.max(axis=0) + size)
-    lit = (patches * weight).astype(np.complex128)  # each patch as the stitch weighs it
+    total = np.zeros(tuple(base.max(axis=0) + size), np.complex64)
+    lit = patches * weight  # each patch as the stitch weighs it
     windows = [np.s_[y : y + size, x : x + size] for y, x in base]
-    total = np.zeros(shape, np.complex128)
+    turns = np.ones(len(lit), np.complex64)
     middle = base.mean(axis=0)
     for n in np.argsort(np.hypot(*(base - middle).T)):
-        agreement = np.vdot(lit[n], total[windows[n]])  # sum conj(patch) x the others
+        agreement = np.vdot(lit[n], total[windows[n]])  # sum conj(patch) x those placed
         if agreement != 0:
-            lit[n] *= agreement / abs(agreement)
-        total[windows[n]] += lit[n]
+            turns[n] = agreement / abs(agreement)
+        total[windows[n]] += lit[n] * turns[n]
+    own = np.einsum("nij,nij->n", lit.conj(), lit).real
     for _ in range(rounds):
-        turns = np.array([np.vdot(lit[n], total[windows[n]] - lit[n]) for n in range(len(lit))])
-        turns = np.where(turns != 0, turns / np.maximum(np.abs(turns), 1e-300), 1)
-        lit *= turns[:, None, None]
+        seen = sliding_window_view(total, (size, size))[base[:, 0], base[:, 1]]
+        agreement = np.einsum("nij,nij->n", lit.conj(), seen) - own * turns  # the others only
+        turns = np.where(agreement != 0, agreement / np.maximum(np.abs(agreement), 1e-30), turns)
         total[:] = 0
-        for n in range(len(lit)):
-            total[windows[n]] += lit[n]
-    turn = np.array([np.vdot(patches[n] * weight, lit[n]) for n in range(len(lit))])
-    turn = np.where(turn != 0, turn / np.maximum(np.abs(turn), 1e-300), 1)
-    return (patches * turn[:, None, None]).astype(np.complex64)
+        for n, window in enumerate(windows):
+            total[window] += lit[n] * turns[n]
+    return (patches * turns[:, None, None]).astype(np.complex64)
 
 
 def stitch(
