@@ -230,7 +230,7 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
     run = FineTuning(model)
     run_to_end(ptycho.retrain_steps(scan, reference, region, run, args.seconds, args.device))
-    output = args.output or user_dir() / f"ptycho_{Path(args.scan).stem}.safetensors"
+    output = args.output or user_dir() / f"{Path(args.scan).stem}_retrained.safetensors"
     path = ptycho.save_fine_tuned(run, output, card, args.region)
     last = run.history[-1]
     print(

@@ -369,7 +369,7 @@ class PtychoDock(QWidget):
             self.training_status.setText("No epoch finished: the model is unchanged.")
             return
         self._plot_losses()
-        stem = f"ptycho_{source_name(scan, 'scan')}_{time.strftime('%Y%m%d_%H%M%S')}"
+        stem = f"{source_name(scan, 'scan')}_retrained_{time.strftime('%Y%m%d_%H%M%S')}"
         region = f"shapes of layer '{name} training region'"
         path = ptycho.save_fine_tuned(run, user_dir() / stem, self._base_card, region)
         self._refresh_models(select=path)
