@@ -351,7 +351,7 @@ class PtychoDock(QWidget):
         self._start(worker, f"Retraining on {name}", lambda run: None, then=self._after_training)
 
     def _plot_losses(self) -> None:
-        history = self.run.history
+        history = list(self.run.history)  # a snapshot: the training thread appends to it
         self.figure.clear()
         axes = self.figure.add_subplot(111)
         epochs = [h["epoch"] for h in history]
