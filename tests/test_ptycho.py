@@ -119,12 +119,17 @@ def test_bad_scans_are_refused_with_the_reason(small_scan):
             run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device="cpu"))
 
 
+def stitching_case(scan: PtychoScan, size: int = 64):
+    """The scan's grid, probe weights, well-scanned pixels and the truth on the grid."""
+    grid = ObjectGrid.around(scan.positions, (size, size))
+    weight = probe_weight(scan.probe, size, size)
+    seen = ptycho.scanned_region(scan.positions, size, grid.origin, grid.shape)
+    return grid, weight, seen, ptycho.on_grid(scan.truth, grid.origin, grid.shape)
+
+
 def test_stitching_the_true_patches_returns_the_true_object(small_scan):
     size = 64
-    grid = ObjectGrid.around(small_scan.positions, (size, size))
-    weight = probe_weight(small_scan.probe, size, size)
-    seen = ptycho.scanned_region(small_scan.positions, size, grid.origin, grid.shape)
-    truth = ptycho.on_grid(small_scan.truth, grid.origin, grid.shape)
+    grid, weight, seen, truth = stitching_case(small_scan, size)
     whole = np.round(small_scan.positions)  # whole pixels: sampling and splatting are exact
     patches = sample_patches(small_scan.truth, (0.0, 0.0), whole, size)
     stitched = stitch(patches, whole, weight, grid.origin, grid.shape)
@@ -136,13 +141,9 @@ def test_stitching_the_true_patches_returns_the_true_object(small_scan):
 
 def test_stitching_sets_each_patch_constant_phase_from_its_neighbours(small_scan):
     """A diffraction pattern cannot fix its patch's constant phase; the overlaps must."""
-    size = 64
-    grid = ObjectGrid.around(small_scan.positions, (size, size))
-    weight = probe_weight(small_scan.probe, size, size)
-    seen = ptycho.scanned_region(small_scan.positions, size, grid.origin, grid.shape)
-    truth = ptycho.on_grid(small_scan.truth, grid.origin, grid.shape)
+    grid, weight, seen, truth = stitching_case(small_scan)
     whole = np.round(small_scan.positions)
-    patches = sample_patches(small_scan.truth, (0.0, 0.0), whole, size)
+    patches = sample_patches(small_scan.truth, (0.0, 0.0), whole, 64)
     turns = np.exp(1j * np.random.default_rng(3).uniform(-np.pi, np.pi, len(patches)))
     turned = (patches * turns[:, None, None]).astype(np.complex64)
     stitched = stitch(turned, whole, weight, grid.origin, grid.shape)
