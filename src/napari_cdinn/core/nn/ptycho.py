@@ -128,13 +128,14 @@ def phase_synchronised(
             turns[n] = agreement / abs(agreement)
         total[windows[n]] += lit[n] * turns[n]
     own = np.einsum("nij,nij->n", lit.conj(), lit).real
-    for _ in range(rounds):
+    for round_ in range(rounds):
         seen = sliding_window_view(total, (size, size))[base[:, 0], base[:, 1]]
         agreement = np.einsum("nij,nij->n", lit.conj(), seen) - own * turns  # the others only
         turns = np.where(agreement != 0, agreement / np.maximum(np.abs(agreement), 1e-30), turns)
-        total[:] = 0
-        for n, window in enumerate(windows):
-            total[window] += lit[n] * turns[n]
+        if round_ + 1 < rounds:  # the sum of the turned patches, for the next round
+            total[:] = 0
+            for n, window in enumerate(windows):
+                total[window] += lit[n] * turns[n]
     return (patches * turns[:, None, None]).astype(np.complex64)
 
 
