@@ -152,8 +152,9 @@ def stitch(
     complex sum (so phases average across the -pi/pi cut), after each patch's constant phase is
     made to agree with its neighbours' (:func:`phase_synchronised`); unseen pixels are 0."""
     size = patches.shape[-1]
-    patches = phase_synchronised(patches, np.asarray(corners, float), weight)
-    local = np.asarray(corners, float) - np.asarray(origin)
+    corners = np.asarray(corners, float)
+    patches = phase_synchronised(patches, corners, weight)
+    local = corners - np.asarray(origin)
     base = np.floor(local).astype(int)
     fraction = local - base
     amplitude_sum = np.zeros((shape[0] + 1, shape[1] + 1))
