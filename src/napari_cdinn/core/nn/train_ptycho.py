@@ -170,12 +170,12 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-scans", type=int, default=400)
+    parser.add_argument("--n-scans", type=int, default=600)
     parser.add_argument("--n-val-scans", type=int, default=10)
     parser.add_argument("--width", type=int, default=12)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--minutes", type=float, default=45.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=42.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("ptycho_training"))
     parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
