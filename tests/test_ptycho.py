@@ -249,3 +249,13 @@ def test_a_reference_of_another_scan_is_refused(small_scan):
                 FineTuning(tiny_model()), device="cpu",
             )
         )  # fmt: skip
+
+
+def test_scores_ignore_the_linear_phase_ramp_ptychography_cannot_fix(small_scan):
+    truth = small_scan.truth.astype(np.complex128)
+    yy, xx = np.indices(truth.shape)
+    ramped = 0.7 * truth * np.exp(1j * (0.02 * yy - 0.03 * xx + 1.0))  # object e^(i g.r)
+    np.testing.assert_allclose(metrics.object_ssim(ramped, truth), (1.0, 1.0), atol=1e-6)
+    curvature = 2.0 * ((yy - 64) ** 2 + (xx - 64) ** 2) / 64**2
+    curved = truth * np.exp(1j * curvature)  # a phase error that is not a ramp
+    assert metrics.object_ssim(curved, truth)[1] < 0.95

@@ -102,11 +102,30 @@ def phase_rms(objects: np.ndarray, truth: np.ndarray, threshold: float = 0.1) ->
     return out
 
 
+def phase_ramp(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """e^(i g.r): the linear phase ramp that best brings ``image`` onto ``reference`` over
+    ``region``, its slope g the amplitude-weighted mean phase step between neighbours of
+    reference * conj(image) (robust to phase wrapping)."""
+    difference = reference * np.conj(image)
+    slopes = []
+    for axis in (0, 1):
+        ahead = [slice(None)] * 2
+        behind = [slice(None)] * 2
+        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+        both = region[tuple(ahead)] & region[tuple(behind)]
+        step = difference[tuple(ahead)] * np.conj(difference[tuple(behind)])
+        slopes.append(float(np.angle(step[both].sum())) if both.any() else 0.0)
+    yy, xx = np.indices(image.shape, dtype=float)
+    return np.exp(1j * (slopes[0] * yy + slopes[1] * xx))
+
+
 def matched(image: np.ndarray, reference: np.ndarray, region: np.ndarray | None = None):
-    """``image`` times the complex factor that best matches ``reference`` over ``region``
-    (least squares): removes the global phase offset and amplitude scale that ptychography
-    cannot determine."""
+    """``image`` with the linear phase ramp and complex factor that best match ``reference``
+    over ``region`` (least squares for the factor): removes what ptychography cannot determine,
+    the global phase offset, the amplitude scale and, with the probe retrieved too, a linear
+    phase ramp (object e^(i g.r) and probe e^(-i g.r) give the same data)."""
     inside = np.ones(image.shape, bool) if region is None else region
+    image = image * phase_ramp(image, reference, inside)
     factor = np.vdot(image[inside], reference[inside]) / max(
         np.vdot(image[inside], image[inside]).real, 1e-30
     )

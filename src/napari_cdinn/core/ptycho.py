@@ -22,6 +22,7 @@ from .errors import InputError
 from .nn import registry
 from .nn.cdi import inference_model
 from .nn.ptycho import (
+    STITCH_FLOOR,
     FineTuning,
     fine_tune,
     normalised,
@@ -86,7 +87,8 @@ class NetworkInput:
     patterns: np.ndarray  # (N, size, size) binned intensities, masked pixels zero
     scale: float  # the scan's mean pixel intensity (core.nn.ptycho_net.intensity_scale)
     corners: np.ndarray  # (N, 2) scan coordinates of each predicted patch's top-left corner
-    weight: np.ndarray  # (size, size) probe-intensity weights for loss and stitching
+    weight: np.ndarray  # (size, size) probe-intensity weights for the loss
+    stitch_weight: np.ndarray  # the same for stitching, with a lower floor
     grid: ObjectGrid  # the ePIE grid of this scan, which stitched results share
 
 
@@ -109,6 +111,7 @@ def network_input(scan: PtychoScan, size: int, probe: np.ndarray | None = None) 
         scale=intensity_scale(patterns),
         corners=positions + patch_offset(frame, size),
         weight=probe_weight(probe, frame, size),
+        stitch_weight=probe_weight(probe, frame, size, STITCH_FLOOR),
         grid=ObjectGrid.around(positions, (frame, frame)),
     )
 
@@ -135,7 +138,7 @@ def network_steps(
     for lo, batch in predict_patches(fast, data.patterns, data.scale, torch_device):
         patches[lo : lo + len(batch)] = batch
         yield lo + len(batch), len(data.patterns) + 1
-    image = stitch(patches, data.corners, data.weight, data.grid.origin, data.grid.shape)
+    image = stitch(patches, data.corners, data.stitch_weight, data.grid.origin, data.grid.shape)
     provenance = Provenance(
         method=LABELS["nn"],
         model_name=card.get("name"),
@@ -149,8 +152,9 @@ def network_steps(
 
 
 def matched_to(result: ObjectResult, reference: ObjectResult) -> ObjectResult:
-    """``result`` with the global phase offset and amplitude scale of ``reference`` (same grid),
-    fitted where both have signal, so the two layers share a colour scale."""
+    """``result`` with the global phase offset, linear phase ramp and amplitude scale of
+    ``reference`` (same grid), fitted where both have signal, so the two layers share a colour
+    scale."""
     if result.objects.shape != reference.objects.shape or result.origin != reference.origin:
         raise ValueError("results on different grids")
     both = (np.abs(result.objects) > 0) & (np.abs(reference.objects) > 0)

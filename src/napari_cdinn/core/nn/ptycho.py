@@ -21,6 +21,9 @@ from torch import nn
 
 from .ptycho_net import preprocess
 
+STITCH_FLOOR = 1e-3  # a pixel lies in ~40 patches, most unlit there: at 0.02 their guesses
+# made up a third of its stitched value
+
 
 def patch_offset(frame: int, size: int) -> float:
     """Where the network's patch starts inside a frame's window (object pixels)."""
@@ -59,9 +62,12 @@ def normalised(image: np.ndarray, region: np.ndarray | None = None) -> np.ndarra
     return (image / scale * np.exp(-1j * offset)).astype(np.complex64)
 
 
-def probe_weight(probe: np.ndarray | None, frame: int, size: int) -> np.ndarray:
-    """(size, size) weights in [0.02, 1] for loss and stitching: the probe intensity under the
-    network's patch (how well each patch pixel is seen), or a Gaussian without a probe."""
+def probe_weight(
+    probe: np.ndarray | None, frame: int, size: int, floor: float = 0.02
+) -> np.ndarray:
+    """(size, size) weights in [floor, 1]: the probe intensity under the network's patch (how
+    well each patch pixel is seen), or a Gaussian without a probe.  The loss uses the default
+    floor; stitching a far lower one (``STITCH_FLOOR``)."""
     if probe is None:
         axis = np.arange(size) - (size - 1) / 2
         weight = np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * (size / 6) ** 2))
@@ -71,7 +77,7 @@ def probe_weight(probe: np.ndarray | None, frame: int, size: int) -> np.ndarray:
         lo = round(patch_offset(frame, size))
         weight = np.abs(probe[lo : lo + size, lo : lo + size]) ** 2
     weight = weight / max(float(weight.max()), 1e-30)
-    return np.maximum(weight, 0.02).astype(np.float32)
+    return np.maximum(weight, floor).astype(np.float32)
 
 
 def patch_loss(
