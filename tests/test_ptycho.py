@@ -182,7 +182,7 @@ def test_a_region_selects_exactly_the_positions_whose_patches_lie_inside(small_s
 
 def tiny_model() -> PtychoNet:
     torch.manual_seed(0)
-    return PtychoNet(size=64, width=8)
+    return PtychoNet(size=64, width=8, mixing=4)
 
 
 def epie_like_reference(scan: PtychoScan) -> ObjectResult:
@@ -196,7 +196,7 @@ def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_sc
     reference = epie_like_reference(small_scan)
     grid = ObjectGrid.around(small_scan.positions, (64, 64))
     region = np.ones(grid.shape, bool)
-    run = FineTuning(tiny_model())
+    run = FineTuning(load_model(ptycho.default_model())[0])  # as the dock does: from the bundled
     run_to_end(ptycho.retrain_steps(small_scan, reference, region, run, 600, "cpu", max_epochs=4))
     losses = [h["validation"] for h in run.history]
     assert len(losses) == 4 and min(losses[1:]) < losses[0]

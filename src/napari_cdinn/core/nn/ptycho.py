@@ -220,13 +220,18 @@ def fine_tune(
     """Generator: PtychoNN's recipe (MAE, Adam 1e-3, learning rate halved when the validation
     loss stalls, 90/10 split), until ``seconds`` or ``max_epochs``; yields (batches done, total)
     after every batch so Stop (closing the generator) ends it within a fraction of a second.
+    Only the decoders learn, and batch normalisation keeps its pretrained statistics: a few
+    hundred patterns of one region are too few to re-learn the encoder's features or re-estimate
+    those statistics (on the benchmark's held-out scan, retraining everything lowered the phase
+    SSIM outside the region from 0.746 to 0.607).
     ``inputs`` (N, 1, s, s) preprocessed, ``targets`` (N, s, s) complex, ``weight`` (s, s)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(inputs), generator=generator)
     n_validation = max(1, len(inputs) // 10)
     validation, training = order[:n_validation], order[n_validation:]
     model = run.model
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    decoders = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+    optimizer = torch.optim.Adam(decoders, lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     per_epoch = -(-len(training) // batch_size)
     total = per_epoch * max_epochs
@@ -234,6 +239,9 @@ def fine_tune(
     done = 0
     for epoch in range(max_epochs):
         model.train()
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()  # pretrained statistics kept
         shuffled = training[torch.randperm(len(training), generator=generator)]
         train_loss = 0.0
         for batch in shuffled.split(batch_size):

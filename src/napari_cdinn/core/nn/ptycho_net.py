@@ -29,12 +29,41 @@ def _decoder(width: int) -> nn.Sequential:
     )
 
 
+class GlobalMixing(nn.Module):
+    """A residual fully connected layer across the whole bottleneck (through ``channels``
+    1 x 1-convolved channels).  The map from a diffraction pattern to its object patch is
+    global, like the inverse Fourier transform it stands in for, while a cell of the
+    convolutional encoder sees only 39 of the 64 pattern pixels; here every cell sees them all."""
+
+    def __init__(self, features: int, channels: int, side: int):
+        super().__init__()
+        self.shape = (channels, side, side)
+        self.down = nn.Conv2d(features, channels, 1)
+        self.mix = nn.Linear(channels * side * side, channels * side * side)
+        self.up = nn.Conv2d(channels, features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]  # not len(x): inference_model traces this with torch.fx
+        mixed = self.mix(self.down(x).reshape(batch, -1))
+        return x + self.up(nn.functional.leaky_relu(mixed, 0.1).reshape(batch, *self.shape))
+
+
 class PtychoNet(EncoderDecoders):
-    """Encoder 64 -> 8 pixels, two decoders 8 -> 64 pixels (the frame's central patch);
-    amplitude unbounded above (softplus)."""
+    """Encoder 64 -> 8 pixels (then, with ``mixing`` > 0, a :class:`GlobalMixing` of that many
+    channels), two decoders 8 -> 64 pixels (the frame's central patch); amplitude unbounded
+    above (softplus)."""
 
     make_decoder = staticmethod(_decoder)
     amplitude_activation = staticmethod(nn.functional.softplus)
+
+    def __init__(self, size: int = 64, width: int = 16, mixing: int = 0):
+        super().__init__(size, width)
+        self.mixing = mixing
+        if mixing:
+            self.encoder.append(GlobalMixing(4 * width, mixing, size // 8))
+
+    def arguments(self) -> dict[str, int]:
+        return {**super().arguments(), "mixing": self.mixing}
 
 
 def binning(frame: int, size: int, source: object = None) -> int:

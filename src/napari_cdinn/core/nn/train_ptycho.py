@@ -105,7 +105,9 @@ def train(args: argparse.Namespace) -> Path:
     train_index = torch.nonzero(~is_validation)[:, 0]
     val_index = torch.nonzero(is_validation)[:, 0]
     torch.manual_seed(args.seed)
-    model = PtychoNet(size=SIZE, width=args.width).to(memory_format=torch.channels_last)
+    model = PtychoNet(size=SIZE, width=args.width, mixing=args.mixing).to(
+        memory_format=torch.channels_last
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
     state = resume(checkpoint, model, optimizer, log)
@@ -173,9 +175,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-scans", type=int, default=600)
     parser.add_argument("--n-val-scans", type=int, default=10)
     parser.add_argument("--width", type=int, default=12)
+    parser.add_argument(
+        "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--minutes", type=float, default=42.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=45.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("ptycho_training"))
     parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
