@@ -107,16 +107,10 @@ def phase_ramp(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> 
     ``region``, its slope g the amplitude-weighted mean phase step between neighbours of
     reference * conj(image) (robust to phase wrapping)."""
     difference = reference * np.conj(image)
-    slopes = []
-    for axis in (0, 1):
-        ahead = [slice(None)] * 2
-        behind = [slice(None)] * 2
-        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
-        both = region[tuple(ahead)] & region[tuple(behind)]
-        step = difference[tuple(ahead)] * np.conj(difference[tuple(behind)])
-        slopes.append(float(np.angle(step[both].sum())) if both.any() else 0.0)
+    step_y = (difference[1:] * np.conj(difference[:-1]))[region[1:] & region[:-1]].sum()
+    step_x = (difference[:, 1:] * np.conj(difference[:, :-1]))[region[:, 1:] & region[:, :-1]].sum()
     yy, xx = np.indices(image.shape, dtype=float)
-    return np.exp(1j * (slopes[0] * yy + slopes[1] * xx))
+    return np.exp(1j * (np.angle(step_y) * yy + np.angle(step_x) * xx))
 
 
 def matched(image: np.ndarray, reference: np.ndarray, region: np.ndarray | None = None):

@@ -21,8 +21,9 @@ from torch import nn
 
 from .ptycho_net import preprocess
 
-STITCH_FLOOR = 1e-3  # a pixel lies in ~40 patches, most unlit there: at 0.02 their guesses
-# made up a third of its stitched value
+# Stitching's floor on the probe weight: a pixel lies in ~40 patches, most of them unlit there,
+# and at the loss's floor of 0.02 their guesses made up a third of its stitched value.
+STITCH_FLOOR = 1e-3
 
 
 def patch_offset(frame: int, size: int) -> float:
