@@ -57,7 +57,7 @@ def step_costs(scan: PtychoScan, recipe: EpieRecipe) -> dict[str, float]:
     from napari_cdinn.core.retrieval import ptycho as epie_module
 
     spent: dict[str, float] = {}
-    names = ("exit_waves", "set_modulus_", "add_probe_gradient_", "update_object_")
+    names = ("exit_waves", "set_modulus_", "update_")
     originals = {name: getattr(epie_module, name) for name in names}
 
     def timer(name, function):

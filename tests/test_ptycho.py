@@ -91,8 +91,8 @@ def test_fused_cpu_steps_match_the_torch_ones(monkeypatch):
         spectrum = torch.fft.fft2(waves, norm="ortho")
         error = projections.set_modulus_(spectrum, magnitudes, measured, True, correction=True)
         change = torch.fft.ifft2(spectrum, norm="ortho")
-        patches.add_probe_gradient_(numerator, denominator, current, corners, bins, change)
-        patches.update_object_(current, corners, bank, power, bins, change, 0.1, float(power.max()))
+        sums = (numerator, denominator)
+        patches.update_(current, sums, corners, bank, power, bins, change, 0.1, float(power.max()))
         return waves, torch.tensor(error), change, numerator, denominator, current
 
     fused = one_batch()

@@ -2,8 +2,9 @@
 
 A batch of frames sees ``(B, H, W)`` patches of the object at integer corners, lit by the probe
 shifted by each frame's sub-pixel bin (a row of the probe bank).  On the CPU each step is one
-numba loop over memory (adding into the object is split over object rows, into the probe bank over
-pixels, so threads never write the same element); on a GPU they are torch indexing and
+numba loop over memory (adding into the object is split over object rows, each thread summing a
+row in a buffer of its own and clearing only what it touched; into the probe bank over probe
+rows, so threads never write the same element); on a GPU they are torch indexing and
 ``index_put_``/``index_add_`` with accumulation.  ``tests/test_ptycho.py`` checks both agree.
 """
 
@@ -28,37 +29,46 @@ def _exit_waves_cpu(obj, corners, bank, bins, waves) -> None:
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _update_object_cpu(obj, corners, bank, bank_power, bins, change, alpha, peak) -> None:
+def _update_cpu(obj, probe_sums, corners, bank, bank_power, bins, change, alpha, peak) -> None:
+    """Probe gradient (if ``probe_sums`` is not empty), then the object step, in one call: the
+    first parallel loop runs over probe rows, the second over object rows."""
     n, h, w = change.shape
-    keep, floor = np.float32(1.0 - alpha), np.float32(alpha * peak)
-    for row in numba.prange(obj.shape[0]):  # each thread owns whole object rows
-        numerator = np.zeros(obj.shape[1], np.complex64)
-        denominator = np.zeros(obj.shape[1], np.float32)
-        touched = False
+    numerator, denominator = probe_sums
+    for i in numba.prange(h if len(numerator) else 0):  # each thread owns whole probe rows
         for b in range(n):
-            i = row - corners[b, 0]
-            if 0 <= i < h:
-                touched = True
-                x, k = corners[b, 1], bins[b]
-                for j in range(w):
-                    numerator[x + j] += np.conj(bank[k, i, j]) * change[b, i, j]
-                    denominator[x + j] += bank_power[k, i, j]
-        if touched:
-            for col in range(obj.shape[1]):
-                if denominator[col] > 0:
-                    obj[row, col] += numerator[col] / (keep * denominator[col] + floor)
-
-
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _add_probe_gradient_cpu(numerator, denominator, obj, corners, bins, change) -> None:
-    n, h, w = change.shape
-    for i in numba.prange(h):  # each thread owns whole probe rows
-        for b in range(n):
-            k, row = bins[b], obj[corners[b, 0] + i, corners[b, 1] : corners[b, 1] + w]
+            k, x = bins[b], corners[b, 1]
+            patch, wave = obj[corners[b, 0] + i, x : x + w], change[b, i]
+            total, weight = numerator[k, i], denominator[k, i]
             for j in range(w):
-                value = row[j]
-                numerator[k, i, j] += np.conj(value) * change[b, i, j]
-                denominator[k, i, j] += value.real * value.real + value.imag * value.imag
+                value = patch[j]
+                total[j] += np.conj(value) * wave[j]
+                weight[j] += value.real * value.real + value.imag * value.imag
+    keep, floor = np.float32(1.0 - alpha), np.float32(alpha * peak)
+    tiny = np.float32(1e-30)
+    top, bottom = corners[:, 0].min(), corners[:, 0].max() + h
+    threads = numba.get_num_threads()
+    for thread in numba.prange(threads):  # each thread owns every threads-th object row
+        row_sum = np.zeros(obj.shape[1], np.complex64)  # zero again after each row
+        row_weight = np.zeros(obj.shape[1], np.float32)
+        for row in range(top + thread, bottom, threads):
+            lo, hi = obj.shape[1], 0  # the columns the batch touches in this row
+            for b in range(n):
+                i = row - corners[b, 0]
+                if 0 <= i < h:
+                    x, k = corners[b, 1], bins[b]
+                    lo, hi = min(lo, x), max(hi, x + w)
+                    probe, wave, total = bank[k, i], change[b, i], row_sum[x : x + w]
+                    for j in range(w):  # (one array written per loop: it vectorises)
+                        total[j] += np.conj(probe[j]) * wave[j]
+                    power, weight = bank_power[k, i], row_weight[x : x + w]
+                    for j in range(w):
+                        weight[j] += power[j]
+            if lo < hi:
+                target, total, weight = obj[row, lo:hi], row_sum[lo:hi], row_weight[lo:hi]
+                for j in range(hi - lo):
+                    target[j] += total[j] / max(keep * weight[j] + floor, tiny)
+                total[:] = 0
+                weight[:] = 0
 
 
 def exit_waves(
@@ -74,8 +84,9 @@ def exit_waves(
     return waves
 
 
-def update_object_(
+def update_(
     obj: torch.Tensor,
+    probe_sums: tuple[torch.Tensor, torch.Tensor] | None,
     corners: torch.Tensor,
     bank: torch.Tensor,
     bank_power: torch.Tensor,
@@ -84,17 +95,25 @@ def update_object_(
     alpha: float,
     peak: float,
 ) -> None:
-    """The batch's rPIE object step (Maiden et al. 2017) with overlaps summed:
-    ``obj += sum conj(P) change / ((1 - alpha) sum |P|^2 + alpha peak)``, where ``change`` is
-    each frame's exit-wave update (projected minus current) and ``peak`` = max |P|^2 (given, as
-    it changes only with the probe)."""
+    """The batch's updates from ``change``, each frame's exit-wave update (projected minus
+    current).  With ``probe_sums`` (numerator, denominator per sub-pixel bin), first add the
+    probe gradient to them: conj(patch) change and |patch|^2.  Then the rPIE object step
+    (Maiden et al. 2017) with overlaps summed:
+    ``obj += sum conj(P) change / ((1 - alpha) sum |P|^2 + alpha peak)``, ``peak`` = max |P|^2
+    (given, as it changes only with the probe)."""
     if fused(obj):
-        _update_object_cpu(
-            obj.numpy(), corners.numpy(), bank.numpy(), bank_power.numpy(), bins.numpy(),
-            change.numpy(), alpha, peak,
+        empty = torch.empty((0, 0, 0))
+        numerator, denominator = probe_sums or (empty.to(torch.complex64), empty)
+        _update_cpu(
+            obj.numpy(), (numerator.numpy(), denominator.numpy()), corners.numpy(), bank.numpy(),
+            bank_power.numpy(), bins.numpy(), change.numpy(), alpha, peak,
         )  # fmt: skip
         return
     rows, cols = _index(corners, change.shape[-2:])
+    if probe_sums is not None:
+        patches = obj[rows, cols]
+        probe_sums[0].index_add_(0, bins, patches.conj() * change)
+        probe_sums[1].index_add_(0, bins, patches.real.square() + patches.imag.square())
     rows, cols = rows.expand(change.shape), cols.expand(change.shape)
     numerator = torch.zeros_like(obj).index_put_(
         (rows, cols), bank[bins].conj() * change, accumulate=True
@@ -102,30 +121,8 @@ def update_object_(
     denominator = torch.zeros(obj.shape, device=obj.device).index_put_(
         (rows, cols), bank_power[bins], accumulate=True
     )
-    step = numerator / ((1 - alpha) * denominator + alpha * peak)
+    step = numerator / ((1 - alpha) * denominator + alpha * peak).clamp_min(1e-30)
     obj += torch.where(denominator > 0, step, 0)
-
-
-def add_probe_gradient_(
-    numerator: torch.Tensor,
-    denominator: torch.Tensor,
-    obj: torch.Tensor,
-    corners: torch.Tensor,
-    bins: torch.Tensor,
-    change: torch.Tensor,
-) -> None:
-    """Accumulate conj(patch) change and |patch|^2 per sub-pixel bin (probe update);
-    call it before the object step, which changes the patches."""
-    if not fused(obj):
-        rows, cols = _index(corners, change.shape[-2:])
-        patches = obj[rows, cols]
-        numerator.index_add_(0, bins, patches.conj() * change)
-        denominator.index_add_(0, bins, patches.real.square() + patches.imag.square())
-        return
-    _add_probe_gradient_cpu(
-        numerator.numpy(), denominator.numpy(), obj.numpy(), corners.numpy(), bins.numpy(),
-        change.numpy(),
-    )  # fmt: skip
 
 
 def _index(corners: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,32 +18,34 @@ _TINY = np.float32(1e-24)  # |F|^2 floor: a zero spectrum pixel keeps a zero pha
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _set_modulus_cpu(spectrum: np.ndarray, magnitudes: np.ndarray, subtract: float) -> float:
-    flat, target = spectrum.reshape(-1), magnitudes.reshape(-1)
-    error = 0.0
-    for i in numba.prange(flat.size):
-        z = flat[i]
-        modulus = np.sqrt(max(z.real * z.real + z.imag * z.imag, _TINY))
-        error += (modulus - target[i]) ** 2
-        flat[i] = z * (target[i] / modulus - subtract)
-    return error
+def _set_modulus_cpu(spectrum, magnitudes, frames, subtract, errors) -> None:
+    """Frame by frame (B, P): ``spectrum[b]`` in place from ``magnitudes[frames[b]]``; each
+    frame's squared misfit into ``errors[b]`` (a float32 sum per frame: the loop vectorises)."""
+    keep = np.float32(subtract)
+    for b in numba.prange(spectrum.shape[0]):
+        z, target = spectrum[b], magnitudes[frames[b]]
+        error = np.float32(0)
+        for i in range(z.size):
+            modulus = np.sqrt(max(z[i].real * z[i].real + z[i].imag * z[i].imag, _TINY))
+            error += (modulus - target[i]) ** 2
+            z[i] = z[i] * (target[i] / modulus - keep)
+        errors[b] = error
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _set_modulus_where_measured_cpu(
-    spectrum: np.ndarray, magnitudes: np.ndarray, measured: np.ndarray, subtract: float
-) -> float:
-    flat, target, valid = spectrum.reshape(-1), magnitudes.reshape(-1), measured.reshape(-1)
-    error = 0.0
-    for i in numba.prange(flat.size):
-        z = flat[i]
-        if valid[i]:
-            modulus = np.sqrt(max(z.real * z.real + z.imag * z.imag, _TINY))
-            error += (modulus - target[i]) ** 2
-            flat[i] = z * (target[i] / modulus - subtract)
-        else:
-            flat[i] = z * (1 - subtract)
-    return error
+def _set_modulus_where_measured_cpu(spectrum, magnitudes, frames, valid, subtract, errors) -> None:
+    """The same where ``valid`` (one mask for all frames or one per frame, (1 or B, P)) holds; unmeasured pixels keep their value (or become 0,
+    the change, with ``subtract`` 1).  Branch-free, so that it vectorises too."""
+    keep = np.float32(subtract)
+    for b in numba.prange(spectrum.shape[0]):
+        z, target, mask = spectrum[b], magnitudes[frames[b]], valid[b % valid.shape[0]]
+        error = np.float32(0)
+        for i in range(z.size):
+            measured = np.float32(mask[i])
+            modulus = np.sqrt(max(z[i].real * z[i].real + z[i].imag * z[i].imag, _TINY))
+            error += measured * (modulus - target[i]) ** 2
+            z[i] = z[i] * (measured * (target[i] / modulus - 1) + 1 - keep)
+        errors[b] = error
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -78,27 +80,35 @@ def set_modulus_(
     valid: torch.Tensor | None,
     with_error: bool = False,
     correction: bool = False,
+    frames: torch.Tensor | None = None,
 ) -> float | None:
-    """In place: |spectrum| := magnitudes where ``valid`` (True = measured pixel; None = all),
-    phase kept; unmeasured pixels are left free.  With ``correction`` the spectrum becomes the
-    change instead (new minus old, zero where unmeasured), whose inverse FFT is the exit-wave
-    update ptychography needs.  With ``with_error``, returns the sum over measured pixels of
-    (|spectrum| - magnitude)^2 before the change (free on the CPU; on a GPU it costs a
-    synchronisation, hence optional)."""
+    """In place: |spectrum| := magnitudes where ``valid`` (True = measured pixel; None = all;
+    one (H, W) mask or one per frame), phase kept; unmeasured pixels are left free.  With
+    ``frames``, frame b's magnitudes are ``magnitudes[frames[b]]`` (a batch of a larger stack,
+    without copying it out).  With ``correction`` the spectrum becomes the change instead (new
+    minus old, zero where unmeasured), whose inverse FFT is the exit-wave update ptychography
+    needs.  With ``with_error``, returns the sum over measured pixels of (|spectrum| -
+    magnitude)^2 before the change (free on the CPU; on a GPU it costs a synchronisation, hence
+    optional)."""
     subtract = 1.0 if correction else 0.0
     if fused(spectrum):
+        n, h, w = spectrum.shape
+        frames = torch.arange(n) if frames is None else frames
+        arrays = (spectrum.view(n, h * w).numpy(), _dense(magnitudes).reshape(-1, h * w))
+        errors = np.empty(n, np.float32)
         if valid is None:
-            error = _set_modulus_cpu(spectrum.numpy(), _dense(magnitudes), subtract)
+            _set_modulus_cpu(*arrays, frames.numpy(), subtract, errors)
         else:
-            error = _set_modulus_where_measured_cpu(
-                spectrum.numpy(), _dense(magnitudes), _dense(valid), subtract
-            )
-        return float(error) if with_error else None
+            mask = _dense(valid).reshape(-1, h * w)
+            _set_modulus_where_measured_cpu(*arrays, frames.numpy(), mask, subtract, errors)
+        return float(errors.sum(dtype=np.float64)) if with_error else None
+    if frames is not None:
+        magnitudes = magnitudes[frames]
     modulus = intensity(spectrum).clamp_min_(float(_TINY)).sqrt_()
     error = None
     if with_error:
         misfit = (modulus - magnitudes).square()
-        error = float((misfit if valid is None else misfit[valid]).sum())
+        error = float((misfit if valid is None else misfit[valid.expand_as(misfit)]).sum())
     scale = magnitudes / modulus
     if valid is not None:
         scale = torch.where(valid, scale, 1.0)

@@ -24,7 +24,7 @@ import torch
 from ..data import PtychoScan
 from ..device import resolve_device
 from ..errors import InputError
-from .patches import add_probe_gradient_, exit_waves, update_object_
+from .patches import exit_waves, update_
 from .projections import intensity, set_modulus_
 
 SUBPIXEL = 8  # probe shifts are quantised to 1/8 pixel
@@ -35,7 +35,7 @@ class EpieRecipe:
     """Parameters of the reconstruction; the defaults suit 50-80 % overlap."""
 
     epochs: int = 100
-    batch_size: int = 32
+    batch_size: int = 64  # at most 1/8 of the scan, so an epoch makes at least 8 object steps
     object_alpha: float = 0.05  # rPIE: 1 is ePIE's max|P|^2 step, small values step further
     probe_alpha: float = 0.2
     probe_update_from: int | None = 2  # first epoch that updates the probe; None keeps it fixed
@@ -147,10 +147,9 @@ def run_epie(
     mask = scan.stack.mask
     measured_counts = intensities if mask is None else np.where(mask, intensities, 0)
     power = float(np.mean(np.sum(measured_counts, axis=(-2, -1))))
-    valid_batch = None  # the detector mask in FFT order, once for a whole batch
+    valid = None  # the detector mask in FFT order
     if mask is not None:
-        valid_frame = torch.fft.ifftshift(torch.as_tensor(mask, device=torch_device))
-        valid_batch = valid_frame.expand(recipe.batch_size, h, w).contiguous()
+        valid = torch.fft.ifftshift(torch.as_tensor(mask, device=torch_device)).contiguous()
 
     guess = scan.probe if scan.probe is not None else initial_probe(intensities)
     guess = np.asarray(guess, np.complex64)
@@ -165,6 +164,7 @@ def run_epie(
     generator = torch.Generator().manual_seed(recipe.seed)
     errors: list[float] = []
     total = recipe.epochs * n
+    batch_size = max(1, min(recipe.batch_size, n // 8))
     for epoch in range(recipe.epochs):
         update_probe = recipe.probe_update_from is not None and epoch >= recipe.probe_update_from
         probe_numerator = torch.zeros_like(bank) if update_probe else None
@@ -172,18 +172,16 @@ def run_epie(
         error = 0.0
         done = epoch * n
         order = torch.randperm(n, generator=generator).to(torch_device)
-        for batch in order.split(recipe.batch_size):
+        for batch in order.split(batch_size):
             at, shift = corners[batch], bins[batch]
             waves = exit_waves(obj, at, bank, shift)
             spectrum = torch.fft.fft2(waves, norm="ortho")
-            valid = None if valid_batch is None else valid_batch[: len(batch)]
             error += set_modulus_(
-                spectrum, magnitudes[batch], valid, with_error=True, correction=True
+                spectrum, magnitudes, valid, with_error=True, correction=True, frames=batch
             )
             change = torch.fft.ifft2(spectrum, norm="ortho")  # projected minus current exit wave
-            if update_probe:
-                add_probe_gradient_(probe_numerator, probe_denominator, obj, at, shift, change)
-            update_object_(obj, at, bank, bank_power, shift, change, recipe.object_alpha, peak)
+            probe_sums = (probe_numerator, probe_denominator) if update_probe else None
+            update_(obj, probe_sums, at, bank, bank_power, shift, change, recipe.object_alpha, peak)
             done += len(batch)
             yield done, total
         errors.append(error / (power * n))
@@ -259,10 +257,11 @@ def _ramp_moved(
     """Object times e^(-i slope.r), probe times e^(+i slope.r) (slope (y, x) in radians per
     pixel): every exit wave only gains a constant phase, so the data are unchanged."""
 
-    def ramp(shape: tuple[int, ...], sign: float) -> torch.Tensor:
+    def ramp(shape: tuple[int, ...], sign: float) -> torch.Tensor:  # separable: two exps
         y = torch.arange(shape[0], device=obj.device, dtype=torch.float64)[:, None]
         x = torch.arange(shape[1], device=obj.device, dtype=torch.float64)[None, :]
-        return torch.exp(sign * 1j * (slope[0] * y + slope[1] * x)).to(torch.complex64)
+        along = [torch.exp(sign * 1j * slope[0] * y), torch.exp(sign * 1j * slope[1] * x)]
+        return (along[0] * along[1]).to(torch.complex64)
 
     return probe * ramp(probe.shape, 1.0), obj * ramp(obj.shape, -1.0)
 
