@@ -85,15 +85,16 @@ def test_fused_cpu_steps_match_the_torch_ones(monkeypatch):
 
     def one_batch() -> tuple[torch.Tensor, ...]:
         current = obj.clone()
-        numerator = torch.zeros_like(bank)
-        denominator = torch.zeros(bank.shape)
+        workers = patches.probe_sum_workers(obj.device) if patches.fused(obj) else 1
+        numerator = torch.zeros((workers, *bank.shape), dtype=bank.dtype)
+        denominator = torch.zeros((workers, *bank.shape))
         waves = patches.exit_waves(current, corners, bank, bins)
         spectrum = torch.fft.fft2(waves, norm="ortho")
         error = projections.set_modulus_(spectrum, magnitudes, measured, True, correction=True)
         change = torch.fft.ifft2(spectrum, norm="ortho")
         sums = (numerator, denominator)
         patches.update_(current, sums, corners, bank, power, bins, change, 0.1, float(power.max()))
-        return waves, torch.tensor(error), change, numerator, denominator, current
+        return waves, torch.tensor(error), change, numerator.sum(0), denominator.sum(0), current
 
     fused = one_batch()
     for module in (patches, projections):

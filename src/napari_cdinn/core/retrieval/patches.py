@@ -30,35 +30,40 @@ def _exit_waves_cpu(obj, corners, bank, bins, waves) -> None:
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _update_cpu(obj, probe_sums, corners, bank, bank_power, bins, change, alpha, peak) -> None:
-    """Probe gradient (if ``probe_sums`` is not empty), then the object step, in one call: the
-    first parallel loop runs over probe rows, the second over object rows."""
+    """One pass over ``change``: worker t owns every T-th object row (T = the workers of
+    ``probe_sums``, (T, K, H, W) each; T = 0: no probe gradient, the numba threads then).  For
+    each frame row in its object rows it adds the probe gradient into its own probe sums (the
+    object row is read before it is stepped) and the object step's sums into a row buffer of its
+    own, then steps the row, clearing only the columns the frames touched."""
     n, h, w = change.shape
     numerator, denominator = probe_sums
-    for i in numba.prange(h if len(numerator) else 0):  # each thread owns whole probe rows
-        for b in range(n):
-            k, x = bins[b], corners[b, 1]
-            patch, wave = obj[corners[b, 0] + i, x : x + w], change[b, i]
-            total, weight = numerator[k, i], denominator[k, i]
-            for j in range(w):
-                value = patch[j]
-                total[j] += np.conj(value) * wave[j]
-                weight[j] += value.real * value.real + value.imag * value.imag
+    with_probe = numerator.shape[0] > 0
+    workers = numerator.shape[0] if with_probe else numba.get_num_threads()
     keep, floor = np.float32(1.0 - alpha), np.float32(alpha * peak)
     tiny = np.float32(1e-30)
     top, bottom = corners[:, 0].min(), corners[:, 0].max() + h
-    threads = numba.get_num_threads()
-    for thread in numba.prange(threads):  # each thread owns every threads-th object row
+    for worker in numba.prange(workers):
         row_sum = np.zeros(obj.shape[1], np.complex64)  # zero again after each row
         row_weight = np.zeros(obj.shape[1], np.float32)
-        for row in range(top + thread, bottom, threads):
+        for row in range(top + worker, bottom, workers):
             lo, hi = obj.shape[1], 0  # the columns the batch touches in this row
             for b in range(n):
                 i = row - corners[b, 0]
                 if 0 <= i < h:
                     x, k = corners[b, 1], bins[b]
                     lo, hi = min(lo, x), max(hi, x + w)
-                    probe, wave, total = bank[k, i], change[b, i], row_sum[x : x + w]
-                    for j in range(w):  # (one array written per loop: it vectorises)
+                    wave = change[b, i]
+                    if with_probe:
+                        patch, total = obj[row, x : x + w], numerator[worker, k, i]
+                        for j in range(w):  # (one array written per loop: it vectorises)
+                            total[j] += np.conj(patch[j]) * wave[j]
+                        weight = denominator[worker, k, i]
+                        for j in range(w):
+                            weight[j] += (
+                                patch[j].real * patch[j].real + patch[j].imag * patch[j].imag
+                            )
+                    probe, total = bank[k, i], row_sum[x : x + w]
+                    for j in range(w):
                         total[j] += np.conj(probe[j]) * wave[j]
                     power, weight = bank_power[k, i], row_weight[x : x + w]
                     for j in range(w):
@@ -71,15 +76,27 @@ def _update_cpu(obj, probe_sums, corners, bank, bank_power, bins, change, alpha,
                 weight[:] = 0
 
 
+def probe_sum_workers(device: torch.device) -> int:
+    """How many copies of the probe sums an update needs: one per numba thread on the CPU (each
+    adds into its own), one on a GPU (torch accumulates atomically)."""
+    return numba.get_num_threads() if device.type == "cpu" else 1
+
+
 def exit_waves(
-    obj: torch.Tensor, corners: torch.Tensor, bank: torch.Tensor, bins: torch.Tensor
+    obj: torch.Tensor,
+    corners: torch.Tensor,
+    bank: torch.Tensor,
+    bins: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exit waves: the object patches at ``corners`` (B, 2) times the probe of each frame's
-    sub-pixel bin (a row of ``bank``)."""
+    sub-pixel bin (a row of ``bank``).  On the CPU they are written into ``out`` when given (at
+    least (B, H, W); reusing one buffer spares the page faults of a fresh one every batch)."""
     if not fused(obj):
         rows, cols = _index(corners, bank.shape[-2:])
         return obj[rows, cols] * bank[bins]
-    waves = torch.empty((len(corners), *bank.shape[-2:]), dtype=obj.dtype)
+    shape = (len(corners), *bank.shape[-2:])
+    waves = torch.empty(shape, dtype=obj.dtype) if out is None else out[: len(corners)]
     _exit_waves_cpu(obj.numpy(), corners.numpy(), bank.numpy(), bins.numpy(), waves.numpy())
     return waves
 
@@ -96,24 +113,26 @@ def update_(
     peak: float,
 ) -> None:
     """The batch's updates from ``change``, each frame's exit-wave update (projected minus
-    current).  With ``probe_sums`` (numerator, denominator per sub-pixel bin), first add the
-    probe gradient to them: conj(patch) change and |patch|^2.  Then the rPIE object step
-    (Maiden et al. 2017) with overlaps summed:
+    current).  With ``probe_sums`` (numerator, denominator: (workers, bins, H, W), workers from
+    :func:`probe_sum_workers`; their sum over workers is what counts), first add the probe
+    gradient to them: conj(patch) change and |patch|^2 per sub-pixel bin.  Then the rPIE object
+    step (Maiden et al. 2017) with overlaps summed:
     ``obj += sum conj(P) change / ((1 - alpha) sum |P|^2 + alpha peak)``, ``peak`` = max |P|^2
     (given, as it changes only with the probe)."""
     if fused(obj):
-        empty = torch.empty((0, 0, 0))
-        numerator, denominator = probe_sums or (empty.to(torch.complex64), empty)
+        if probe_sums is None:
+            empty = torch.empty((0, 0, 0, 0))
+            probe_sums = (empty.to(torch.complex64), empty)
         _update_cpu(
-            obj.numpy(), (numerator.numpy(), denominator.numpy()), corners.numpy(), bank.numpy(),
-            bank_power.numpy(), bins.numpy(), change.numpy(), alpha, peak,
+            obj.numpy(), (probe_sums[0].numpy(), probe_sums[1].numpy()), corners.numpy(),
+            bank.numpy(), bank_power.numpy(), bins.numpy(), change.numpy(), alpha, peak,
         )  # fmt: skip
         return
     rows, cols = _index(corners, change.shape[-2:])
     if probe_sums is not None:
         patches = obj[rows, cols]
-        probe_sums[0].index_add_(0, bins, patches.conj() * change)
-        probe_sums[1].index_add_(0, bins, patches.real.square() + patches.imag.square())
+        probe_sums[0][0].index_add_(0, bins, patches.conj() * change)
+        probe_sums[1][0].index_add_(0, bins, patches.real.square() + patches.imag.square())
     rows, cols = rows.expand(change.shape), cols.expand(change.shape)
     numerator = torch.zeros_like(obj).index_put_(
         (rows, cols), bank[bins].conj() * change, accumulate=True

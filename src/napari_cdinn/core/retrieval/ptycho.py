@@ -24,7 +24,7 @@ import torch
 from ..data import PtychoScan
 from ..device import resolve_device
 from ..errors import InputError
-from .patches import exit_waves, update_
+from .patches import exit_waves, probe_sum_workers, update_
 from .projections import intensity, set_modulus_
 
 SUBPIXEL = 8  # probe shifts are quantised to 1/8 pixel
@@ -165,28 +165,33 @@ def run_epie(
     errors: list[float] = []
     total = recipe.epochs * n
     batch_size = max(1, min(recipe.batch_size, n // 8))
+    wave_buffer = torch.empty((batch_size, h, w), dtype=torch.complex64, device=torch_device)
     for epoch in range(recipe.epochs):
         update_probe = recipe.probe_update_from is not None and epoch >= recipe.probe_update_from
-        probe_numerator = torch.zeros_like(bank) if update_probe else None
-        probe_denominator = torch.zeros_like(bank, dtype=torch.float32) if update_probe else None
+        probe_sums = None
+        if update_probe:
+            shape = (probe_sum_workers(torch_device), *bank.shape)
+            probe_sums = (
+                torch.zeros(shape, dtype=bank.dtype, device=torch_device),
+                torch.zeros(shape, device=torch_device),
+            )
         error = 0.0
         done = epoch * n
         order = torch.randperm(n, generator=generator).to(torch_device)
         for batch in order.split(batch_size):
             at, shift = corners[batch], bins[batch]
-            waves = exit_waves(obj, at, bank, shift)
+            waves = exit_waves(obj, at, bank, shift, out=wave_buffer)
             spectrum = torch.fft.fft2(waves, norm="ortho")
             error += set_modulus_(
                 spectrum, magnitudes, valid, with_error=True, correction=True, frames=batch
             )
             change = torch.fft.ifft2(spectrum, norm="ortho")  # projected minus current exit wave
-            probe_sums = (probe_numerator, probe_denominator) if update_probe else None
             update_(obj, probe_sums, at, bank, bank_power, shift, change, recipe.object_alpha, peak)
             done += len(batch)
             yield done, total
         errors.append(error / (power * n))
         if update_probe:
-            probe = _updated_probe(probe, probe_numerator, probe_denominator, ramps, recipe)
+            probe = _updated_probe(probe, *probe_sums, ramps, recipe)
             probe, obj = _without_phase_ramp(probe, obj, centre)
             bank, bank_power, peak = _bank_and_power(probe, ramps)
         if preview is not None:
@@ -205,7 +210,9 @@ def _updated_probe(
     ramps: torch.Tensor,
     recipe: EpieRecipe,
 ) -> torch.Tensor:
-    """One rPIE probe step from the epoch's gradients, each moved back by its sub-pixel shift."""
+    """One rPIE probe step from the epoch's gradients (summed over the workers that added
+    them), each moved back by its sub-pixel shift."""
+    numerator, denominator = numerator.sum(dim=0), denominator.sum(dim=0)
     used = denominator.sum(dim=(-2, -1)) > 0
     back = torch.fft.ifft2(torch.fft.fft2(numerator[used]) * ramps[used].conj()).sum(dim=0)
     weight = denominator[used].sum(dim=0)
