@@ -29,16 +29,13 @@ def _exit_waves_cpu(obj, corners, bank, bins, waves) -> None:
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _update_cpu(obj, probe_sums, corners, bank, bank_power, bins, change, alpha, peak) -> None:
-    """One pass over ``change``: worker t owns every T-th object row (T = the workers of
-    ``probe_sums``, (T, K, H, W) each; T = 0: no probe gradient, the numba threads then).  For
-    each frame row in its object rows it adds the probe gradient into its own probe sums (the
-    object row is read before it is stepped) and the object step's sums into a row buffer of its
-    own, then steps the row, clearing only the columns the frames touched."""
+def _update_cpu(obj, numerator, denominator, corners, bank, bank_power, bins, change, alpha, peak):
+    """One pass over ``change``: worker t of T (the first axis of the probe sums) owns every
+    T-th object row.  For each frame row in its object rows it adds the probe gradient into its
+    own probe sums (the object row is read before it is stepped) and the object step's sums into
+    a row buffer of its own, then steps the row, clearing only the columns the frames touched."""
     n, h, w = change.shape
-    numerator, denominator = probe_sums
-    with_probe = numerator.shape[0] > 0
-    workers = numerator.shape[0] if with_probe else numba.get_num_threads()
+    workers = numerator.shape[0]
     keep, floor = np.float32(1.0 - alpha), np.float32(alpha * peak)
     tiny = np.float32(1e-30)
     top, bottom = corners[:, 0].min(), corners[:, 0].max() + h
@@ -52,16 +49,13 @@ def _update_cpu(obj, probe_sums, corners, bank, bank_power, bins, change, alpha,
                 if 0 <= i < h:
                     x, k = corners[b, 1], bins[b]
                     lo, hi = min(lo, x), max(hi, x + w)
-                    wave = change[b, i]
-                    if with_probe:
-                        patch, total = obj[row, x : x + w], numerator[worker, k, i]
-                        for j in range(w):  # (one array written per loop: it vectorises)
-                            total[j] += np.conj(patch[j]) * wave[j]
-                        weight = denominator[worker, k, i]
-                        for j in range(w):
-                            weight[j] += (
-                                patch[j].real * patch[j].real + patch[j].imag * patch[j].imag
-                            )
+                    wave, patch = change[b, i], obj[row, x : x + w]
+                    total = numerator[worker, k, i]
+                    for j in range(w):  # (one array written per loop: it vectorises)
+                        total[j] += np.conj(patch[j]) * wave[j]
+                    weight = denominator[worker, k, i]
+                    for j in range(w):
+                        weight[j] += patch[j].real * patch[j].real + patch[j].imag * patch[j].imag
                     probe, total = bank[k, i], row_sum[x : x + w]
                     for j in range(w):
                         total[j] += np.conj(probe[j]) * wave[j]
@@ -103,7 +97,7 @@ def exit_waves(
 
 def update_(
     obj: torch.Tensor,
-    probe_sums: tuple[torch.Tensor, torch.Tensor] | None,
+    probe_sums: tuple[torch.Tensor, torch.Tensor],
     corners: torch.Tensor,
     bank: torch.Tensor,
     bank_power: torch.Tensor,
@@ -113,35 +107,32 @@ def update_(
     peak: float,
 ) -> None:
     """The batch's updates from ``change``, each frame's exit-wave update (projected minus
-    current).  With ``probe_sums`` (numerator, denominator: (workers, bins, H, W), workers from
-    :func:`probe_sum_workers`; their sum over workers is what counts), first add the probe
-    gradient to them: conj(patch) change and |patch|^2 per sub-pixel bin.  Then the rPIE object
-    step (Maiden et al. 2017) with overlaps summed:
+    current).  First the probe gradient is added to ``probe_sums`` (numerator, denominator:
+    (workers, bins, H, W), workers from :func:`probe_sum_workers`; their sum over workers is
+    what counts): conj(patch) change and |patch|^2 per sub-pixel bin (cheaper to always add
+    than to branch on).  Then the rPIE object step (Maiden et al. 2017) with overlaps summed:
     ``obj += sum conj(P) change / ((1 - alpha) sum |P|^2 + alpha peak)``, ``peak`` = max |P|^2
     (given, as it changes only with the probe)."""
+    numerator, denominator = probe_sums
     if fused(obj):
-        if probe_sums is None:
-            empty = torch.empty((0, 0, 0, 0))
-            probe_sums = (empty.to(torch.complex64), empty)
         _update_cpu(
-            obj.numpy(), (probe_sums[0].numpy(), probe_sums[1].numpy()), corners.numpy(),
-            bank.numpy(), bank_power.numpy(), bins.numpy(), change.numpy(), alpha, peak,
+            obj.numpy(), numerator.numpy(), denominator.numpy(), corners.numpy(), bank.numpy(),
+            bank_power.numpy(), bins.numpy(), change.numpy(), alpha, peak,
         )  # fmt: skip
         return
     rows, cols = _index(corners, change.shape[-2:])
-    if probe_sums is not None:
-        patches = obj[rows, cols]
-        probe_sums[0][0].index_add_(0, bins, patches.conj() * change)
-        probe_sums[1][0].index_add_(0, bins, patches.real.square() + patches.imag.square())
+    patches = obj[rows, cols]
+    numerator[0].index_add_(0, bins, patches.conj() * change)
+    denominator[0].index_add_(0, bins, patches.real.square() + patches.imag.square())
     rows, cols = rows.expand(change.shape), cols.expand(change.shape)
-    numerator = torch.zeros_like(obj).index_put_(
+    object_sum = torch.zeros_like(obj).index_put_(
         (rows, cols), bank[bins].conj() * change, accumulate=True
     )
-    denominator = torch.zeros(obj.shape, device=obj.device).index_put_(
+    object_weight = torch.zeros(obj.shape, device=obj.device).index_put_(
         (rows, cols), bank_power[bins], accumulate=True
     )
-    step = numerator / ((1 - alpha) * denominator + alpha * peak).clamp_min(1e-30)
-    obj += torch.where(denominator > 0, step, 0)
+    step = object_sum / ((1 - alpha) * object_weight + alpha * peak).clamp_min(1e-30)
+    obj += torch.where(object_weight > 0, step, 0)
 
 
 def _index(corners: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
