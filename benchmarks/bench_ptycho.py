@@ -89,9 +89,15 @@ def region_holding(scan: PtychoScan, grid: ptycho.ObjectGrid, n: int, size: int)
     return ptycho.region_mask(grid, rectangle=rectangle)
 
 
-def scores(result: ObjectResult, reference: np.ndarray, where: np.ndarray) -> str:
-    amplitude, phase = metrics.object_ssim(result.objects, reference, where)
+def scores(result: ObjectResult | np.ndarray, reference: np.ndarray, where: np.ndarray) -> str:
+    image = result.objects if isinstance(result, ObjectResult) else result
+    amplitude, phase = metrics.object_ssim(image, reference, where)
     return f"amplitude {amplitude:.3f}  phase {phase:.3f}"
+
+
+def flat(reference: np.ndarray) -> np.ndarray:
+    """A featureless image on the reference's grid: what SSIM gives for knowing nothing."""
+    return np.ones_like(reference)
 
 
 def few_shot(
@@ -141,6 +147,7 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
         )
         amplitude, phase = metrics.object_ssim(blurred, truth, outside)
         print(f"    truth blurred {sigma} px  amplitude {amplitude:.3f}  phase {phase:.3f}")
+    print(f"    a flat image          {scores(flat(truth), truth, outside)}")
     print(f"  network against ePIE outside the region: {scores(network, epie.objects, outside)}")
     sparse(scan, model_path, region, args)
     return scan, epie, t_epie
@@ -181,6 +188,7 @@ def tike(args: argparse.Namespace, figure: Path) -> None:
     print(f"  ePIE {args.epochs} epochs {t_epie:.1f} s; retrained on the {run.source['positions']} "
           f"positions of the left half in {t_train:.1f} s; network {t_nn:.2f} s")  # fmt: skip
     print(f"  SSIM network vs ePIE on the right half: {scores(network, epie.objects, right)}")
+    print(f"  (a flat image against ePIE there: {scores(flat(epie.objects), epie.objects, right)})")
     save_figure(epie, network, scanned, middle - grid.origin[1], figure)
     print(f"  picture: {figure}")
 

@@ -35,7 +35,7 @@ class EpieRecipe:
     """Parameters of the reconstruction; the defaults suit 50-80 % overlap."""
 
     epochs: int = 100
-    batch_size: int = 64  # at most 1/8 of the scan, so an epoch makes at least 8 object steps
+    batch_size: int = 64  # at most 1/16 of the scan, so an epoch makes at least 16 object steps
     object_alpha: float = 0.05  # rPIE: 1 is ePIE's max|P|^2 step, small values step further
     probe_alpha: float = 0.2
     probe_update_from: int | None = 2  # first epoch that updates the probe; None keeps it fixed
@@ -164,7 +164,7 @@ def run_epie(
     generator = torch.Generator().manual_seed(recipe.seed)
     errors: list[float] = []
     total = recipe.epochs * n
-    batch_size = max(1, min(recipe.batch_size, n // 8))
+    batch_size = max(1, min(recipe.batch_size, n // 16))
     wave_buffer = torch.empty((batch_size, h, w), dtype=torch.complex64, device=torch_device)
     for epoch in range(recipe.epochs):
         update_probe = recipe.probe_update_from is not None and epoch >= recipe.probe_update_from
