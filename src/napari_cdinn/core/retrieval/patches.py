@@ -2,9 +2,9 @@
 
 A batch of frames sees ``(B, H, W)`` patches of the object at integer corners, lit by the probe
 shifted by each frame's sub-pixel bin (a row of the probe bank).  On the CPU each step is one
-numba loop over memory (adding into the object is split over object rows, each thread summing a
-row in a buffer of its own and clearing only what it touched; into the probe bank over probe
-rows, so threads never write the same element); on a GPU they are torch indexing and
+numba loop over memory (each thread owns object rows: it sums a row in a buffer of its own,
+clearing only what it touched, and adds the probe gradient into probe sums of its own, so
+threads never write the same element); on a GPU they are torch indexing and
 ``index_put_``/``index_add_`` with accumulation.  ``tests/test_ptycho.py`` checks both agree.
 """
 

@@ -21,22 +21,23 @@ _TINY = np.float32(1e-24)  # |F|^2 floor: a zero spectrum pixel keeps a zero pha
 def _set_modulus_cpu(spectrum, magnitudes, frames, subtract, errors) -> None:
     """Frame by frame (B, P): ``spectrum[b]`` in place from ``magnitudes[frames[b]]``; each
     frame's squared misfit into ``errors[b]`` (a float32 sum per frame: the loop vectorises)."""
-    keep = np.float32(subtract)
+    minus = np.float32(subtract)
     for b in numba.prange(spectrum.shape[0]):
         z, target = spectrum[b], magnitudes[frames[b]]
         error = np.float32(0)
         for i in range(z.size):
             modulus = np.sqrt(max(z[i].real * z[i].real + z[i].imag * z[i].imag, _TINY))
             error += (modulus - target[i]) ** 2
-            z[i] = z[i] * (target[i] / modulus - keep)
+            z[i] = z[i] * (target[i] / modulus - minus)
         errors[b] = error
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _set_modulus_where_measured_cpu(spectrum, magnitudes, frames, valid, subtract, errors) -> None:
-    """The same where ``valid`` (one mask for all frames or one per frame, (1 or B, P)) holds; unmeasured pixels keep their value (or become 0,
-    the change, with ``subtract`` 1).  Branch-free, so that it vectorises too."""
-    keep = np.float32(subtract)
+    """The same where ``valid`` (one mask for all frames or one per frame: (1 or B, P)) holds;
+    unmeasured pixels keep their value (or become 0, the change, with ``subtract`` 1).
+    Branch-free, so that it vectorises too."""
+    minus = np.float32(subtract)
     for b in numba.prange(spectrum.shape[0]):
         z, target, mask = spectrum[b], magnitudes[frames[b]], valid[b % valid.shape[0]]
         error = np.float32(0)
@@ -44,7 +45,7 @@ def _set_modulus_where_measured_cpu(spectrum, magnitudes, frames, valid, subtrac
             measured = np.float32(mask[i])
             modulus = np.sqrt(max(z[i].real * z[i].real + z[i].imag * z[i].imag, _TINY))
             error += measured * (modulus - target[i]) ** 2
-            z[i] = z[i] * (measured * (target[i] / modulus - 1) + 1 - keep)
+            z[i] = z[i] * (measured * (target[i] / modulus - 1) + 1 - minus)
         errors[b] = error
 
 
