@@ -36,6 +36,18 @@ TIKE = REPO.parent / "shared" / "data" / "ptycho" / "siemens-star-small.npz.bz2"
 HELD_OUT_SEED = 424_242  # never used for training scans
 
 
+def cpu_model() -> str:
+    """The processor's name: ePIE's ratio to its FFT floor differs between CPUs (the FFT library
+    is tuned for some more than others)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def timed(steps) -> tuple[object, float]:
     start = time.perf_counter()
     result = run_to_end(steps)
@@ -271,7 +283,8 @@ def main() -> None:
     if args.quick:
         args.epochs = min(args.epochs, 30)
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
+          f"CPU {cpu_model()}")  # fmt: skip
     scan, _, t_epie = simulated(args)
     if TIKE.exists():
         tike(args, args.figure)
