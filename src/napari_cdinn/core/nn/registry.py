@@ -20,8 +20,13 @@ from torch import nn
 from ..errors import InputError
 from .cdi_net import CDINet
 from .ptycho_net import PtychoNet
+from .wideangle_net import WideAngleNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"CDINet": CDINet, "PtychoNet": PtychoNet}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "CDINet": CDINet,
+    "PtychoNet": PtychoNet,
+    "WideAngleNet": WideAngleNet,
+}
 
 
 def bundled_dir() -> Path:

@@ -21,7 +21,7 @@ zero-padded FFT).  :func:`reference_pattern` does the same physics by brute forc
 slice, for the tests and the benchmark.
 
 Detector.  ``pixels`` x ``pixels`` samples uniform in k_perp (an Ewald-sphere map, as pyMSFT's
-default), k_perp = k0 sin(``max_angle``) at the edge midpoints (the corners reach
+default), k_perp = k0 sin(``max_angle``) at the outer edges of the edge pixels (the corners reach
 arcsin(sqrt 2 sin ``max_angle``)).  Intensities are per solid angle (times k0 / k_z).
 Images are stored and learned as log10 intensity (:func:`log_image`).
 """
@@ -45,7 +45,8 @@ DYNAMIC_RANGE = 5.0  # decades of intensity kept in log images (a pnCCD's range,
 
 @dataclass(frozen=True)
 class Detector:
-    """A detector grid uniform in k_perp; pixel ``pixels // 2`` is the forward direction."""
+    """A detector grid uniform in k_perp, symmetric about the forward direction, which lies
+    between the four central pixels (so that flips and transposes of an image are exact)."""
 
     pixels: int = 128
     max_angle: float = 30.0  # degrees, scattering angle at the edge midpoints
@@ -58,10 +59,8 @@ class Detector:
     @cached_property
     def k_axis(self) -> np.ndarray:
         """k_perp of each row (y) and column (x), nm^-1."""
-        half = self.pixels // 2
-        return (np.arange(self.pixels) - half) * (
-            self.k0 * np.sin(np.radians(self.max_angle)) / half
-        )
+        edge = self.k0 * np.sin(np.radians(self.max_angle))
+        return (np.arange(self.pixels) - (self.pixels - 1) / 2) * (2 * edge / self.pixels)
 
     @cached_property
     def q_z(self) -> np.ndarray:
@@ -252,3 +251,25 @@ def log_image(intensity: np.ndarray, dynamic_range: float = DYNAMIC_RANGE) -> np
     with np.errstate(divide="ignore"):
         decades = np.log10(np.maximum(intensity, 0) / np.maximum(peak, 1e-300))
     return (np.clip(decades, -dynamic_range, 0) / dynamic_range + 1).astype(np.float32)
+
+
+def random_clusters(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` orientations uniform over the fundamental domain and radii uniform over ``RADII``."""
+    return icosahedral.random_orientations(n, rng), rng.uniform(*RADII, n)
+
+
+def simulate_shots(
+    n: int, seed: int = 0, simulator: Simulator | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` noiseless shots of random clusters: log images (n, P, P) in [0, 1]
+    (:func:`log_image`), orientations (n, 4) and radii (n,) in nm.  Seeded and reproducible."""
+    simulator = simulator or Simulator()
+    orientations, radii = random_clusters(n, np.random.default_rng(seed))
+    images = (
+        np.stack(
+            [log_image(simulator.intensity(r, q)) for q, r in zip(orientations, radii, strict=True)]
+        )
+        if n
+        else np.zeros((0, simulator.detector.pixels, simulator.detector.pixels), np.float32)
+    )
+    return images, orientations, radii

@@ -1,0 +1,195 @@
+"""Pretraining of the wide-angle network on MSFT simulations (``training/train_wideangle.py``).
+
+Simulates ``--n-shots`` noiseless shots of random icosahedra once (2 processes, cached in
+``--workdir`` as 8-bit log images, the real shots' format), then trains within ``--minutes``
+on them with fresh detector-like augmentation (``nn.wideangle.augment``) and one of the eight
+exact flips/transposes (labels mapped) per batch, checkpointing every epoch so an interrupted
+run resumes; writes weights and model card with the held-out scores to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import __version__
+from .. import icosahedral
+from ..simulate.wideangle import (
+    ABSORPTION_LENGTH,
+    DYNAMIC_RANGE,
+    RADII,
+    REFRACTIVE_DECREMENT,
+    Detector,
+    simulate_shots,
+)
+from .registry import save_model, user_dir
+from .training import Log, machine, resume, train_within_budget
+from .wideangle import augment, image_transforms, loss, parameter_errors, predict
+from .wideangle_net import WideAngleNet
+
+CHUNK = 500  # shots per simulation task
+VALIDATION_SEED = 7_777_777  # validation shots; held-out shots use 8_888_888
+HELD_OUT_SEED = 8_888_888
+
+
+def _simulate_chunk(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    images, orientations, radii = simulate_shots(CHUNK, seed)
+    return np.round(images * 255).astype(np.uint8), orientations, radii
+
+
+def training_data(n_shots: int, seed: int, workdir: Path, log: Log) -> dict[str, np.ndarray]:
+    """Simulate (in 2 single-threaded processes) or load the cached training shots."""
+    cache = workdir / f"shots_n{n_shots}_seed{seed}.npz"
+    if cache.exists():
+        log(f"loading cached training shots {cache}")
+        with np.load(cache) as data:
+            return {k: data[k] for k in data.files}
+    start = time.time()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[name] = "1"  # read by the spawned workers as they start
+    seeds = [seed * 1_000_000 + i for i in range(-(-n_shots // CHUNK))]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        parts = pool.map(_simulate_chunk, seeds)
+    data = {
+        "images": np.concatenate([p[0] for p in parts])[:n_shots],
+        "orientations": np.concatenate([p[1] for p in parts])[:n_shots],
+        "radii": np.concatenate([p[2] for p in parts])[:n_shots],
+    }
+    log(f"simulated {n_shots} shots in {time.time() - start:.0f} s")
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    tmp.rename(cache)
+    return data
+
+
+def augmented_set(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """``n`` fresh shots, 8-bit quantised and augmented (seeded): the validation and held-out
+    sets, corrupted as experimental shots are."""
+    images, orientations, radii = simulate_shots(n, seed)
+    quantised = torch.as_tensor(np.round(images * 255) / 255, dtype=torch.float32)[:, None]
+    generator = torch.Generator().manual_seed(seed)
+    corrupted = torch.cat([augment(b, generator) for b in quantised.split(256)])
+    return corrupted[:, 0], orientations, radii
+
+
+def evaluate(model: WideAngleNet, n: int = 1000) -> dict:
+    """Scores on ``n`` held-out augmented shots, with test-time averaging over the flips."""
+    images, orientations, radii = augmented_set(n, HELD_OUT_SEED)
+    q, r = predict(model.eval(), images.numpy())
+    errors = parameter_errors(q, r, orientations, radii)
+    return {
+        "shots": n,
+        "seed": HELD_OUT_SEED,
+        "median_misorientation_deg": float(np.median(errors["misorientation"])),
+        "median_radius_error_nm": float(np.median(errors["radius"])),
+        "mean_relative_error": float(np.mean(errors["relative"])),
+    }
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run the pretraining described by ``args``; returns the weights file."""
+    torch.set_num_threads(args.threads)
+    args.out = args.out or user_dir()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    log = Log(args.log or args.workdir / "train_wideangle.log")
+    log(f"start: {vars(args)}")
+    data = training_data(args.n_shots, args.seed, args.workdir, log)
+    images = torch.as_tensor(data["images"])
+    orientations = torch.as_tensor(data["orientations"], dtype=torch.float32)
+    radii = torch.as_tensor(data["radii"], dtype=torch.float32)
+    val_images, val_q, val_r = augmented_set(args.n_val, VALIDATION_SEED)
+    val_q, val_r = torch.as_tensor(val_q, dtype=torch.float32), torch.as_tensor(val_r).float()
+    torch.manual_seed(args.seed)
+    model = WideAngleNet(width=args.width).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    checkpoint = args.workdir / "checkpoint.pt"
+    state = resume(checkpoint, model, optimizer, log)
+    generator = torch.Generator().manual_seed(args.seed + state["epoch"])
+    transforms = image_transforms()
+
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        x = augment(images[index].float()[:, None] / 255, generator)
+        apply, turn = transforms[int(torch.randint(8, (1,), generator=generator))]
+        q = torch.as_tensor(icosahedral.multiply(turn, orientations[index].numpy()))
+        predicted_q, predicted_r = model(apply(x).contiguous(memory_format=torch.channels_last))
+        return loss(predicted_q, predicted_r, q.float(), radii[index])
+
+    def validation_loss() -> float:
+        losses = []
+        for index in torch.arange(len(val_images)).split(500):
+            q, r = model(val_images[index][:, None].contiguous(memory_format=torch.channels_last))
+            losses.append(float(loss(q, r, val_q[index], val_r[index])) * len(index))
+        return sum(losses) / len(val_images)
+
+    train_within_budget(
+        model, optimizer, state, minutes=args.minutes, lr=args.lr,
+        batches=lambda: torch.randperm(len(images), generator=generator).split(args.batch),
+        loss_of=loss_of, validation_loss=validation_loss, checkpoint=checkpoint, log=log,
+    )  # fmt: skip
+
+    held_out = evaluate(model)
+    log(f"held-out: {held_out}")
+    detector = Detector()
+    card = {
+        "name": args.name,
+        "version": f"{__version__}+{time.strftime('%Y%m%d')}",
+        "mode": "wideangle",
+        "architecture": "WideAngleNet",
+        "arguments": model.arguments(),
+        "input": {
+            "size": [detector.pixels, detector.pixels],
+            "preprocessing": f"log10(I / max I) floored at -{DYNAMIC_RANGE:g}, mapped to [0, 1] "
+            "(core.simulate.wideangle.log_image); 8-bit images are taken as that scale / 255",
+            "geometry": f"detector uniform in k_perp, {detector.max_angle:g} degrees at the "
+            f"edges, wavelength {detector.wavelength:g} nm, forward direction between the four "
+            "central pixels",
+        },
+        "output": "orientation as a unit quaternion (w, x, y, z) in the icosahedral fundamental "
+        "domain, circumradius in nm",
+        "training_data": {
+            "recipe": "core.simulate.wideangle (MSFT, silver: absorption length "
+            f"{ABSORPTION_LENGTH:g} nm, delta {REFRACTIVE_DECREMENT:g}), icosahedra with radii "
+            f"uniform in {list(RADII)} nm, orientations uniform; noiseless, 8-bit quantised; "
+            "augmented on the fly (core.nn.wideangle.augment) and one of the 8 image flips/"
+            "transposes per batch with its quaternion map",
+            "n_shots": args.n_shots,
+            "validation_shots": args.n_val,
+            "seed": args.seed,
+        },
+        "training": {
+            "script": "training/train_wideangle.py",
+            "loss": "sin(misorientation / 2) modulo the 60 rotations + |radius error| / 65 nm "
+            "(core.nn.wideangle.loss)",
+            "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
+            "epochs": state["epoch"],
+            "minutes": round(state["elapsed_s"] / 60, 1),
+            "machine": machine(),
+            "history": state["history"],
+        },
+        "held_out": held_out,
+    }
+    path = save_model(model, args.out / f"{args.name}.safetensors", card)
+    log(f"wrote {path} and its card: {json.dumps(held_out)}")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-shots", type=int, default=75_000)
+    parser.add_argument("--n-val", type=int, default=2000)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--minutes", type=float, default=70.0, help="training time budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("wideangle_training"))
+    parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
+    parser.add_argument("--name", default="wideangle_nn")
+    parser.add_argument("--log", type=Path)
+    parser.add_argument("--threads", type=int, default=2)

@@ -1,0 +1,208 @@
+"""Labels, augmentation, loss, inference and scores of the wide-angle network.
+
+Image transforms and labels.  A pattern's flips and transpose are patterns of the same cluster
+turned: flipping the detector's x axis mirrors the cluster in x, and an icosahedron is centrally
+symmetric, so its mirror image is the cluster turned by pi about x (q -> r_x q with
+r_x = (0, 1, 0, 0)); likewise pi about y for a row flip, and pi about (1, -1, 0) / sqrt 2 for a
+transpose.  The eight compositions augment training and are averaged at test time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .. import icosahedral
+from ..simulate.wideangle import RADII
+
+_TURNS = {  # the rotation that a flip or transpose of the image stands for
+    "flip_x": np.array([0.0, 1.0, 0.0, 0.0]),
+    "flip_y": np.array([0.0, 0.0, 1.0, 0.0]),
+    "transpose": np.array([0.0, 1.0, -1.0, 0.0]) / math.sqrt(2),
+}
+
+
+def image_transforms() -> list[tuple[Callable[[torch.Tensor], torch.Tensor], np.ndarray]]:
+    """The eight flips/transposes of an image (..., H, W) with rows y and columns x, each with
+    the quaternion m such that the transformed pattern of orientation q is that of m q."""
+    transforms = []
+    for transpose in (False, True):
+        for flip_y in (False, True):
+            for flip_x in (False, True):
+                turn = np.array([1.0, 0.0, 0.0, 0.0])
+                for used, name in (
+                    (transpose, "transpose"),
+                    (flip_y, "flip_y"),
+                    (flip_x, "flip_x"),
+                ):
+                    if used:
+                        turn = icosahedral.multiply(_TURNS[name], turn)
+
+                def apply(x, transpose=transpose, flip_y=flip_y, flip_x=flip_x):
+                    if transpose:
+                        x = x.transpose(-2, -1)
+                    if flip_y:
+                        x = x.flip(-2)
+                    if flip_x:
+                        x = x.flip(-1)
+                    return x
+
+                transforms.append((apply, turn))
+    return transforms
+
+
+_RIGHT = torch.tensor(  # (60, 4, 4): q g = _RIGHT[g] @ q
+    np.stack([icosahedral.multiply(np.eye(4), g) for g in icosahedral.GROUP]).transpose(0, 2, 1),
+    dtype=torch.float32,
+)
+
+
+def orientation_loss(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per sample sin(theta / 2), theta the misorientation modulo the group: the network may
+    answer any of the 60 (x +-1) quaternions of the orientation, and the loss grows like the
+    angle itself near zero (not its square), which keeps pulling small errors in."""
+    equivalents = torch.einsum("gij,bj->bgi", _RIGHT.to(truth), truth)
+    cosine = torch.einsum("bgi,bi->bg", equivalents, predicted).abs().amax(dim=1)
+    return torch.sqrt((1 - cosine.square()).clamp_min(0) + 1e-8)
+
+
+def loss(
+    quaternion: torch.Tensor, radius: torch.Tensor, true_q: torch.Tensor, true_r: torch.Tensor
+) -> torch.Tensor:
+    """Mean of the orientation loss plus the radius error over half the radius range."""
+    half_range = (RADII[1] - RADII[0]) / 2
+    return (orientation_loss(quaternion, true_q) + (radius - true_r).abs() / half_range).mean()
+
+
+def _disc(shape: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates (y, x) from the image centre."""
+    y = torch.arange(shape[0], device=device, dtype=torch.float32) - (shape[0] - 1) / 2
+    x = torch.arange(shape[1], device=device, dtype=torch.float32) - (shape[1] - 1) / 2
+    return y[:, None], x[None, :]
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Detector-like corruption of (B, 1, H, W) log images in [0, 1] (0: no signal), after
+    Stielow et al., in the order things happen: the beam off centre (shift up to 4 px), the
+    detector's blur (Gaussian, sigma up to 5 px, mostly small), uneven sensitivity (a smooth
+    gain of up to +-0.25 decade), uniform noise, the display scaling of the saved image (a
+    random floor keeping 2 to 5 decades, and a gamma of 0.7 to 1.6: the real shots are 8-bit
+    display images of unknown scaling), the finite detector (a centred rectangle of random
+    size, 36 to 100 % of the frame each way, with cut corners), the beam stop's central hole,
+    a gap between detector tiles and blind spots, and salt-and-pepper pixels.  Each sample
+    draws its own strengths."""
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape or (b,), generator=generator)
+
+    b, _, h, w = images.shape
+    out = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    shifts = torch.randint(0, 9, (b, 2), generator=generator)
+    out = torch.stack([out[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(shifts.tolist())])
+    sigma = 5 * uniform(0, 1) ** 3
+    taps = torch.arange(-12, 13, dtype=torch.float32)
+    kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True))[:, None]  # (b, 1, 25)
+    flat = out.reshape(1, b, h, w)
+    flat = torch.nn.functional.conv2d(flat, kernel[:, :, :, None], padding=(12, 0), groups=b)
+    flat = torch.nn.functional.conv2d(flat, kernel[:, :, None, :], padding=(0, 12), groups=b)
+    out = flat.reshape(b, 1, h, w)
+    gain = torch.randn((b, 1, 4, 4), generator=generator) * uniform(0, 0.025)[:, None, None, None]
+    out = out + torch.nn.functional.interpolate(gain, (h, w), mode="bicubic", align_corners=True)
+    out = (
+        out
+        + (torch.rand(out.shape, generator=generator) - 0.5)
+        * 2
+        * uniform(0, 0.04)[:, None, None, None]
+    )
+    floor, gamma = uniform(0, 0.6)[:, None, None, None], uniform(0.7, 1.6)[:, None, None, None]
+    out = ((out - floor) / (1 - floor)).clamp(0, 1) ** gamma
+    y, x = _disc((h, w), images.device)
+    half_y, half_x = uniform(0.18, 0.5)[:, None, None] * h, uniform(0.18, 0.5)[:, None, None] * w
+    corner = uniform(0.7, 1.0)[:, None, None] * (half_y + half_x)
+    detector = (y.abs() <= half_y) & (x.abs() <= half_x) & ((y.abs() + x.abs()) <= corner)
+    hole = (y**2 + x**2) <= (uniform(1, 8) ** 2)[:, None, None]
+    dead = ~detector | hole
+    gap_at = uniform(-10, 10)[:, None, None]
+    gap_half = uniform(0.5, 2)[:, None, None]
+    horizontal = (uniform(0, 1) < 0.5)[:, None, None]
+    across = torch.where(horizontal, y - gap_at, x - gap_at)  # (b, h, w)
+    dead |= (across.abs() < gap_half) & (uniform(0, 1) < 0.3)[:, None, None]
+    for _ in range(3):  # blind spots
+        spot_on = uniform(0, 1) < 0.3
+        cy, cx, radius = uniform(-40, 40), uniform(-40, 40), uniform(2, 6)
+        spot = ((y - cy[:, None, None]) ** 2 + (x - cx[:, None, None]) ** 2) < (radius**2)[
+            :, None, None
+        ]
+        dead |= spot & spot_on[:, None, None]
+    out = torch.where(dead[:, None], 0.0, out)
+    rate = uniform(0, 0.01)[:, None, None, None]
+    salt = torch.rand(out.shape, generator=generator)
+    out = torch.where(salt < rate / 2, 1.0, torch.where(salt < rate, 0.0, out))
+    return out.clamp(0, 1)
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module, images: np.ndarray, device: torch.device | str = "cpu", tta: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Orientations (N, 4, fundamental domain) and radii (N,) for (N, H, W) log images, each
+    averaged over the eight flips/transposes (``tta``) with their quaternion maps undone."""
+    x = torch.as_tensor(np.asarray(images, np.float32))[:, None].to(device)
+    transforms = image_transforms() if tta else image_transforms()[:1]
+    quaternions, radii = [], []
+    for apply, turn in transforms:
+        q, r = model(apply(x).contiguous())
+        back = icosahedral.multiply(icosahedral.conjugate(turn), q.cpu().numpy().astype(float))
+        quaternions.append(back)
+        radii.append(r.cpu().numpy())
+    return average_orientations(np.stack(quaternions, 1)), np.mean(radii, axis=0)
+
+
+def average_orientations(quaternions: np.ndarray) -> np.ndarray:
+    """(N, K, 4) estimates of N orientations -> (N, 4): each estimate turned to its equivalent
+    nearest the first, then averaged and reduced to the fundamental domain."""
+    first = quaternions[:, :1]
+    candidates = icosahedral.equivalents(quaternions)  # (N, K, 60, 4)
+    cosine = np.einsum("nkgi,nqi->nkg", candidates, first)
+    best = np.abs(cosine).argmax(axis=-1)
+    chosen = np.take_along_axis(candidates, best[..., None, None], axis=2)[:, :, 0]
+    sign = np.sign(np.take_along_axis(cosine, best[..., None], axis=2))
+    mean = (chosen * np.where(sign == 0, 1, sign)).mean(axis=1)
+    return icosahedral.reduced(mean)
+
+
+def parameter_errors(
+    quaternion: np.ndarray, radius: np.ndarray, true_q: np.ndarray, true_r: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per shot: misorientation (degrees), radius error (nm), and the paper's relative
+    parameter error: the mean over the five parameters (w, x, y, z of the fundamental-domain
+    quaternion, radius) of |error| / that parameter's range (the domain's extent in each
+    component, the radius range), taking the prediction's equivalent nearest the truth."""
+    truth = icosahedral.reduced(true_q)
+    candidates = icosahedral.equivalents(quaternion)
+    cosine = np.einsum("ngi,ni->ng", candidates, truth)
+    best = np.abs(cosine).argmax(axis=1)
+    nearest = (
+        candidates[np.arange(len(truth)), best]
+        * np.sign(cosine[np.arange(len(truth)), best])[:, None]
+    )
+    ranges = np.append(domain_ranges(), RADII[1] - RADII[0])
+    errors = np.abs(np.column_stack([nearest - truth, radius - true_r])) / ranges
+    return {
+        "misorientation": icosahedral.misorientation(quaternion, true_q),
+        "radius": np.abs(radius - true_r),
+        "relative": errors.mean(axis=1),
+    }
+
+
+@lru_cache(maxsize=1)
+def domain_ranges(n: int = 20_000, seed: int = 0) -> np.ndarray:
+    """The extent (max - min) of each quaternion component over the fundamental domain,
+    from uniformly drawn orientations."""
+    q = icosahedral.random_orientations(n, np.random.default_rng(seed))
+    return q.max(axis=0) - q.min(axis=0)

@@ -1,0 +1,74 @@
+"""The wide-angle network: a compact residual network that regresses a cluster's orientation
+(unit quaternion) and circumradius from one scattering image.
+
+Stielow et al. (2020) used ResNet-34; this one has four residual stages on a 2 x 2-binned image
+(64 x 64 from the detector's 128 x 128), small enough to train on two CPU cores and to answer in
+about a millisecond.  The last feature map (4 x 4) is flattened rather than averaged, so the
+head still knows where in the image a streak lies, which is what orientation is about.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..simulate.wideangle import RADII
+
+
+class Residual(nn.Module):
+    """Two 3 x 3 convolutions with a shortcut (1 x 1 strided where the shape changes)."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(channels_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels_out),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
+                nn.BatchNorm2d(channels_out),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class WideAngleNet(nn.Module):
+    """(B, 1, size, size) log images in [0, 1] -> unit quaternions (B, 4), radii (B,) in nm."""
+
+    def __init__(self, size: int = 128, width: int = 16):
+        super().__init__()
+        self.size, self.width = size, width
+        w = width
+        self.features = nn.Sequential(
+            nn.AvgPool2d(2),  # 64
+            nn.Conv2d(1, w, 3, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            Residual(w, 2 * w, 2),  # 32
+            Residual(2 * w, 4 * w, 2),  # 16
+            Residual(4 * w, 8 * w, 2),  # 8
+            Residual(8 * w, 8 * w, 2),  # 4
+        )
+        side = size // 32
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(8 * w * side * side, 256),
+            nn.ReLU(inplace=True),
+            nn.Linear(256, 5),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(self.features(x))
+        quaternion = nn.functional.normalize(out[:, :4], dim=1)
+        low, high = RADII
+        radius = (low + high) / 2 + (high - low) / 2 * out[:, 4]
+        return quaternion, radius
+
+    def arguments(self) -> dict[str, int]:
+        return {"size": self.size, "width": self.width}
