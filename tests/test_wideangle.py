@@ -116,3 +116,97 @@ def test_log_image_maps_the_dynamic_range_to_unit_interval():
     image = wa.log_image(intensity, dynamic_range=4)
     assert image.dtype == np.float32
     assert np.allclose(image, [[1.0, 0.5], [0.0, 0.0]])
+
+
+def test_each_image_transform_maps_the_label_exactly():
+    import torch
+
+    from napari_cdinn.core.nn.wideangle import image_transforms
+
+    q = ico.random_orientations(1, np.random.default_rng(5))[0]
+    simulator = wa.Simulator(wa.Detector(pixels=64))
+    image = torch.as_tensor(simulator.intensity(70.0, q))
+    for apply, turn in image_transforms():
+        turned = simulator.intensity(70.0, ico.multiply(turn, q))
+        assert np.allclose(apply(image).numpy(), turned, rtol=1e-4, atol=1e-6 * turned.max())
+    assert len({tuple(np.round(t, 6)) for _, t in image_transforms()}) == 8
+
+
+def test_orientation_loss_is_zero_for_every_equivalent_and_grows_with_the_angle():
+    import torch
+
+    from napari_cdinn.core.nn.wideangle import orientation_loss
+
+    q = ico.random_orientations(4, np.random.default_rng(6))
+    truth = torch.as_tensor(q, dtype=torch.float32)
+    for g in ico.GROUP[::7]:
+        equivalent = torch.as_tensor(-ico.multiply(q, g), dtype=torch.float32)
+        assert orientation_loss(equivalent, truth).max() < 1e-3
+    turned = torch.as_tensor(ico.multiply(q, [np.cos(0.05), np.sin(0.05), 0, 0]))
+    assert np.allclose(orientation_loss(turned.float(), truth).numpy(), np.sin(0.05), atol=1e-4)
+
+
+def _shots(images: np.ndarray, source: str = "shots.npy"):
+    from napari_cdinn.core.data import Metadata, ShotSet
+
+    return ShotSet(images, Metadata(source=source), scaling="display value / 255")
+
+
+def test_bad_shots_are_refused_with_the_file_and_the_problem():
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"shots.npy.*64 x 64 pixels.*128 x 128"):
+        wideangle.shot_images(_shots(np.ones((2, 64, 64), np.float32)))
+    images = np.random.default_rng(0).random((3, 128, 128)).astype(np.float32)
+    images[1] = 0
+    with pytest.raises(InputError, match=r"shot\(s\) \[1\] hold no signal"):
+        wideangle.shot_images(_shots(images))
+    with pytest.raises(InputError, match="no shots"):
+        wideangle.shot_images(_shots(np.zeros((0, 128, 128), np.float32)))
+    images[1, 5, 5] = 1
+    images[2, 0, 0] = np.nan
+    with pytest.warns(UserWarning, match=r"NaN .* shot\(s\) \[2\]"):
+        cleaned = wideangle.shot_images(_shots(images))
+    assert cleaned[2, 0, 0] == 0
+
+
+def test_colour_png_is_refused(tmp_path):
+    import imageio.v3 as iio
+
+    from napari_cdinn.core import io
+    from napari_cdinn.core.errors import InputError
+
+    colour = np.zeros((128, 128, 3), np.uint8)
+    colour[..., 0] = 200
+    iio.imwrite(tmp_path / "shot.png", colour)
+    with pytest.raises(InputError, match="shot.png.*colour"):
+        io.read(tmp_path / "shot.png")
+
+
+def test_refine_from_a_nearby_start_finds_the_cluster():
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.data import OrientationResult, Provenance
+    from napari_cdinn.core.progress import run_to_end
+
+    rng = np.random.default_rng(7)
+    q, r = ico.random_orientations(1, rng), np.array([80.0])
+    image = wa.log_image(wa.Simulator().intensity(r[0], q[0]))[None]
+    off = ico.multiply(q, [np.cos(np.radians(2)), 0, np.sin(np.radians(2)), 0])  # 4 degrees
+    start = OrientationResult(off, r + 4, Provenance("test"))
+    result = run_to_end(wideangle.fit_steps(_shots(image), start=start))
+    assert ico.misorientation(result.quaternions, q)[0] < 1.0
+    assert abs(result.radii_nm[0] - r[0]) < 1.0
+    assert result.provenance.parameters["similarity"][0] > 0.99
+
+
+def test_cluster_mesh_is_the_turned_icosahedron():
+    from napari_cdinn.core import wideangle
+
+    q = ico.random_orientations(1, np.random.default_rng(8))[0]
+    vertices, faces = wideangle.cluster_mesh(q, 100.0)
+    assert vertices.shape == (12, 3) and faces.shape == (20, 3)
+    assert np.allclose(np.linalg.norm(vertices, axis=1), 100.0, rtol=1e-5)
+    reference, _ = ico.icosahedron(100.0)
+    expected = reference @ ico.rotation_matrix(q).T
+    assert np.allclose(vertices, expected[:, ::-1], atol=1e-3)

@@ -20,7 +20,7 @@ from .core.errors import CdinnError
 
 PROG = "napari-cdinn"
 MODES = ("cdi", "ptycho", "wideangle")
-SIMULATE_MODES = ("cdi", "ptycho")  # modes whose simulator exists so far
+SIMULATE_MODES = MODES
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -75,6 +75,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     if args.n < 1:
         raise CdinnError("simulate: -n must be at least 1")
+    if args.mode == "wideangle":
+        return _simulate_wideangle(args)
     if args.mode == "cdi":
         from .core.simulate.cdi import simulate_cdi
 
@@ -90,6 +92,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )  # fmt: skip
         data = data.subset(slice(0, args.n))
     write_cxi(args.output, data)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _simulate_wideangle(args: argparse.Namespace) -> int:
+    """Shots of random icosahedra (intensities, Poisson noise when --photons is given) with
+    their true orientations and radii."""
+    from .core.io.cxi_writer import write_shots
+    from .core.simulate.wideangle import (
+        ABSORPTION_LENGTH,
+        REFRACTIVE_DECREMENT,
+        Simulator,
+        random_clusters,
+    )  # fmt: skip
+
+    simulator = Simulator()
+    rng = np.random.default_rng(args.seed)
+    orientations, radii = random_clusters(args.n, rng)
+    shots = np.stack([simulator.intensity(r, q) for q, r in zip(orientations, radii, strict=True)])
+    if args.photons:
+        shots = rng.poisson(shots * (args.photons / shots.sum(axis=(1, 2), keepdims=True)))
+    detector = simulator.detector
+    settings = {
+        "mode": "wideangle", "seed": args.seed, "photons": args.photons or 0,
+        "pixels": detector.pixels, "max_angle_deg": detector.max_angle,
+        "wavelength_nm": detector.wavelength, "absorption_length_nm": ABSORPTION_LENGTH,
+        "refractive_decrement": REFRACTIVE_DECREMENT,
+    }  # fmt: skip
+    write_shots(args.output, shots, orientations, radii, detector.wavelength, settings)
     print(f"wrote {args.output}")
     return 0
 
@@ -123,7 +154,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     elif mode == "cdi":
         results = _invert_cdi(args, data)
     else:
-        raise CdinnError(f"invert: mode '{mode}' is not available yet (available: cdi, ptycho)")
+        results = _invert_wideangle(args, data)
     io.write_results(args.output, results)
     print(f"wrote {args.output}")
     return 0
@@ -180,6 +211,40 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
     p = result.provenance
     print(f"{p.method}: {len(scan.positions)} positions in {p.wall_time_s:.3f} s")
     return [result]
+
+
+def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
+    from dataclasses import replace
+
+    from .core import wideangle
+    from .core.data import DiffractionStack, ShotSet
+    from .core.progress import run_to_end
+
+    data = getattr(data, "stack", data)
+    if not isinstance(data, ShotSet | DiffractionStack):
+        raise CdinnError(f"{args.input}: holds no images for the wideangle mode")
+    method = args.method or "nn"
+    if method not in wideangle.METHODS:
+        raise CdinnError(f"invert: method '{method}' is not one of {', '.join(wideangle.METHODS)}")
+    if isinstance(data, ShotSet):
+        images = data.images if data.images.ndim == 3 else data.images[None]
+        data = replace(data, images=images[parse_frames(args.frames, len(images))])
+    else:
+        data = data.subset(parse_frames(args.frames, data.n_frames))
+    results = []
+    if method in ("nn", "refine"):
+        results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
+    if method == "refine":
+        results.append(run_to_end(wideangle.fit_steps(data, start=results[0])))
+    elif method == "fit":
+        recipe = wideangle.FitRecipe(evaluations=args.iterations or wideangle.FitRecipe.evaluations)
+        results.append(run_to_end(wideangle.fit_steps(data, recipe)))
+    for result in results:
+        p = result.provenance
+        print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
+        for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
+            print(f"  shot {n}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}")
+    return results
 
 
 def parse_region(spec: str) -> tuple[float, float, float, float]:
@@ -262,12 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--screenshot", type=Path, help="save a screenshot of the window and quit")
     view.set_defaults(func=cmd_view)
 
-    invert = sub.add_parser("invert", help="invert diffraction data (modes so far: cdi, ptycho)")
+    invert = sub.add_parser(
+        "invert", help="invert diffraction data (modes: cdi, ptycho, wideangle)"
+    )
     invert.add_argument("input", type=Path)
     invert.add_argument("-o", "--output", type=Path, required=True)
     invert.add_argument("--mode", choices=MODES, help="default: from the file's content")
     invert.add_argument(
-        "--method", help="cdi: nn (default), iterative, refine; ptycho: nn (default), epie"
+        "--method",
+        help="cdi: nn (default), iterative, refine; ptycho: nn (default), epie; "
+        "wideangle: nn (default), fit, refine",
     )
     invert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     invert.add_argument(
@@ -276,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     invert.add_argument(
         "--iterations",
         type=int,
-        help="cdi refine: ER/HIO iterations (50); ptycho epie: epochs (100)",
+        help="cdi refine: ER/HIO iterations (50); ptycho epie: epochs (100); wideangle fit: "
+        "simulations per start (150)",
     )
     invert.add_argument("--frames", help="frames/positions: N, START:STOP[:STEP] or N,M,...")
     invert.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..data import JOULE_PER_EV, DiffractionStack, Metadata, PtychoScan
+from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
 from .results import atomic_path
 
 # A plausible hard X-ray geometry for simulated data: 10 keV, 75 um pixels (Eiger-like).
@@ -65,4 +65,34 @@ def write_cxi(path: str | Path, data: DiffractionStack | PtychoScan) -> Path:
             entry.create_dataset(
                 "sample_1/true_object", data=truth.astype(np.complex64), compression="gzip"
             )
+    return Path(path)
+
+
+def write_shots(
+    path: str | Path,
+    intensities: np.ndarray,
+    orientations: np.ndarray,
+    radii_nm: np.ndarray,
+    wavelength_nm: float,
+    settings: dict,
+) -> Path:
+    """Simulated wide-angle shots as CXI: intensities at ``/entry_1/data_1/data``, the true
+    orientations (N, 4) and radii (N,) under ``/entry_1/sample_1`` (``orientation``,
+    ``radius_nm``), the simulator's settings as attributes of ``sample_1``."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5["cxi_version"] = 160
+        entry = h5.create_group("entry_1")
+        detector = entry.create_group("instrument_1/detector_1")
+        frames = np.asarray(intensities, np.float32)
+        detector.create_dataset(
+            "data", data=frames, chunks=(1, *frames.shape[1:]), compression="gzip"
+        )
+        entry["data_1/data"] = h5py.SoftLink("/entry_1/instrument_1/detector_1/data")
+        energy_ev = PLANCK_EV_M / (wavelength_nm * 1e-9)
+        entry["instrument_1/source_1/energy"] = energy_ev * JOULE_PER_EV
+        sample = entry.create_group("sample_1")
+        sample["orientation"] = np.asarray(orientations, np.float64)
+        sample["radius_nm"] = np.asarray(radii_nm, np.float64)
+        for key, value in settings.items():
+            sample.attrs[key] = value
     return Path(path)

@@ -33,6 +33,7 @@ from functools import cached_property, lru_cache
 
 import numba
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .. import icosahedral
 
@@ -40,6 +41,7 @@ WAVELENGTH = 13.5  # nm, FLASH in Barke et al. 2015
 ABSORPTION_LENGTH = 12.5  # nm, silver at 13.5 nm (intensity 1/e length)
 REFRACTIVE_DECREMENT = 0.1  # delta of silver near 92 eV, order of the tabulated value
 RADII = (30.0, 160.0)  # nm, circumradius range of the training clusters
+_BLAS = ThreadpoolController()  # the DFTs run on one BLAS thread (see Simulator.amplitude)
 DYNAMIC_RANGE = 5.0  # decades of intensity kept in log images (a pnCCD's range, roughly)
 
 
@@ -117,7 +119,8 @@ class Simulator:
         integrals = np.empty((len(nodes), n, n), np.complex64)
         _chord_integrals(normals, offsets, axis, nodes, self.material.attenuation, integrals)
         dft = np.exp(-1j * self.detector.k_axis[:, None] * axis[None, :]).astype(np.complex64)
-        spectra = dft @ integrals @ dft.T  # (M, pixels, pixels): rows y, columns x
+        with _BLAS.limit(limits=1, user_api="blas"):  # small products: threads only contend
+            spectra = dft @ integrals @ dft.T  # (M, pixels, pixels): rows y, columns x
         return np.einsum("mij,mij->ij", weights, spectra) * step**2
 
     def _interpolation(self, m: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,246 @@
+"""Wide-angle single shots, the calls both faces use: the network, the forward fit, and the
+network-started fit (refine); the cluster as a mesh and the pattern re-simulated from an answer.
+
+Shots reach the network as 128 x 128 log images in [0, 1] (``simulate.wideangle.log_image``):
+intensities (counts, any file format) are mapped there; 8-bit display images such as the FLASH
+shots of Barke et al. are taken to be that scale already (value / 255): they are log-scaled
+renderings of unknown floor and gamma, which the training's display-scaling augmentation
+covers.  Pixels at 0 are "no signal" (outside the detector, beam stop, gaps) and are left out
+of the fit's comparison.
+
+Each long call is a generator yielding ``(done, total)`` and returning its result (see
+``core.progress``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+from . import icosahedral
+from .data import DiffractionStack, OrientationResult, Provenance, ShotSet
+from .device import resolve_device
+from .errors import InputError, InputWarning
+from .nn import registry
+from .nn.registry import load_model
+from .nn.wideangle import predict
+from .simulate.wideangle import RADII, Detector, Simulator, log_image
+
+METHODS = ("nn", "fit", "refine")
+LABELS = {"nn": "NN", "fit": "simplex fit", "refine": "NN + simplex"}
+PIXELS = 128  # the network's and the simulator's detector grid
+Steps = Generator[tuple[int, int], None, OrientationResult]
+
+
+def default_model() -> Path:
+    return registry.default_model("wideangle")
+
+
+def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
+    """(N, 128, 128) float32 log images in [0, 1] from shots as read; refuses what the network
+    cannot take (wrong size, no shots, all-zero shots), naming the file and the shots."""
+    source = data.meta.source
+    if isinstance(data, ShotSet):
+        images = np.asarray(data.images, np.float32)
+        if data.scaling.startswith("log10"):  # log10 intensity: onto the [0, 1] scale
+            images = log_image(10.0 ** np.nan_to_num(images, nan=-np.inf))
+    elif isinstance(data, DiffractionStack):
+        frames = data.frames()
+        if data.mask is not None:
+            frames = np.where(data.mask, frames, 0)
+        images = log_image(np.nan_to_num(frames, nan=0.0)) if frames.size else frames
+    else:
+        raise InputError(source, "holds no single-shot images for the wide-angle mode")
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3 or len(images) == 0:
+        raise InputError(source, "no shots: the file holds no images")
+    if images.shape[-2:] != (PIXELS, PIXELS):
+        raise InputError(
+            source,
+            f"shots are {images.shape[-2]} x {images.shape[-1]} pixels; the wide-angle mode "
+            f"takes {PIXELS} x {PIXELS} images on its detector grid (see the README): resample "
+            "them first",
+        )
+    bad = ~np.isfinite(images)
+    if bad.any():
+        shots = np.flatnonzero(bad.any(axis=(1, 2)))
+        warnings.warn(
+            InputWarning(f"{source}: NaN or infinite pixels in shot(s) {shots[:5].tolist()} "
+                         "taken as no signal"),
+            stacklevel=2,
+        )  # fmt: skip
+        images = np.where(bad, 0, images)
+    empty = np.flatnonzero(images.max(axis=(1, 2)) <= 0)
+    if len(empty):
+        raise InputError(
+            source,
+            f"shot(s) {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} hold no signal "
+            "(all zero); nothing to invert",
+        )
+    return np.clip(images, 0, 1).astype(np.float32)
+
+
+def network_steps(
+    data: ShotSet | DiffractionStack,
+    model: Path | str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> Steps:
+    """Orientation and radius of every shot from the network, averaged over the eight exact
+    flips/transposes of each image."""
+    start = time.perf_counter()
+    images = shot_images(data)
+    path = Path(model) if model is not None else default_model()
+    torch_device = resolve_device(device)
+    net, card = load_model(path, torch_device)
+    if card.get("mode") != "wideangle":
+        raise InputError(path, f"a {card.get('mode')} model, not a wide-angle one")
+    quaternions, radii = [], []
+    for lo in range(0, len(images), batch_size):
+        q, r = predict(net, images[lo : lo + batch_size], torch_device)
+        quaternions.append(q)
+        radii.append(r)
+        yield lo + len(q), len(images)
+    provenance = Provenance(
+        method=LABELS["nn"],
+        model_name=card.get("name"),
+        model_version=card.get("version"),
+        parameters={"model_path": str(path), "test_time_flips": 8},
+        wall_time_s=time.perf_counter() - start,
+        source=data.meta.source,
+    )
+    return OrientationResult(np.concatenate(quaternions), np.concatenate(radii), provenance)
+
+
+@dataclass
+class FitRecipe:
+    """Monte-Carlo simplex: ``starts`` random starts (one, from the network, for refine), each a
+    Nelder-Mead search of at most ``evaluations`` simulations over orientation (a rotation
+    vector) and radius, on the detector binned to ``pixels``."""
+
+    starts: int = 8
+    evaluations: int = 150
+    pixels: int = 64
+    seed: int = 0
+
+
+class ShotFit:
+    """The forward model and misfit for one measured shot: 1 - the Pearson correlation of the
+    measured and simulated log images over the pixels with signal (correlation, since the
+    measured image's scaling is unknown)."""
+
+    def __init__(self, image: np.ndarray, pixels: int = 64):
+        factor = image.shape[-1] // pixels
+        blocks = image.reshape(pixels, factor, pixels, factor)
+        self.valid = (blocks > 0).all(axis=(1, 3))
+        self.measured = blocks.mean(axis=(1, 3))[self.valid]
+        self.simulator = Simulator(Detector(pixels=pixels))
+        self.evaluations = 0
+
+    def misfit(self, orientation: np.ndarray, radius: float) -> float:
+        self.evaluations += 1
+        simulated = log_image(self.simulator.intensity(radius, orientation))[self.valid]
+        return 1.0 - similarity(self.measured, simulated)
+
+
+def similarity(measured: np.ndarray, simulated: np.ndarray) -> float:
+    """Pearson correlation of two log images (flattened pixels with signal)."""
+    a, b = measured - measured.mean(), simulated - simulated.mean()
+    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-30))
+
+
+def _turned(base: np.ndarray, rotation_vector: np.ndarray) -> np.ndarray:
+    """``base`` turned by a rotation vector (radians) in the cluster's frame."""
+    angle = float(np.linalg.norm(rotation_vector))
+    axis = rotation_vector / angle if angle > 0 else np.zeros(3)
+    step = np.concatenate([[np.cos(angle / 2)], np.sin(angle / 2) * axis])
+    return icosahedral.multiply(base, step)
+
+
+def _simplex_search(
+    fit: ShotFit, orientation: np.ndarray, radius: float, scale: tuple[float, float], limit: int
+) -> tuple[np.ndarray, float, float]:
+    """One Nelder-Mead run from (orientation, radius); returns the best found and its misfit."""
+    low, high = RADII
+
+    def objective(x: np.ndarray) -> float:
+        return fit.misfit(_turned(orientation, x[:3]), float(np.clip(x[3], low, high)))
+
+    angle, size = scale
+    start = np.array([0.0, 0.0, 0.0, radius])
+    simplex = np.vstack([start, start + np.diag([angle, angle, angle, size])])
+    found = minimize(
+        objective, start, method="Nelder-Mead",
+        options={"initial_simplex": simplex, "maxfev": limit, "xatol": 1e-4, "fatol": 1e-6},
+    )  # fmt: skip
+    best = icosahedral.reduced(_turned(orientation, found.x[:3]))
+    return best, float(np.clip(found.x[3], low, high)), float(found.fun)
+
+
+def fit_steps(
+    data: ShotSet | DiffractionStack,
+    recipe: FitRecipe | None = None,
+    start: OrientationResult | None = None,
+    shots: np.ndarray | None = None,
+) -> Steps:
+    """The forward fit of ``shots`` (indices, default all): from ``recipe.starts`` random
+    orientations and radii, or (refine) from ``start``'s answer for each shot."""
+    recipe = recipe or FitRecipe()
+    began = time.perf_counter()
+    images = shot_images(data)
+    shots = np.arange(len(images)) if shots is None else np.asarray(shots)
+    rng = np.random.default_rng(recipe.seed)
+    starts = 1 if start is not None else recipe.starts
+    total = len(shots) * starts
+    quaternions, radii, misfits, evaluations = [], [], [], 0
+    for n, shot in enumerate(shots):
+        fit = ShotFit(images[shot], recipe.pixels)
+        best = (None, None, np.inf)
+        for k in range(starts):
+            if start is not None:
+                q0, r0 = start.quaternions[shot], float(start.radii_nm[shot])
+                scale = (0.05, 3.0)  # the network is within a few degrees and nanometres
+            else:
+                q0 = icosahedral.random_orientations(1, rng)[0]
+                r0, scale = float(rng.uniform(*RADII)), (0.3, 15.0)
+            found = _simplex_search(fit, q0, r0, scale, recipe.evaluations)
+            if found[2] < best[2]:
+                best = found
+            yield n * starts + k + 1, total
+        quaternions.append(best[0])
+        radii.append(best[1])
+        misfits.append(best[2])
+        evaluations += fit.evaluations
+    method = "refine" if start is not None else "fit"
+    provenance = Provenance(
+        method=LABELS[method],
+        parameters={
+            **vars(recipe), "starts": starts, "shots": shots.tolist(),
+            "simulations": evaluations, "similarity": [round(1 - m, 5) for m in misfits],
+        },
+        wall_time_s=time.perf_counter() - began,
+        source=data.meta.source,
+    )  # fmt: skip
+    return OrientationResult(np.array(quaternions), np.array(radii), provenance)
+
+
+def simulated_image(orientation: np.ndarray, radius: float, like: np.ndarray | None = None):
+    """The log image of the answer (orientation, radius), with ``like``'s no-signal pixels
+    (its zeros) left out (0), for showing beside the measured shot."""
+    image = log_image(Simulator().intensity(radius, orientation))
+    return image if like is None else np.where(like > 0, image, 0).astype(np.float32)
+
+
+def cluster_mesh(orientation: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (12, 3) in nm as (z, y, x) (napari's axis order; the beam along z) and faces
+    (20, 3) of the icosahedron of circumradius ``radius`` in ``orientation``."""
+    vertices, faces = icosahedral.icosahedron(radius)
+    turned = vertices @ icosahedral.rotation_matrix(orientation).T  # (x, y, z)
+    return turned[:, ::-1].astype(np.float32), faces
