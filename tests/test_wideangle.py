@@ -180,7 +180,7 @@ def test_colour_png_is_refused(tmp_path):
     colour = np.zeros((128, 128, 3), np.uint8)
     colour[..., 0] = 200
     iio.imwrite(tmp_path / "shot.png", colour)
-    with pytest.raises(InputError, match="shot.png.*colour"):
+    with pytest.raises(InputError, match=r"shot\.png.*colour"):
         io.read(tmp_path / "shot.png")
 
 
