@@ -29,3 +29,8 @@ def cdi_sample() -> list[LayerData]:
 def ptycho_sample() -> list[LayerData]:
     """A simulated 169-position raster scan (64 x 64 frames) of a textured object, with probe."""
     return _sample("ptycho_scan.cxi")
+
+
+def wideangle_sample() -> list[LayerData]:
+    """8 simulated wide-angle shots of silver icosahedra (128 x 128, MSFT, 1e8 photons each)."""
+    return _sample("wideangle_shots.cxi")

@@ -119,6 +119,20 @@ def network_steps(
     return OrientationResult(np.concatenate(quaternions), np.concatenate(radii), provenance)
 
 
+def answers_steps(
+    data: ShotSet | DiffractionStack, model: Path | str | None = None, device: str = "auto"
+) -> Generator[tuple[int, int], None, tuple[OrientationResult, np.ndarray]]:
+    """The network's answers for every shot, then each answer's pattern re-simulated (with
+    the shot's no-signal pixels left out) to show beside it; returns both."""
+    result = yield from network_steps(data, model, device)
+    images = shot_images(data)
+    simulated = np.empty_like(images)
+    for n, image in enumerate(images):
+        simulated[n] = simulated_image(result.quaternions[n], result.radii_nm[n], like=image)
+        yield n + 1, len(images)
+    return result, simulated
+
+
 @dataclass
 class FitRecipe:
     """Monte-Carlo simplex: ``starts`` random starts (one, from the network, for refine), each a
@@ -244,3 +258,12 @@ def cluster_mesh(orientation: np.ndarray, radius: float) -> tuple[np.ndarray, np
     vertices, faces = icosahedral.icosahedron(radius)
     turned = vertices @ icosahedral.rotation_matrix(orientation).T  # (x, y, z)
     return turned[:, ::-1].astype(np.float32), faces
+
+
+def facing_the_detector(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Which faces (bool per face) of a convex mesh with (z, y, x) vertices face +z, the
+    detector: drawn seen from there, they tile the silhouette without overlapping."""
+    corners = vertices[faces][..., ::-1]  # (F, 3, 3) as (x, y, z)
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    outward = np.sign(np.einsum("fi,fi->f", normals, corners.mean(axis=1)))
+    return normals[:, 2] * outward > 0

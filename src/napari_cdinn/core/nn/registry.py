@@ -7,6 +7,7 @@ JSON, and the architecture is looked up by name among the classes this package d
 from __future__ import annotations
 
 import json
+import warnings
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from .cdi_net import CDINet
 from .ptycho_net import PtychoNet
 from .wideangle_net import WideAngleNet
@@ -43,12 +44,17 @@ def card_path(weights: Path) -> Path:
 
 
 def list_models(mode: str | None = None) -> list[Path]:
-    """Weight files of bundled and user models (optionally of one mode), bundled first."""
+    """Weight files of bundled and user models (optionally of one mode), bundled first; a model
+    whose card is missing or broken is left out with a warning naming it."""
     found = []
     for folder in (bundled_dir(), user_dir()):
         if folder.is_dir():
             for weights in sorted(folder.glob("*.safetensors")):
-                card = read_card(weights)
+                try:
+                    card = read_card(weights)
+                except InputError as err:
+                    warnings.warn(InputWarning(f"model left out: {err}"), stacklevel=2)
+                    continue
                 if mode is None or card.get("mode") == mode:
                     found.append(weights)
     return found
@@ -58,7 +64,7 @@ def default_model(mode: str) -> Path:
     """The bundled model of a mode (the first of ``list_models(mode)``)."""
     models = list_models(mode)
     if not models:
-        label = {"cdi": "CDI", "ptycho": "ptychography"}.get(mode, mode)
+        label = {"cdi": "CDI", "ptycho": "ptychography", "wideangle": "wide-angle"}.get(mode, mode)
         raise InputError(None, f"no bundled {label} model found (was the package installed whole?)")
     return models[0]
 

@@ -1,0 +1,310 @@
+"""The "Wide-angle" dock: the network's orientation and size for every shot of a stack, the
+pattern re-simulated from each answer beside the measured one, the cluster as a surface, and the
+forward fit (Fit, Refine) of the current shot, with progress and Cancel.  All work runs in
+napari workers; the dock only moves layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image, Layer
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import _settings
+from .._layers import dataset_of
+from ..core import icosahedral, wideangle
+from ..core.data import DiffractionStack, OrientationResult, ShotSet
+from ..core.nn.registry import list_models
+from ..core.simulate.wideangle import RADII
+from . import advance, report_error
+
+if TYPE_CHECKING:
+    import napari
+
+GAP = 8  # pixels between a shot and its re-simulated pattern
+
+
+def shots_of(layer: Layer | None) -> ShotSet | DiffractionStack | None:
+    """The shots behind a layer napari-cdinn opened: single-shot images, or a stack of
+    128 x 128 patterns (e.g. simulated shots in a CXI file)."""
+    data = dataset_of(layer.metadata) if isinstance(layer, Image) else None
+    if isinstance(data, ShotSet):
+        return data
+    if isinstance(data, DiffractionStack) and data.frame_shape == (128, 128):
+        return data
+    return None
+
+
+class WideAngleDock(QWidget):
+    """Shots -> Predict (whole stack) -> per shot: 3D cluster, re-simulated pattern, table;
+    Fit / Refine the current shot."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.pbar = None
+        self.network: dict[str, OrientationResult] = {}  # per shots layer
+        self.fits: dict[tuple[str, int, str], OrientationResult] = {}  # (layer, shot, method)
+
+        self.shots_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.predict_button = QPushButton("Predict (network)")
+        self.predict_button.clicked.connect(self.predict)
+        self.starts = QSpinBox(minimum=1, maximum=64, value=wideangle.FitRecipe.starts)
+        self.evaluations = QSpinBox(minimum=10, maximum=5000, value=wideangle.FitRecipe.evaluations)
+        self.fit_button = QPushButton("Fit shot")
+        self.fit_button.setToolTip("Monte-Carlo simplex fit of the current shot (random starts)")
+        self.fit_button.clicked.connect(lambda: self.fit("fit"))
+        self.refine_button = QPushButton("Refine shot")
+        self.refine_button.setToolTip("Simplex fit of the current shot from the network's answer")
+        self.refine_button.clicked.connect(lambda: self.fit("refine"))
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(
+            ["method", "radius (nm)", "quaternion (w, x, y, z)", "to fit (deg)", "similarity"]
+        )
+        self.table.verticalHeader().setVisible(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Shots layer", self.shots_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow(self.predict_button)
+        form.addRow("Fit: random starts", self.starts)
+        form.addRow("Fit: simulations per start", self.evaluations)
+        buttons = QHBoxLayout()
+        for button in (self.fit_button, self.refine_button, self.cancel_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.table)
+        layout.addWidget(self.status)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._show_current)
+        self._refresh_layers()
+        for path in list_models("wideangle"):
+            self.model_combo.addItem(path.stem, str(path))
+
+    # -- choices ---------------------------------------------------------------------------------
+    def _refresh_layers(self, event: object = None) -> None:
+        current = self.shots_combo.currentText()
+        self.shots_combo.clear()
+        names = [layer.name for layer in self.viewer.layers if shots_of(layer) is not None]
+        self.shots_combo.addItems(names)
+        if current in names:
+            self.shots_combo.setCurrentText(current)
+
+    def _layer(self, name: str) -> Layer | None:
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+
+    def selected(self) -> tuple[str, ShotSet | DiffractionStack] | None:
+        layer_name = self.shots_combo.currentText()
+        data = shots_of(self._layer(layer_name))
+        if data is None:
+            show_error("Open single-shot images first (drag a file onto napari) and pick them.")
+            return None
+        return layer_name, data
+
+    def current_shot(self) -> int:
+        """The shot the viewer shows (its first axis), 0 for a single image."""
+        layer = self._layer(self.shots_combo.currentText())
+        if layer is None or layer.ndim < 3:
+            return 0
+        return int(np.clip(self.viewer.dims.current_step[0], 0, layer.data.shape[0] - 1))
+
+    # -- work ------------------------------------------------------------------------------------
+    def _start(self, worker, description: str, on_return) -> None:
+        self.worker = worker
+        self.pbar = progress(total=0, desc=description)
+        worker.yielded.connect(lambda step: advance(self.pbar, step))
+        worker.returned.connect(on_return)
+        worker.errored.connect(report_error)
+        worker.finished.connect(self._finished)
+        for button in (self.predict_button, self.fit_button, self.refine_button):
+            button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker.start()
+
+    def _finished(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+        for button in (self.predict_button, self.fit_button, self.refine_button):
+            button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.worker = None
+        self._show_current(create=True)
+
+    def cancel(self) -> None:
+        """Ends the running work at its next step (a batch of shots, one start of a fit)."""
+        if self.worker is not None:
+            self.worker.quit()
+            show_info("Cancelling...")
+
+    def predict(self) -> None:
+        chosen = self.selected()
+        model = self.model_combo.currentData()
+        if chosen is None:
+            return
+        if not model:
+            show_error("No wide-angle model found.")
+            return
+        layer_name, data = chosen
+        worker = create_worker(
+            wideangle.answers_steps, data, Path(model), _settings.device_choice(),
+            _ignore_errors=True,
+        )  # fmt: skip
+        self._start(
+            worker, f"Network on {layer_name}", lambda out: self._show_network(layer_name, *out)
+        )
+
+    def fit(self, method: str) -> None:
+        chosen = self.selected()
+        if chosen is None:
+            return
+        layer_name, data = chosen
+        shot = self.current_shot()
+        start = None
+        if method == "refine":
+            start = self.network.get(layer_name)
+            if start is None:
+                show_error("Predict with the network first: Refine starts from its answer.")
+                return
+        recipe = wideangle.FitRecipe(
+            starts=self.starts.value(), evaluations=self.evaluations.value()
+        )
+        worker = create_worker(
+            wideangle.fit_steps, data, recipe, start, np.array([shot]), _ignore_errors=True
+        )
+
+        def done(result: OrientationResult) -> None:
+            self.fits[(layer_name, shot, method)] = result
+
+        self._start(worker, f"{wideangle.LABELS[method]} of shot {shot}", done)
+
+    # -- display ---------------------------------------------------------------------------------
+    def _show_network(
+        self, layer_name: str, result: OrientationResult, simulated: np.ndarray
+    ) -> None:
+        self.network[layer_name] = result
+        shots = self._layer(layer_name)
+        name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} simulated (NN)"
+        offset = (shots.data.shape[-1] + GAP) * shots.scale[-1]
+        kwargs = {
+            "name": name,
+            "colormap": shots.colormap.name,
+            "translate": (*shots.translate[:-1], shots.translate[-1] + offset),
+            "scale": shots.scale,
+            "metadata": {"cdinn_result": result},
+        }
+        # shots on the log scale share their contrast; intensities shown as log10(1 + I) don't
+        same_scale = isinstance(shots_of(shots), ShotSet)
+        kwargs["contrast_limits"] = shots.contrast_limits if same_scale else (0.0, 1.0)
+        shown = simulated
+        existing = self._layer(name)
+        if existing is not None and existing.data.shape == shown.shape:
+            existing.data = shown
+            existing.metadata = kwargs["metadata"]
+        else:
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            self.viewer.add_image(shown, **kwargs)
+        wall = result.provenance.wall_time_s or 0.0
+        self.status.setText(
+            f"NN: {len(result.radii_nm)} shot(s) in {wall:.2f} s "
+            f"({1e3 * wall / len(result.radii_nm):.1f} ms per shot)"
+        )
+
+    def _answers(self, layer_name: str, shot: int) -> list[tuple[str, np.ndarray, float, float]]:
+        """(method, quaternion, radius, similarity or nan) for the shot, network first."""
+        rows = []
+        network = self.network.get(layer_name)
+        if network is not None and shot < len(network.radii_nm):
+            rows.append(("NN", network.quaternions[shot], network.radii_nm[shot], np.nan))
+        for method in ("fit", "refine"):
+            fitted = self.fits.get((layer_name, shot, method))
+            if fitted is not None:
+                similarity = fitted.provenance.parameters["similarity"][0]
+                rows.append((wideangle.LABELS[method], fitted.quaternions[0],
+                             fitted.radii_nm[0], similarity))  # fmt: skip
+        return rows
+
+    def _show_current(self, event: object = None, create: bool = False) -> None:
+        """Table and cluster for the shot on view.  Only after work ends (``create``) may the
+        cluster layer be added; on a change of shot it is only updated, so that the dock never
+        adds layers while napari removes them (e.g. when closing)."""
+        layer_name = self.shots_combo.currentText()
+        shot = self.current_shot()
+        rows = self._answers(layer_name, shot)
+        fitted = self.fits.get((layer_name, shot, "fit"))
+        self.table.setRowCount(len(rows))
+        for row, (method, quaternion, radius, similarity) in enumerate(rows):
+            to_fit = ""
+            if fitted is not None:
+                to_fit = (
+                    f"{float(icosahedral.misorientation(quaternion, fitted.quaternions[0])):.2f}"
+                )
+            cells = (
+                method, f"{radius:.1f}", ", ".join(f"{v:+.4f}" for v in quaternion), to_fit,
+                "" if np.isnan(similarity) else f"{similarity:.3f}",
+            )  # fmt: skip
+            for column, text in enumerate(cells):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        if rows and self._layer(layer_name) is not None:
+            self._show_cluster(layer_name, shot, rows[0][1], rows[0][2], create)
+
+    def _show_cluster(
+        self, layer_name: str, shot: int, quaternion: np.ndarray, radius: float, create: bool
+    ) -> None:
+        """The icosahedron at the answer's orientation and size as a Surface layer beside the
+        patterns: seen along the beam (the view from the detector), its facets coloured by
+        depth, in nm (the layer's scale maps nm to the shots' pixels).  A 3D surface would
+        share the shot stack's axes, so the cluster is drawn as its projection."""
+        shots = self._layer(layer_name)
+        vertices, faces = wideangle.cluster_mesh(quaternion, radius)  # (z, y, x) in nm
+        front = wideangle.facing_the_detector(vertices, faces)
+        side = shots.data.shape[-1]
+        nm = (side / 2 - GAP) / RADII[1]  # the largest cluster fills its panel
+        centre = (side - 1) / 2
+        placed = {
+            "scale": (nm * shots.scale[-2], nm * shots.scale[-1]),
+            "translate": (
+                shots.translate[-2] + centre * shots.scale[-2],
+                shots.translate[-1] + (2 * (side + GAP) + centre) * shots.scale[-1],
+            ),
+        }
+        data = (vertices[:, 1:], faces[front], vertices[:, 0])  # depth as the vertex value
+        name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} cluster"
+        metadata = {"shot": shot, "radius_nm": radius, "quaternion": quaternion}
+        existing = self._layer(name)
+        if existing is not None:
+            existing.data = data
+            existing.metadata = metadata
+        elif create:
+            self.viewer.add_surface(
+                data, name=name, colormap="bop orange", contrast_limits=(-RADII[1], RADII[1]),
+                metadata=metadata, **placed,
+            )  # fmt: skip

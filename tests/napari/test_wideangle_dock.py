@@ -1,0 +1,97 @@
+"""The "Wide-angle" dock on the sample shots and on the real FLASH shots: the network's answers
+with the re-simulated patterns beside the shots, the cluster in a 3D viewer, the table, and
+Fit / Refine of the current shot with Cancel."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_cdinn.core import icosahedral, wideangle
+
+pytestmark = pytest.mark.napari
+NAME = "wideangle_shots"
+
+
+@pytest.fixture
+def wdock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cdinn", "Wide-angle")
+    viewer.open_sample("napari-cdinn", "wideangle")
+    return widget
+
+
+def wait(dock, qtbot, timeout=180_000):
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=timeout)
+
+
+def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
+    viewer, wdock, qtbot, error_messages
+):
+    assert wdock.shots_combo.currentText() == f"{NAME} diffraction"
+    assert wdock.model_combo.count() >= 1
+    wdock.predict()
+    wait(wdock, qtbot)
+    assert not error_messages()
+    shots = viewer.layers[f"{NAME} diffraction"]
+    simulated = viewer.layers[f"{NAME} simulated (NN)"]
+    assert simulated.data.shape == shots.data.shape
+    assert simulated.translate[-1] > shots.data.shape[-1]  # beside the shots
+    result = wdock.network[f"{NAME} diffraction"]
+    assert result.quaternions.shape == (8, 4) and (result.radii_nm > 0).all()
+    assert wdock.table.rowCount() == 1 and wdock.table.item(0, 0).text() == "NN"
+    surface = viewer.layers[f"{NAME} cluster"]
+    shown = wdock.current_shot()  # the shot the viewer shows
+    assert surface.metadata["shot"] == shown
+    expected, _ = wideangle.cluster_mesh(result.quaternions[shown], result.radii_nm[shown])
+    assert np.allclose(surface.data[0], expected[:, 1:])  # seen along the beam, in nm
+    assert np.allclose(surface.data[2], expected[:, 0])  # coloured by depth
+    assert 6 <= len(surface.data[1]) <= 14  # the facets facing the detector
+    assert surface.translate[-1] > simulated.translate[-1]  # beside the simulated patterns
+
+    viewer.dims.set_current_step(0, 3)  # another shot: the cluster and table follow
+    assert surface.metadata["shot"] == 3
+    assert surface.metadata["radius_nm"] == pytest.approx(result.radii_nm[3])
+
+    wdock.evaluations.setValue(40)
+    wdock.fit("refine")
+    wait(wdock, qtbot)
+    assert wdock.table.rowCount() == 2
+    assert wdock.table.item(1, 0).text() == "NN + simplex"
+    assert float(wdock.table.item(1, 4).text()) > 0.5  # similarity of the refined answer
+
+    wdock.starts.setValue(2)
+    wdock.fit("fit")
+    wait(wdock, qtbot)
+    assert wdock.table.rowCount() == 3
+    assert wdock.table.item(0, 3).text() != ""  # misorientation of NN to the fit
+    fitted = wdock.fits[(f"{NAME} diffraction", 3, "fit")]
+    assert icosahedral.misorientation(fitted.quaternions, result.quaternions[3:4]).shape == (1,)
+
+
+def test_cancel_ends_a_fit(viewer, wdock, qtbot):
+    wdock.starts.setValue(64)
+    wdock.evaluations.setValue(60)
+    wdock.fit("fit")
+    qtbot.waitUntil(lambda: wdock.pbar is not None and wdock.pbar.n >= 1, timeout=60_000)
+    cancelled_at = time.perf_counter()
+    wdock.cancel()
+    wait(wdock, qtbot, timeout=20_000)
+    assert time.perf_counter() - cancelled_at < 10
+    assert not wdock.fits  # cancelled: no answer kept
+
+
+def test_dock_on_the_real_flash_shots(viewer, qtbot, real_data, error_messages):
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Wide-angle")
+    viewer.open(str(real_data("wideangle/barke5.png")), plugin="napari-cdinn")
+    assert dock.shots_combo.currentText() == "barke5 shots"
+    dock.predict()
+    wait(dock, qtbot)
+    assert not error_messages()
+    result = dock.network["barke5 shots"]
+    assert 30 <= result.radii_nm[0] <= 160
+    simulated = viewer.layers["barke5 simulated (NN)"]
+    measured = viewer.layers["barke5 shots"]
+    assert simulated.contrast_limits == measured.contrast_limits  # same contrast
+    assert ((simulated.data > 0) <= (measured.data > 0)).all()  # no-signal pixels left out
