@@ -154,13 +154,13 @@ def predict(
     averaged over the eight flips/transposes (``tta``) with their quaternion maps undone."""
     x = torch.as_tensor(np.asarray(images, np.float32))[:, None].to(device)
     transforms = image_transforms() if tta else image_transforms()[:1]
-    quaternions, radii = [], []
-    for apply, turn in transforms:
-        q, r = model(apply(x).contiguous())
-        back = icosahedral.multiply(icosahedral.conjugate(turn), q.cpu().numpy().astype(float))
-        quaternions.append(back)
-        radii.append(r.cpu().numpy())
-    return average_orientations(np.stack(quaternions, 1)), np.mean(radii, axis=0)
+    batch = torch.cat([apply(x) for apply, _ in transforms])  # one pass for all the flips
+    q, r = model(batch.contiguous(memory_format=torch.channels_last))
+    q = q.cpu().numpy().astype(float).reshape(len(transforms), len(x), 4)
+    radii = r.cpu().numpy().reshape(len(transforms), len(x))
+    back = [icosahedral.multiply(icosahedral.conjugate(turn), q[k]) for k, (_, turn) in
+            enumerate(transforms)]  # fmt: skip
+    return average_orientations(np.stack(back, 1)), radii.mean(axis=0)
 
 
 def average_orientations(quaternions: np.ndarray) -> np.ndarray:
