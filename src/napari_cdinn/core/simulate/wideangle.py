@@ -53,6 +53,7 @@ class Detector:
     pixels: int = 128
     max_angle: float = 30.0  # degrees, scattering angle at the edge midpoints
     wavelength: float = WAVELENGTH
+    axis: tuple[float, ...] | None = None  # explicit k_perp samples instead (e.g. a peer's grid)
 
     @property
     def k0(self) -> float:
@@ -61,6 +62,8 @@ class Detector:
     @cached_property
     def k_axis(self) -> np.ndarray:
         """k_perp of each row (y) and column (x), nm^-1."""
+        if self.axis is not None:
+            return np.asarray(self.axis, float)
         edge = self.k0 * np.sin(np.radians(self.max_angle))
         return (np.arange(self.pixels) - (self.pixels - 1) / 2) * (2 * edge / self.pixels)
 
