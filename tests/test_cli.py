@@ -154,3 +154,34 @@ def test_console_script_help_for_each_command():
         )
         assert done.returncode == 0, done.stderr
         assert "usage: napari-cdinn" in done.stdout
+
+
+def test_simulate_and_invert_wideangle_shots(tmp_path, capsys):
+    from napari_cdinn.core import icosahedral
+
+    shots = tmp_path / "shots.cxi"
+    assert main(["simulate", "wideangle", "-n", "3", "--seed", "5", "-o", str(shots)]) == 0
+    with h5py.File(shots) as h5:
+        assert h5["entry_1/data_1/data"].shape == (3, 128, 128)
+        truth = h5["entry_1/sample_1/orientation"][()]
+        radii = h5["entry_1/sample_1/radius_nm"][()]
+    out = tmp_path / "answers.h5"
+    argv = ["invert", str(shots), "--mode", "wideangle", "--method", "refine", "-o", str(out)]
+    assert main([*argv, "--frames", "0:2", "--iterations", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "NN: 2 shot(s)" in printed and "NN + simplex: 2 shot(s)" in printed
+    network, refined = io.read_results(out)
+    assert network.quaternions.shape == (2, 4) and refined.radii_nm.shape == (2,)
+    assert network.provenance.model_name == "wideangle_nn"
+    assert np.median(icosahedral.misorientation(refined.quaternions, truth[:2])) < 20
+    assert np.all(np.abs(refined.radii_nm - radii[:2]) < 20)
+
+
+def test_invert_wideangle_refuses_an_all_zero_shot(tmp_path, capsys):
+    path = tmp_path / "zeros.npy"
+    np.save(path, np.zeros((2, 128, 128), np.float32))
+    out = tmp_path / "out.h5"
+    assert main(["invert", str(path), "--mode", "wideangle", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "zeros.npy" in err and "hold no signal" in err
+    assert not out.exists()

@@ -100,27 +100,10 @@ def _simulate_wideangle(args: argparse.Namespace) -> int:
     """Shots of random icosahedra (intensities, Poisson noise when --photons is given) with
     their true orientations and radii."""
     from .core.io.cxi_writer import write_shots
-    from .core.simulate.wideangle import (
-        ABSORPTION_LENGTH,
-        REFRACTIVE_DECREMENT,
-        Simulator,
-        random_clusters,
-    )  # fmt: skip
+    from .core.simulate.wideangle import WAVELENGTH, simulate_intensities
 
-    simulator = Simulator()
-    rng = np.random.default_rng(args.seed)
-    orientations, radii = random_clusters(args.n, rng)
-    shots = np.stack([simulator.intensity(r, q) for q, r in zip(orientations, radii, strict=True)])
-    if args.photons:
-        shots = rng.poisson(shots * (args.photons / shots.sum(axis=(1, 2), keepdims=True)))
-    detector = simulator.detector
-    settings = {
-        "mode": "wideangle", "seed": args.seed, "photons": args.photons or 0,
-        "pixels": detector.pixels, "max_angle_deg": detector.max_angle,
-        "wavelength_nm": detector.wavelength, "absorption_length_nm": ABSORPTION_LENGTH,
-        "refractive_decrement": REFRACTIVE_DECREMENT,
-    }  # fmt: skip
-    write_shots(args.output, shots, orientations, radii, detector.wavelength, settings)
+    shots, orientations, radii, settings = simulate_intensities(args.n, args.seed, args.photons)
+    write_shots(args.output, shots, orientations, radii, WAVELENGTH, settings)
     print(f"wrote {args.output}")
     return 0
 
@@ -234,10 +217,10 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     results = []
     if method in ("nn", "refine"):
         results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
+    recipe = wideangle.FitRecipe(evaluations=args.iterations or wideangle.FitRecipe.evaluations)
     if method == "refine":
-        results.append(run_to_end(wideangle.fit_steps(data, start=results[0])))
+        results.append(run_to_end(wideangle.fit_steps(data, recipe, start=results[0])))
     elif method == "fit":
-        recipe = wideangle.FitRecipe(evaluations=args.iterations or wideangle.FitRecipe.evaluations)
         results.append(run_to_end(wideangle.fit_steps(data, recipe)))
     for result in results:
         p = result.provenance
@@ -357,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help=f"simulate data with known truth (modes: {', '.join(SIMULATE_MODES)})"
     )
     simulate.add_argument("mode", choices=MODES)
-    simulate.add_argument("-n", type=int, default=64, help="patterns (cdi) or at most positions")
+    simulate.add_argument(
+        "-n", type=int, default=64, help="patterns (cdi, wideangle) or at most positions (ptycho)"
+    )
     simulate.add_argument("-o", "--output", type=Path, required=True)
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--size", type=int, default=64, help="pattern / frame size in pixels")

@@ -279,3 +279,24 @@ def simulate_shots(
         else np.zeros((0, simulator.detector.pixels, simulator.detector.pixels), np.float32)
     )
     return images, orientations, radii
+
+
+def simulate_intensities(
+    n: int, seed: int = 0, photons: float | None = None, simulator: Simulator | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``n`` shots of random clusters as intensities (Poisson noise at ``photons`` per shot
+    when given), their orientations and radii, and the settings to record with them."""
+    simulator = simulator or Simulator()
+    rng = np.random.default_rng(seed)
+    orientations, radii = random_clusters(n, rng)
+    shots = np.stack([simulator.intensity(r, q) for q, r in zip(orientations, radii, strict=True)])
+    if photons:
+        shots = rng.poisson(shots * (photons / shots.sum(axis=(1, 2), keepdims=True)))
+    detector, material = simulator.detector, simulator.material
+    settings = {
+        "mode": "wideangle", "seed": seed, "photons": photons or 0, "pixels": detector.pixels,
+        "max_angle_deg": detector.max_angle, "wavelength_nm": detector.wavelength,
+        "absorption_length_nm": material.absorption_length,
+        "refractive_decrement": material.refractive_decrement,
+    }  # fmt: skip
+    return shots.astype(np.float32), orientations, radii, settings
