@@ -25,6 +25,7 @@ import torch
 
 from napari_cdinn.core import icosahedral, io, wideangle
 from napari_cdinn.core.data import Metadata, OrientationResult, Provenance, ShotSet
+from napari_cdinn.core.nn.cdi import inference_model
 from napari_cdinn.core.nn.registry import load_model
 from napari_cdinn.core.nn.train_wideangle import augmented_set
 from napari_cdinn.core.nn.wideangle import parameter_errors, predict
@@ -223,7 +224,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model_path = args.model or wideangle.default_model()
     model, card = load_model(model_path)
-    model.eval()
+    model = inference_model(model)  # batch norm fused into the convolutions, as network_steps
     print(f"torch {torch.__version__}, 2 threads, model {model_path.name} "
           f"({card.get('version')})")  # fmt: skip
     if not args.skip_simulator:

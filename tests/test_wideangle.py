@@ -210,3 +210,19 @@ def test_cluster_mesh_is_the_turned_icosahedron():
     reference, _ = ico.icosahedron(100.0)
     expected = reference @ ico.rotation_matrix(q).T
     assert np.allclose(vertices, expected[:, ::-1], atol=1e-3)
+
+
+def test_bundled_model_orients_fresh_shots():
+    """The issue's check: 64 fresh noiseless shots (8-bit, as the training's), never seen in
+    training (seed), median misorientation < 3 degrees; radii within a few nm."""
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.nn.registry import load_model
+    from napari_cdinn.core.nn.wideangle import predict
+
+    model, card = load_model(wideangle.default_model())
+    assert card["mode"] == "wideangle" and card["architecture"] == "WideAngleNet"
+    images, orientations, radii = wa.simulate_shots(64, seed=424_242)
+    q, r = predict(model.eval(), np.round(images * 255) / 255)
+    assert np.median(ico.misorientation(q, orientations)) < 3.0
+    assert np.median(np.abs(r - radii)) < 1.5
+    assert np.allclose(np.linalg.norm(q, axis=1), 1) and (q[:, 0] >= 0).all()

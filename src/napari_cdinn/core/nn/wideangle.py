@@ -148,19 +148,27 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, images: np.ndarray, device: torch.device | str = "cpu", tta: bool = True
+    model: torch.nn.Module,
+    images: np.ndarray,
+    device: torch.device | str = "cpu",
+    tta: bool = True,
+    batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Orientations (N, 4, fundamental domain) and radii (N,) for (N, H, W) log images, each
-    averaged over the eight flips/transposes (``tta``) with their quaternion maps undone."""
-    x = torch.as_tensor(np.asarray(images, np.float32))[:, None].to(device)
+    averaged over the eight flips/transposes (``tta``) with their quaternion maps undone; the
+    flips of ``batch_size`` images go through the network together."""
     transforms = image_transforms() if tta else image_transforms()[:1]
-    batch = torch.cat([apply(x) for apply, _ in transforms])  # one pass for all the flips
-    q, r = model(batch.contiguous(memory_format=torch.channels_last))
-    q = q.cpu().numpy().astype(float).reshape(len(transforms), len(x), 4)
-    radii = r.cpu().numpy().reshape(len(transforms), len(x))
-    back = [icosahedral.multiply(icosahedral.conjugate(turn), q[k]) for k, (_, turn) in
-            enumerate(transforms)]  # fmt: skip
-    return average_orientations(np.stack(back, 1)), radii.mean(axis=0)
+    quaternions, radii = [], []
+    for lo in range(0, len(images), batch_size):
+        x = torch.as_tensor(np.asarray(images[lo : lo + batch_size], np.float32))[:, None]
+        batch = torch.cat([apply(x.to(device)) for apply, _ in transforms])
+        q, r = model(batch.contiguous(memory_format=torch.channels_last))
+        q = q.cpu().numpy().astype(float).reshape(len(transforms), len(x), 4)
+        back = [icosahedral.multiply(icosahedral.conjugate(turn), q[k]) for k, (_, turn) in
+                enumerate(transforms)]  # fmt: skip
+        quaternions.append(average_orientations(np.stack(back, 1)))
+        radii.append(r.cpu().numpy().reshape(len(transforms), len(x)).mean(axis=0))
+    return np.concatenate(quaternions), np.concatenate(radii)
 
 
 def average_orientations(quaternions: np.ndarray) -> np.ndarray:

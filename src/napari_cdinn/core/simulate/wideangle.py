@@ -42,6 +42,7 @@ ABSORPTION_LENGTH = 12.5  # nm, silver at 13.5 nm (intensity 1/e length)
 REFRACTIVE_DECREMENT = 0.1  # delta of silver near 92 eV, order of the tabulated value
 RADII = (30.0, 160.0)  # nm, circumradius range of the training clusters
 _BLAS = ThreadpoolController()  # the DFTs run on one BLAS thread (see Simulator.amplitude)
+EDGE_ON = 0.08  # |n_z| of a facet below which the chord map is sampled twice as finely
 DYNAMIC_RANGE = 5.0  # decades of intensity kept in log images (a pnCCD's range, roughly)
 
 
@@ -97,7 +98,8 @@ class Simulator:
     """MSFT patterns of icosahedra on one detector; reuses its DFT matrices between calls.
 
     ``sampling``: real-space grid step (nm) of the column maps (at most 1/64 of the cluster's
-    diameter); the default samples the
+    diameter, and half the default when a facet lies within 4.6 degrees of the beam, whose
+    silhouette edge is then almost a step); the default samples the
     detector's largest k_perp sixteen times over (the chord map's kinks at the projected edges,
     steep where a facet lies almost along the beam, alias little at that rate; see
     ``benchmarks/bench_wideangle.py`` for the agreement with the slice reference)."""
@@ -114,11 +116,13 @@ class Simulator:
     def amplitude(self, radius: float, orientation: np.ndarray) -> np.ndarray:
         """Complex far-field amplitude (pixels, pixels) of an icosahedron of circumradius
         ``radius`` (nm) in ``orientation`` (unit quaternion)."""
+        normals, offsets = turned_planes(radius, orientation)
         step = min(self.step, 2 * radius / 64)  # at least 64 columns across
+        if np.abs(normals[:, 2]).min() < EDGE_ON:  # a facet along the beam: a near-step edge
+            step /= 2
         n = int(np.ceil(2 * radius / step)) + 2
         axis = (np.arange(n) - (n - 1) / 2) * step
         nodes, weights = self._interpolation(_node_count(self.detector, radius))
-        normals, offsets = turned_planes(radius, orientation)
         integrals = np.empty((len(nodes), n, n), np.complex64)
         _chord_integrals(normals, offsets, axis, nodes, self.material.attenuation, integrals)
         dft = np.exp(-1j * self.detector.k_axis[:, None] * axis[None, :]).astype(np.complex64)
