@@ -41,7 +41,6 @@ WAVELENGTH = 13.5  # nm, FLASH in Barke et al. 2015
 ABSORPTION_LENGTH = 12.5  # nm, silver at 13.5 nm (intensity 1/e length)
 REFRACTIVE_DECREMENT = 0.1  # delta of silver near 92 eV, order of the tabulated value
 RADII = (30.0, 160.0)  # nm, circumradius range of the training clusters
-_BLAS = ThreadpoolController()  # the DFTs run on one BLAS thread (see Simulator.amplitude)
 EDGE_ON = 0.08  # |n_z| of a facet below which the chord map is sampled twice as finely
 DYNAMIC_RANGE = 5.0  # decades of intensity kept in log images (a pnCCD's range, roughly)
 
@@ -126,7 +125,7 @@ class Simulator:
         integrals = np.empty((len(nodes), n, n), np.complex64)
         _chord_integrals(normals, offsets, axis, nodes, self.material.attenuation, integrals)
         dft = np.exp(-1j * self.detector.k_axis[:, None] * axis[None, :]).astype(np.complex64)
-        with _BLAS.limit(limits=1, user_api="blas"):  # small products: threads only contend
+        with _blas().limit(limits=1, user_api="blas"):  # small products: threads only contend
             spectra = dft @ integrals @ dft.T  # (M, pixels, pixels): rows y, columns x
         return np.einsum("mij,mij->ij", weights, spectra) * step**2
 
@@ -162,6 +161,13 @@ def turned_planes(radius: float, orientation: np.ndarray) -> tuple[np.ndarray, n
     """The icosahedron's 20 face planes n . v <= d, turned by ``orientation``."""
     normals, offsets = _unit_planes()
     return normals @ icosahedral.rotation_matrix(orientation).T, offsets * radius
+
+
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    """The process's thread pools, inspected on first use only: the DFTs run on one BLAS
+    thread (multithreaded OpenBLAS was 20 x slower under contention from other work)."""
+    return ThreadpoolController()
 
 
 @lru_cache(maxsize=1)
