@@ -62,11 +62,11 @@ def test_nan_pixels_warn_on_stderr_and_succeed(tmp_path, capsys):
     assert "warning" in err and "1 NaN/Inf" in err and "nan.npy" in err
 
 
-def test_modes_not_built_yet_say_so_and_write_nothing(tmp_path, capsys):
+def test_data_of_the_wrong_mode_is_refused_and_nothing_written(tmp_path, capsys):
     out = tmp_path / "out.h5"
     sample = str(SAMPLES / "cdi_crystals.cxi")
     assert main(["invert", sample, "--mode", "wideangle", "-o", str(out)]) == 1
-    assert "not available yet" in capsys.readouterr().err
+    assert "64 x 64 pixels" in capsys.readouterr().err
     assert main(["invert", sample, "--mode", "ptycho", "-o", str(out)]) == 1
     assert "no scan positions" in capsys.readouterr().err
     assert not out.exists()
@@ -139,9 +139,10 @@ def test_simulate_ptycho_gives_requested_positions(tmp_path):
         assert h5["entry_1/sample_1/geometry_1/translation"].shape == (40, 3)
 
 
-def test_simulate_unknown_mode_is_refused(tmp_path, capsys):
-    assert main(["simulate", "wideangle", "-o", str(tmp_path / "w.h5")]) == 1
-    assert "not available yet" in capsys.readouterr().err
+def test_simulate_refuses_no_patterns(tmp_path, capsys):
+    assert main(["simulate", "wideangle", "-n", "0", "-o", str(tmp_path / "w.h5")]) == 1
+    assert "at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "w.h5").exists()
 
 
 def test_console_script_help_for_each_command():
