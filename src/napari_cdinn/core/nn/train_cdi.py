@@ -23,7 +23,7 @@ from ..simulate.cdi import simulate_cdi
 from .cdi import inference_model, predict, training_targets, twin_invariant_loss
 from .cdi_net import CDINet, preprocess
 from .registry import save_model, user_dir
-from .training import Log, machine, resume, train_within_budget
+from .training import Log, resume, train_within_budget, training_record
 
 HELD_OUT_SEED = 999_999  # never used for training data
 CHUNK = 5000
@@ -142,15 +142,12 @@ def train(args: argparse.Namespace) -> Path:
             "seed": args.seed,
             "chunk_seeds": f"seed * 1000 + chunk index, chunks of {CHUNK}",
         },
-        "training": {
-            "script": "training/train_cdi.py",
-            "loss": "twin-invariant L1 amplitude + amplitude-weighted (1 - cos) phase",
-            "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
-            "epochs": state["epoch"],
-            "minutes": round(state["elapsed_s"] / 60, 1),
-            "machine": machine(),
-            "history": state["history"],
-        },
+        "training": training_record(
+            "training/train_cdi.py",
+            "twin-invariant L1 amplitude + amplitude-weighted (1 - cos) phase",
+            args,
+            state,
+        ),
         "held_out": held_out,
     }
     weights = save_model(model, args.out / f"{args.name}.safetensors", card)

@@ -26,7 +26,7 @@ from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, probe_weight, sample_patches
 from .ptycho_net import PtychoNet, intensity_scale, preprocess
 from .registry import save_model, user_dir
-from .training import Log, machine, resume, train_within_budget
+from .training import Log, resume, train_within_budget, training_record
 
 HELD_OUT_SEED = 999_999  # the held-out scan; training scans use seed * 100_000 + index
 TRAINING_TEXTURES = tuple(t for t in TEXTURES if t not in HELD_OUT_TEXTURES)
@@ -154,16 +154,13 @@ def train(args: argparse.Namespace) -> Path:
             "validation_scans": args.n_val_scans,
             "seed": args.seed,
         },
-        "training": {
-            "script": "training/train_ptycho.py",
-            "loss": "probe-weighted MAE of amplitude and of the wrapped phase difference after "
+        "training": training_record(
+            "training/train_ptycho.py",
+            "probe-weighted MAE of amplitude and of the wrapped phase difference after "
             "removing each patch's weighted mean phase difference (nn.ptycho.patch_loss)",
-            "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
-            "epochs": state["epoch"],
-            "minutes": round(state["elapsed_s"] / 60, 1),
-            "machine": machine(),
-            "history": state["history"],
-        },
+            args,
+            state,
+        ),
         "held_out": held_out,
     }
     path = save_model(model, args.out / f"{args.name}.safetensors", card)

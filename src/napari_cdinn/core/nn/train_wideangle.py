@@ -30,7 +30,7 @@ from ..simulate.wideangle import (
     simulate_shots,
 )
 from .registry import save_model, user_dir
-from .training import Log, machine, resume, train_within_budget
+from .training import Log, resume, train_within_budget, training_record
 from .wideangle import augment, image_transforms, loss, parameter_errors, predict
 from .wideangle_net import WideAngleNet
 
@@ -163,16 +163,13 @@ def train(args: argparse.Namespace) -> Path:
             "validation_shots": args.n_val,
             "seed": args.seed,
         },
-        "training": {
-            "script": "training/train_wideangle.py",
-            "loss": "sin(misorientation / 2) modulo the 60 rotations + |radius error| / 65 nm "
+        "training": training_record(
+            "training/train_wideangle.py",
+            "sin(misorientation / 2) modulo the 60 rotations + |radius error| / 65 nm "
             "(core.nn.wideangle.loss)",
-            "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
-            "epochs": state["epoch"],
-            "minutes": round(state["elapsed_s"] / 60, 1),
-            "machine": machine(),
-            "history": state["history"],
-        },
+            args,
+            state,
+        ),
         "held_out": held_out,
     }
     path = save_model(model, args.out / f"{args.name}.safetensors", card)

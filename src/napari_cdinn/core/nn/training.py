@@ -35,6 +35,19 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
 
 
+def training_record(script: str, loss: str, args, state: dict) -> dict:
+    """The model card's "training" entry, the same for every pretraining script."""
+    return {
+        "script": script,
+        "loss": loss,
+        "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
+        "epochs": state["epoch"],
+        "minutes": round(state["elapsed_s"] / 60, 1),
+        "machine": machine(),
+        "history": state["history"],
+    }
+
+
 def resume(checkpoint: Path, model, optimizer, log: Log) -> dict:
     """Training state from ``checkpoint`` if it exists (weights only: no code runs)."""
     state = {"epoch": 0, "elapsed_s": 0.0, "history": []}
