@@ -91,11 +91,11 @@ def step_costs(scan: PtychoScan, recipe: EpieRecipe) -> dict[str, float]:
     return {name: seconds / recipe.epochs for name, seconds in spent.items()}
 
 
-def region_holding(scan: PtychoScan, grid: ptycho.ObjectGrid, n: int, size: int) -> np.ndarray:
-    """A rectangle over the left of the scan whose inside holds the whole patches of about ``n``
-    positions (the user's drawn region)."""
-    data = ptycho.network_input(scan, size)
-    right_edges = np.sort(data.corners[:, 1] + size + 1)
+def region_holding(scan: PtychoScan, grid: ptycho.ObjectGrid, n: int, patch: int) -> np.ndarray:
+    """A rectangle over the left of the scan whose inside holds the whole (network) patches of
+    about ``n`` positions (the user's drawn region)."""
+    data = ptycho.network_input(scan, 64, patch)
+    right_edges = np.sort(data.corners[:, 1] + patch + 1)
     x1 = right_edges[min(n, len(right_edges)) - 1]
     rectangle = (grid.origin[0], grid.origin[0] + grid.shape[0], grid.origin[1], x1 + 0.5)
     return ptycho.region_mask(grid, rectangle=rectangle)
@@ -113,10 +113,11 @@ def flat(reference: np.ndarray) -> np.ndarray:
 
 
 def few_shot(
-    scan: PtychoScan, epie: ObjectResult, region: np.ndarray, seconds: float
+    scan: PtychoScan, epie: ObjectResult, region: np.ndarray, seconds: float, base: Path
 ) -> tuple[FineTuning, Path, float]:
-    """Retrain the bundled model on ``region`` of ``epie``; returns run, saved model, wall time."""
-    model, card = load_model(ptycho.default_model())
+    """Retrain the ``base`` model on ``region`` of ``epie``; returns run, saved model, wall
+    time."""
+    model, card = load_model(base)
     run = FineTuning(model)
     _, elapsed = timed(ptycho.retrain_steps(scan, epie, region, run, seconds, device="cpu"))
     path = ptycho.save_fine_tuned(run, REPO / "bench_tmp" / "ptycho_fine_tuned", card, "bench")
@@ -136,10 +137,10 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
     grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
     truth = ptycho.on_grid(scan.truth, grid.origin, grid.shape)
     scanned = ptycho.scanned_region(scan.positions, 64, grid.origin, grid.shape)
-    region = region_holding(scan, grid, 800, 64)
+    region = region_holding(scan, grid, 800, load_model(args.model)[0].patch)
     outside = scanned & ~region
-    pretrained, _ = timed(ptycho.network_steps(scan, device="cpu"))
-    run, model_path, t_train = few_shot(scan, epie, region, args.seconds)
+    pretrained, _ = timed(ptycho.network_steps(scan, args.model, device="cpu"))
+    run, model_path, t_train = few_shot(scan, epie, region, args.seconds, args.model)
     network, t_nn = timed(ptycho.network_steps(scan, model_path, device="cpu"))
     network = ptycho.matched_to(network, epie)
     pretrained = ptycho.matched_to(pretrained, epie)
@@ -192,7 +193,7 @@ def tike(args: argparse.Namespace, figure: Path) -> None:
     grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
     middle = grid.origin[1] + grid.shape[1] / 2
     left = ptycho.region_mask(grid, rectangle=(-1e9, 1e9, -1e9, middle))
-    run, model_path, t_train = few_shot(scan, epie, left, args.seconds)
+    run, model_path, t_train = few_shot(scan, epie, left, args.seconds, args.model)
     network, t_nn = timed(ptycho.network_steps(scan, model_path, device="cpu"))
     network = ptycho.matched_to(network, epie)
     scanned = ptycho.scanned_region(scan.positions, 128, grid.origin, grid.shape)
@@ -233,9 +234,9 @@ def save_figure(epie: ObjectResult, network: ObjectResult, seen, split: float, p
     fig.savefig(path, dpi=110)
 
 
-def speed(scan: PtychoScan, t_epie: float, epochs: int, repeats: int = 3) -> None:
+def speed(scan: PtychoScan, t_epie: float, args: argparse.Namespace, repeats: int = 3) -> None:
     print("\n(4) speed (2 CPU threads)")
-    net, _ = load_model(ptycho.default_model())
+    net, _ = load_model(args.model)
     fast = inference_model(net)
     patterns = ptycho.network_input(scan, net.size).patterns[:256]
     best = float("inf")
@@ -263,8 +264,8 @@ def speed(scan: PtychoScan, t_epie: float, epochs: int, repeats: int = 3) -> Non
     print("  of which the element-wise steps: " + ", ".join(
         f"{name} {seconds * 1e3:.1f} ms" for name, seconds in costs.items()))  # fmt: skip
     n = len(scan.positions)
-    per_epoch = t_epie / epochs
-    _, t_nn = timed(ptycho.network_steps(scan, device="cpu"))
+    per_epoch = t_epie / args.epochs
+    _, t_nn = timed(ptycho.network_steps(scan, args.model, device="cpu"))
     print(
         f"  whole scan ({n} positions): network {t_nn:.2f} s, ePIE {per_epoch:.2f} s per epoch, "
         f"400 epochs (the paper's) {400 * per_epoch:.0f} s: ratio {400 * per_epoch / t_nn:.0f}x"
@@ -278,6 +279,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller scan, fewer epochs")
     parser.add_argument("--epochs", type=int, default=100, help="ePIE epochs")
     parser.add_argument("--seconds", type=float, default=55.0, help="retraining budget")
+    parser.add_argument(
+        "--model", type=Path, default=ptycho.default_model(), help="base model (the bundled)"
+    )
+    parser.add_argument("--only", choices=("simulated", "tike"), help="one section (and speed)")
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "ptycho_tike.png")
     args = parser.parse_args()
     if args.quick:
@@ -285,12 +290,17 @@ def main() -> None:
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
           f"CPU {cpu_model()}")  # fmt: skip
+    if args.only == "tike":
+        tike(args, args.figure)
+        return
     scan, _, t_epie = simulated(args)
+    if args.only == "simulated":
+        return
     if TIKE.exists():
         tike(args, args.figure)
     else:
         print(f"\n(3) skipped: {TIKE} not found")
-    speed(scan, t_epie, args.epochs)
+    speed(scan, t_epie, args)
 
 
 if __name__ == "__main__":

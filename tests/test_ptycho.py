@@ -140,6 +140,24 @@ def test_stitching_the_true_patches_returns_the_true_object(small_scan):
     assert metrics.object_ssim(stitched, truth, seen)[1] > 0.95  # sub-pixel: bilinear, twice
 
 
+def test_a_network_of_central_patches_sees_the_middle_of_each_window(small_scan):
+    """A model predicting 32 x 32 patches: they are the middle of each 64-pixel window, and the
+    true middles stitched at the corners network_input gives return the true object."""
+    model = PtychoNet(size=64, width=8, mixing=4, patch=32)
+    amplitude, phase = model(torch.zeros(2, 1, 64, 64))
+    assert amplitude.shape == phase.shape == (2, 32, 32)
+    whole = PtychoScan(small_scan.stack, np.round(small_scan.positions), small_scan.probe)
+    data = ptycho.network_input(whole, 64, 32)
+    np.testing.assert_allclose(data.corners, whole.positions + 16)
+    assert data.weight.shape == (32, 32) and data.weight.max() == 1
+    patches = sample_patches(small_scan.truth, (0.0, 0.0), data.corners, 32)
+    stitched = stitch(patches, data.corners, data.stitch_weight, data.grid.origin, data.grid.shape)
+    truth = ptycho.on_grid(small_scan.truth, data.grid.origin, data.grid.shape)
+    seen = np.abs(stitched) > 0
+    assert seen.sum() > 0.3 * seen.size
+    np.testing.assert_allclose(stitched[seen], truth[seen], atol=1e-5)
+
+
 def test_stitching_sets_each_patch_constant_phase_from_its_neighbours(small_scan):
     """A diffraction pattern cannot fix its patch's constant phase; the overlaps must."""
     grid, weight, seen, truth = stitching_case(small_scan)

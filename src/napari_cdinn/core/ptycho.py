@@ -87,13 +87,16 @@ class NetworkInput:
     patterns: np.ndarray  # (N, size, size) binned intensities, masked pixels zero
     scale: float  # the scan's mean pixel intensity (core.nn.ptycho_net.intensity_scale)
     corners: np.ndarray  # (N, 2) scan coordinates of each predicted patch's top-left corner
-    weight: np.ndarray  # (size, size) probe-intensity weights for the loss
+    weight: np.ndarray  # (patch, patch) probe-intensity weights for the loss
     stitch_weight: np.ndarray  # the same for stitching, with a lower floor
     grid: ObjectGrid  # the ePIE grid of this scan, which stitched results share
 
 
-def network_input(scan: PtychoScan, size: int, probe: np.ndarray | None = None) -> NetworkInput:
-    """Bin the scan's patterns for a network taking ``size`` x ``size`` patterns."""
+def network_input(
+    scan: PtychoScan, size: int, patch: int | None = None, probe: np.ndarray | None = None
+) -> NetworkInput:
+    """Bin the scan's patterns for a network taking ``size`` x ``size`` patterns and giving
+    ``patch`` x ``patch`` patches (default ``size``)."""
     intensities, positions = checked_scan(scan)
     frame = intensities.shape[-1]
     if intensities.shape[-2] != frame:
@@ -106,12 +109,13 @@ def network_input(scan: PtychoScan, size: int, probe: np.ndarray | None = None) 
         intensities = np.where(scan.stack.mask, intensities, 0)
     patterns = binned(intensities, factor)
     probe = probe if probe is not None else scan.probe
+    patch = patch or size
     return NetworkInput(
         patterns=patterns,
         scale=intensity_scale(patterns),
-        corners=positions + patch_offset(frame, size),
-        weight=probe_weight(probe, frame, size),
-        stitch_weight=probe_weight(probe, frame, size, STITCH_FLOOR),
+        corners=positions + patch_offset(frame, patch),
+        weight=probe_weight(probe, frame, patch),
+        stitch_weight=probe_weight(probe, frame, patch, STITCH_FLOOR),
         grid=ObjectGrid.around(positions, (frame, frame)),
     )
 
@@ -132,9 +136,9 @@ def network_steps(
         net, card = load_model(path, torch_device)
     if card.get("mode") != "ptycho":
         raise InputError(path, f"a {card.get('mode')} model, not a ptychography one")
-    data = network_input(scan, net.size)
+    data = network_input(scan, net.size, net.patch)
     fast = inference_model(net)
-    patches = np.empty((len(data.patterns), net.size, net.size), np.complex64)
+    patches = np.empty((len(data.patterns), net.patch, net.patch), np.complex64)
     for lo, batch in predict_patches(fast, data.patterns, data.scale, torch_device):
         patches[lo : lo + len(batch)] = batch
         yield lo + len(batch), len(data.patterns) + 1
@@ -208,7 +212,7 @@ def retrain_steps(
     """Fine-tune ``run.model`` on the frames whose patches lie inside ``region`` (a mask on the
     reference's grid), with the reference's patches as targets; see ``nn.ptycho.fine_tune``.
     ``run`` is updated as training goes, so a stopped run still holds its best model."""
-    data = network_input(scan, run.model.size, reference.probe)
+    data = network_input(scan, run.model.size, run.model.patch, reference.probe)
     if (
         reference.origin is None
         or reference.objects.shape != data.grid.shape
@@ -218,7 +222,7 @@ def retrain_steps(
             reference.provenance.source,
             "the reference is not a reconstruction of this scan (its grid differs)",
         )
-    chosen = positions_in_region(data, region, run.model.size)
+    chosen = positions_in_region(data, region, run.model.patch)
     if len(chosen) < 10:
         raise InputError(
             scan.meta.source,
@@ -230,7 +234,7 @@ def retrain_steps(
         normalised(reference.objects, region),
         data.grid.origin,
         data.corners[chosen],
-        run.model.size,
+        run.model.patch,
     )
     inputs = preprocess(torch.as_tensor(data.patterns[chosen]), data.scale).to(torch_device)
     run.model.to(torch_device)

@@ -2,10 +2,11 @@
 (amplitude, phase), small enough for >= 1000 patterns/s on two CPU cores.
 
 Geometry (see the README): the network takes ``size`` x ``size`` patterns (64).  A frame of
-``size * b`` pixels is binned b x b first; binning the detector halves the real-space field of
-view, so the predicted ``size`` x ``size`` patch is the object under the central ``size`` x
-``size`` pixels of the frame's window, at the reconstruction's own object-pixel size: patches
-from the network and from ePIE lie on one grid.
+``size * b`` pixels is binned b x b first; binning the detector shrinks the real-space field of
+view b times at the same object-pixel size.  The predicted ``patch`` x ``patch`` patch (64, or
+32: the lit middle) is the object under the central ``patch`` x ``patch`` pixels of the frame's
+window, at the reconstruction's own object-pixel size: patches from the network and from ePIE
+lie on one grid.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from torch import nn
 
 from ..errors import InputError
 from .cdi_net import EncoderDecoders, _block
+from .cdi_net import _decoder as _half_decoder
 
 
-def _decoder(width: int) -> nn.Sequential:
+def _full_decoder(width: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"),  # 16
         _block(4 * width, 2 * width),
@@ -50,20 +52,24 @@ class GlobalMixing(nn.Module):
 
 class PtychoNet(EncoderDecoders):
     """Encoder 64 -> 8 pixels (then, with ``mixing`` > 0, a :class:`GlobalMixing` of that many
-    channels), two decoders 8 -> 64 pixels (the frame's central patch); amplitude unbounded
-    above (softplus)."""
+    channels), two decoders 8 -> ``patch`` pixels (the frame's central patch: 64, the whole
+    window, or 32, its lit middle, where 8 bottleneck cells each hold 4 x 4 patch pixels instead
+    of 8 x 8); amplitude unbounded above (softplus)."""
 
-    make_decoder = staticmethod(_decoder)
     amplitude_activation = staticmethod(nn.functional.softplus)
 
-    def __init__(self, size: int = 64, width: int = 16, mixing: int = 0):
+    def __init__(self, size: int = 64, width: int = 16, mixing: int = 0, patch: int = 64):
+        if patch not in (size, size // 2):
+            raise ValueError(f"patch must be {size} or {size // 2}, not {patch}")
+        self.patch = patch
+        self.make_decoder = _full_decoder if patch == size else _half_decoder
         super().__init__(size, width)
         self.mixing = mixing
         if mixing:
             self.encoder.append(GlobalMixing(4 * width, mixing, size // 8))
 
     def arguments(self) -> dict[str, int]:
-        return {**super().arguments(), "mixing": self.mixing}
+        return {**super().arguments(), "mixing": self.mixing, "patch": self.patch}
 
 
 def binning(frame: int, size: int, source: object = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ... import __version__
 from .. import metrics, ptycho
 from ..progress import run_to_end
 from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
-from .ptycho import normalised, patch_loss, probe_weight, sample_patches
+from .ptycho import normalised, patch_loss, patch_offset, probe_weight, sample_patches
 from .ptycho_net import PtychoNet, intensity_scale, preprocess
 from .registry import save_model, user_dir
 from .training import Log, resume, train_within_budget, training_record
@@ -33,8 +34,9 @@ TRAINING_TEXTURES = tuple(t for t in TEXTURES if t not in HELD_OUT_TEXTURES)
 SIZE = 64
 
 
-def simulate_scan(seed: int) -> dict[str, np.ndarray]:
-    """One training scan as network inputs (float16), complex targets and its probe weight."""
+def simulate_scan(seed: int, patch: int = SIZE) -> dict[str, np.ndarray]:
+    """One training scan as network inputs (float16), complex targets (the central ``patch``
+    pixels of each window) and its probe weight."""
     rng = np.random.default_rng(seed)
     photons = None if rng.random() < 0.2 else float(10 ** rng.uniform(4, 7))
     scan = simulate_ptycho(
@@ -44,25 +46,29 @@ def simulate_scan(seed: int) -> dict[str, np.ndarray]:
     )  # fmt: skip
     intensities = scan.stack.intensities
     inputs = preprocess(torch.as_tensor(intensities), intensity_scale(intensities))[:, 0]
-    targets = sample_patches(normalised(scan.truth), (0.0, 0.0), scan.positions, SIZE)
+    offset = patch_offset(SIZE, patch)
+    targets = sample_patches(normalised(scan.truth), (0.0, 0.0), scan.positions + offset, patch)
     return {
         "inputs": inputs.numpy().astype(np.float16),
         "targets": targets,
-        "weight": probe_weight(scan.probe, SIZE, SIZE)[None],
+        "weight": probe_weight(scan.probe, SIZE, patch)[None],
         "n": np.array([len(targets)]),
     }
 
 
-def training_data(n_scans: int, seed: int, workdir: Path, log: Log) -> dict[str, np.ndarray]:
+def training_data(
+    n_scans: int, seed: int, workdir: Path, log: Log, patch: int = SIZE
+) -> dict[str, np.ndarray]:
     """Simulate (in 2 processes) or load the cached training scans."""
-    cache = workdir / f"scans_n{n_scans}_seed{seed}.npz"
+    cache = workdir / f"scans_n{n_scans}_seed{seed}_patch{patch}.npz"
     if cache.exists():
         log(f"loading cached training data {cache}")
         with np.load(cache) as data:
             return {k: data[k] for k in data.files}
     start = time.time()
     with Pool(2) as pool:
-        parts = pool.map(simulate_scan, [seed * 100_000 + i for i in range(n_scans)], chunksize=8)
+        seeds = [seed * 100_000 + i for i in range(n_scans)]
+        parts = pool.map(partial(simulate_scan, patch=patch), seeds, chunksize=8)
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     data["scan_of"] = np.repeat(np.arange(n_scans), data.pop("n"))
     log(
@@ -96,7 +102,7 @@ def train(args: argparse.Namespace) -> Path:
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = Log(args.log or args.workdir / "train_ptycho.log")
     log(f"start: {vars(args)}")
-    data = training_data(args.n_scans, args.seed, args.workdir, log)
+    data = training_data(args.n_scans, args.seed, args.workdir, log, args.patch)
     inputs = torch.as_tensor(data["inputs"])
     targets = torch.as_tensor(data["targets"])
     weights = torch.as_tensor(data["weight"])
@@ -105,7 +111,7 @@ def train(args: argparse.Namespace) -> Path:
     train_index = torch.nonzero(~is_validation)[:, 0]
     val_index = torch.nonzero(is_validation)[:, 0]
     torch.manual_seed(args.seed)
-    model = PtychoNet(size=SIZE, width=args.width, mixing=args.mixing).to(
+    model = PtychoNet(size=SIZE, width=args.width, mixing=args.mixing, patch=args.patch).to(
         memory_format=torch.channels_last
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -140,8 +146,9 @@ def train(args: argparse.Namespace) -> Path:
             "size": [SIZE, SIZE],
             "preprocessing": "frames of 64k pixels binned k x k; log(1 + I / s) / 5 with s the "
             "scan's mean pixel intensity (core.nn.ptycho_net.preprocess)",
-            "geometry": "the output patch is the object under the central 64 x 64 pixels of the "
-            "frame's window, at the reconstruction's object-pixel size",
+            "geometry": f"the output patch is the object under the central {args.patch} x "
+            f"{args.patch} pixels of the 64 x 64 window a binned frame sees, at the "
+            "reconstruction's object-pixel size",
         },
         "output": "amplitude (normalised, ~1) and phase (-pi, pi) of that patch",
         "training_data": {
@@ -175,9 +182,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
     )
+    parser.add_argument(
+        "--patch", type=int, default=32, choices=(32, 64), help="predicted patch (middle)"
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--minutes", type=float, default=45.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=75.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("ptycho_training"))
     parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
