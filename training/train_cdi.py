@@ -6,23 +6,9 @@
 Interrupted runs resume from training/runs/cdi/checkpoint.pt; the log is training/logs/train_cdi.log.
 """
 
-import argparse
 from pathlib import Path
 
-from napari_cdinn.core.nn.train_cdi import train
-from napari_cdinn.core.nn.train_options import add_arguments
-
-HERE = Path(__file__).resolve().parent
+from napari_cdinn.core.nn.train_options import run_bundled_recipe
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_arguments(parser)
-    parser.set_defaults(
-        minutes=75.0,
-        workdir=HERE / "runs" / "cdi",
-        out=HERE.parent / "src" / "napari_cdinn" / "weights",
-        log=HERE / "logs" / "train_cdi.log",
-    )
-    train(parser.parse_args())
+    run_bundled_recipe("cdi", __doc__, Path(__file__).resolve().parent)

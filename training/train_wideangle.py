@@ -7,21 +7,9 @@ Interrupted runs resume from training/runs/wideangle/checkpoint.pt (the simulate
 cached there too); the log is training/logs/train_wideangle.log.
 """
 
-import argparse
 from pathlib import Path
 
-from napari_cdinn.core.nn.train_wideangle import add_arguments, train
-
-HERE = Path(__file__).resolve().parent
+from napari_cdinn.core.nn.train_options import run_bundled_recipe
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_arguments(parser)
-    parser.set_defaults(
-        workdir=HERE / "runs" / "wideangle",
-        out=HERE.parent / "src" / "napari_cdinn" / "weights",
-        log=HERE / "logs" / "train_wideangle.log",
-    )
-    train(parser.parse_args())
+    run_bundled_recipe("wideangle", __doc__, Path(__file__).resolve().parent)

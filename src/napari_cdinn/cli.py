@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--every", type=int, default=1, help="ptycho: keep every k-th position")
     simulate.set_defaults(func=cmd_simulate)
 
-    from .core.nn.train_options import add_arguments
+    from .core.nn.train_options import add_cdi_arguments
 
     train = sub.add_parser(
         "train",
@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("mode", choices=MODES)
     train.add_argument("scan", type=Path, nargs="?", help="ptycho: the scan to learn from")
-    add_arguments(train)
+    add_cdi_arguments(train)
     few_shot = train.add_argument_group("ptycho fine-tuning")
     few_shot.add_argument("--reference", type=Path, help="results file with the reconstruction")
     few_shot.add_argument(

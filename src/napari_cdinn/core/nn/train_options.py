@@ -1,25 +1,71 @@
-"""Command-line options of CDI training, kept free of torch so ``napari-cdinn --help`` is quick."""
+"""Command-line options of the pretraining recipes, kept free of torch so ``napari-cdinn
+--help`` is quick, and the one entry the scripts in ``training/`` share."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options, shared by ``napari-cdinn train cdi`` and training/train_cdi.py."""
+def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, minutes: float):
+    """The options every recipe has: network width, optimiser, time budget, seeds, folders."""
+    parser.add_argument("--width", type=int, default=width)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--minutes", type=float, default=minutes, help="training time budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(f"{mode}_training"), help="cache + checkpoint"
+    )
+    parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
+    parser.add_argument("--name", default=f"{mode}_nn")
+    parser.add_argument("--log", type=Path, help=f"log file (default: WORKDIR/train_{mode}.log)")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def add_cdi_arguments(parser: argparse.ArgumentParser) -> None:
+    """CDI pretraining, shared by ``napari-cdinn train cdi`` and training/train_cdi.py."""
     parser.add_argument("--n-train", type=int, default=100_000)
     parser.add_argument("--n-val", type=int, default=2_000)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--minutes", type=float, default=80.0, help="training time budget")
-    parser.add_argument("--seed", type=int, default=0)
+    _common(parser, "cdi", width=16, batch=128, minutes=75.0)
+
+
+def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-scans", type=int, default=600)
+    parser.add_argument("--n-val-scans", type=int, default=10)
     parser.add_argument(
-        "--workdir", type=Path, default=Path("cdi_training"), help="cache + checkpoint"
+        "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
     )
-    parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
-    parser.add_argument("--name", default="cdi_nn")
-    parser.add_argument("--log", type=Path, help="log file (default: WORKDIR/train_cdi.log)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--patch", type=int, default=32, choices=(32, 64), help="predicted patch (middle)"
+    )
+    _common(parser, "ptycho", width=12, batch=64, minutes=75.0)
+
+
+def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-shots", type=int, default=75_000)
+    parser.add_argument("--n-val", type=int, default=2000)
+    _common(parser, "wideangle", width=16, batch=64, minutes=70.0)
+
+
+RECIPES = {
+    "cdi": add_cdi_arguments,
+    "ptycho": add_ptycho_arguments,
+    "wideangle": add_wideangle_arguments,
+}
+
+
+def run_bundled_recipe(mode: str, doc: str, training_folder: Path) -> Path:
+    """training/train_<mode>.py: the bundled model's recipe, its cache and checkpoint in
+    training/runs/<mode>, its log in training/logs, its weights into the package."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    RECIPES[mode](parser)
+    parser.set_defaults(
+        workdir=training_folder / "runs" / mode,
+        out=training_folder.parent / "src" / "napari_cdinn" / "weights",
+        log=training_folder / "logs" / f"train_{mode}.log",
+    )
+    module = importlib.import_module(f"{__package__}.train_{mode}")
+    return module.train(parser.parse_args())

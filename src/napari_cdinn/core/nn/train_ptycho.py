@@ -173,24 +173,3 @@ def train(args: argparse.Namespace) -> Path:
     path = save_model(model, args.out / f"{args.name}.safetensors", card)
     log(f"wrote {path} and its card: {json.dumps(held_out)}")
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-scans", type=int, default=600)
-    parser.add_argument("--n-val-scans", type=int, default=10)
-    parser.add_argument("--width", type=int, default=12)
-    parser.add_argument(
-        "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
-    )
-    parser.add_argument(
-        "--patch", type=int, default=32, choices=(32, 64), help="predicted patch (middle)"
-    )
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--minutes", type=float, default=75.0, help="training time budget")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=Path("ptycho_training"))
-    parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
-    parser.add_argument("--name", default="ptycho_nn")
-    parser.add_argument("--log", type=Path)
-    parser.add_argument("--threads", type=int, default=2)

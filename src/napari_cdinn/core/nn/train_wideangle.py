@@ -175,18 +175,3 @@ def train(args: argparse.Namespace) -> Path:
     path = save_model(model, args.out / f"{args.name}.safetensors", card)
     log(f"wrote {path} and its card: {json.dumps(held_out)}")
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-shots", type=int, default=75_000)
-    parser.add_argument("--n-val", type=int, default=2000)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--minutes", type=float, default=70.0, help="training time budget")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=Path("wideangle_training"))
-    parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
-    parser.add_argument("--name", default="wideangle_nn")
-    parser.add_argument("--log", type=Path)
-    parser.add_argument("--threads", type=int, default=2)
