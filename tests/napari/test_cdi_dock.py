@@ -54,7 +54,7 @@ def test_cancel_stops_a_long_iterative_run(viewer, cdi_dock, qtbot):
     cdi_dock.worker.yielded.connect(progressed.append)
     qtbot.waitUntil(lambda: len(progressed) > 0, timeout=30_000)
     cancelled_at = time.perf_counter()
-    cdi_dock.cancel()
+    cdi_dock.stop_work()
     qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=10_000)
     assert time.perf_counter() - cancelled_at < 10
     assert progressed[-1][0] < progressed[-1][1]  # stopped before the end

@@ -108,7 +108,7 @@ def test_stop_ends_retraining_within_a_second_and_keeps_the_best_model(
     run = pdock.run
     qtbot.waitUntil(lambda: len(run.history) >= 1, timeout=120_000)
     stopped_at = time.perf_counter()
-    pdock.stop()
+    pdock.stop_work()
     qtbot.waitUntil(lambda: "Retrained" in pdock.training_status.text(), timeout=10_000)
     assert time.perf_counter() - stopped_at < 2.0
     assert len(run.history) < 50 and run.best_state is not None

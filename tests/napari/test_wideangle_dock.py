@@ -76,7 +76,7 @@ def test_cancel_ends_a_fit(viewer, wdock, qtbot):
     wdock.fit("fit")
     qtbot.waitUntil(lambda: wdock.pbar is not None and wdock.pbar.n >= 1, timeout=60_000)
     cancelled_at = time.perf_counter()
-    wdock.cancel()
+    wdock.stop_work()
     wait(wdock, qtbot, timeout=20_000)
     assert time.perf_counter() - cancelled_at < 10
     assert not wdock.fits  # cancelled: no answer kept

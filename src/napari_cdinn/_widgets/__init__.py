@@ -1,6 +1,12 @@
 """napari dock widgets: layer plumbing, threads and calls into ``core`` only."""
 
-from napari.utils.notifications import show_error
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QPushButton, QWidget
 
 from ..core.errors import CdinnError
 
@@ -15,3 +21,60 @@ def advance(bar, step: tuple[int, int]) -> None:
     done, total = step
     bar.total = total
     bar.update(done - bar.n)
+
+
+class WorkerDock(QWidget):
+    """A dock that runs one napari worker at a time (a core generator yielding ``(done,
+    total)``): its progress in the activity dock, the dock's run buttons off and its stop button
+    on while it runs, errors as notifications.  Subclasses list ``run_buttons`` and set
+    ``stop_button``; ``worker`` is None when the dock is idle."""
+
+    stop_message = "Cancelling..."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.worker = None
+        self.pbar = None
+        self.run_buttons: list[QPushButton] = []
+        self.stop_button = QPushButton("Cancel")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop_work)
+
+    def start_work(
+        self,
+        worker,
+        description: str,
+        on_return: Callable,
+        then: Callable | None = None,
+    ) -> None:
+        """Run ``worker``; ``on_return`` gets its result, ``then`` runs after it ends however
+        it ended (finished, stopped or failed), once the dock is idle again."""
+        self.worker = worker
+        self.pbar = progress(total=0, desc=description)
+        worker.yielded.connect(self.on_progress)
+        worker.returned.connect(on_return)
+        worker.errored.connect(report_error)
+        worker.finished.connect(self.on_finished)
+        if then is not None:
+            worker.finished.connect(then)
+        for button in self.run_buttons:
+            button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        worker.start()
+
+    def on_progress(self, step: tuple[int, int]) -> None:
+        advance(self.pbar, step)
+
+    def on_finished(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+        for button in self.run_buttons:
+            button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.worker = None
+
+    def stop_work(self) -> None:
+        """Ends the running work at its next step (the worker quits at its next yield)."""
+        if self.worker is not None:
+            self.worker.quit()
+            show_info(self.stop_message)

@@ -10,8 +10,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Layer
 from napari.qt.threading import create_worker
-from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -22,14 +21,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import _settings
 from .._layers import dataset_of, layers_for_result
 from ..core import cdi
 from ..core.data import DiffractionStack, ObjectResult
-from . import advance, report_error
+from . import WorkerDock
 
 if TYPE_CHECKING:
     import napari
@@ -42,13 +40,12 @@ def diffraction_stack(layer: Layer | None) -> DiffractionStack | None:
     return stack if isinstance(stack, DiffractionStack) else None
 
 
-class CDIDock(QWidget):
+class CDIDock(WorkerDock):
     """Pick a diffraction layer, tick methods, Run (and Cancel); results appear as layers."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.worker = None
 
         self.layer_combo = QComboBox()
         self.method_boxes = {
@@ -65,9 +62,8 @@ class CDIDock(QWidget):
         self.invert_on_open.toggled.connect(_settings.set_invert_on_open)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.run_buttons = [self.run_button]
+        self.stop_message = "Inversion cancelled"
         self.times = QLabel("")
         self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
@@ -82,7 +78,7 @@ class CDIDock(QWidget):
         form.addRow("", self.invert_on_open)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.stop_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
@@ -127,32 +123,14 @@ class CDIDock(QWidget):
         if not methods:
             show_error("Tick at least one method.")
             return
-        self.worker = create_worker(
+        worker = create_worker(
             cdi.invert_steps, stack, methods, self.iterations.value(),
             self.refine_iterations.value(), self.threshold.value(), _settings.device_choice(),
             _ignore_errors=True,
         )  # fmt: skip
-        self.pbar = progress(total=0, desc=f"Inverting {layer.name}")
-        self.worker.yielded.connect(self._progress)
-        self.worker.returned.connect(lambda results: self._show(layer, results))
-        self.worker.errored.connect(report_error)
-        self.worker.finished.connect(self._finished)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.worker.start()
-
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
-            show_info("Inversion cancelled")
-
-    def _progress(self, step: tuple[int, int]) -> None:
-        advance(self.pbar, step)
-
-    def _finished(self) -> None:
-        self.pbar.close()
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.start_work(
+            worker, f"Inverting {layer.name}", lambda results: self._show(layer, results)
+        )
 
     # -- results ---------------------------------------------------------------------------------
     def _show(self, layer: Layer, results: dict[str, ObjectResult]) -> None:

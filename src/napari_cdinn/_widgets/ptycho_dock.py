@@ -13,7 +13,6 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Layer, Shapes
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -26,7 +25,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import _settings
@@ -35,7 +33,7 @@ from ..core import ptycho
 from ..core.data import ObjectResult, Provenance, PtychoScan
 from ..core.nn.registry import list_models, load_model, read_card, save_model, user_dir
 from ..core.retrieval.ptycho import EpieRecipe
-from . import advance, report_error
+from . import WorkerDock, report_error
 
 if TYPE_CHECKING:
     import napari
@@ -67,14 +65,12 @@ def region_from_shapes(layer: Shapes, grid: ptycho.ObjectGrid) -> np.ndarray:
     return region
 
 
-class PtychoDock(QWidget):
+class PtychoDock(WorkerDock):
     """Scan -> ePIE / network -> draw a region -> Retrain -> the whole scan by the new model."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.worker = None
-        self.pbar = None
         self.run = None  # the FineTuning in progress
         self._preview: tuple | None = None
         self._shown_at = 0.0
@@ -100,9 +96,9 @@ class PtychoDock(QWidget):
         self.seconds = QSpinBox(minimum=5, maximum=3600, value=55)
         self.retrain_button = QPushButton("Retrain")
         self.retrain_button.clicked.connect(self.retrain)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
+        self.run_buttons = [self.epie_button, self.invert_button, self.retrain_button]
+        self.stop_button.setText("Stop")
+        self.stop_message = "Stopping..."
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.training_status = QLabel("")
@@ -193,42 +189,12 @@ class PtychoDock(QWidget):
         return Path(data) if data else None
 
     # -- work ------------------------------------------------------------------------------------
-    def _start(self, worker, description: str, on_return, then=None) -> None:
-        """Run ``worker``; ``on_return`` gets its result, ``then`` runs after it ends however
-        it ended (finished, stopped or failed), once the dock is idle again."""
-        self.worker = worker
-        self.pbar = progress(total=0, desc=description)
-        worker.yielded.connect(self._progress)
-        worker.returned.connect(on_return)
-        worker.errored.connect(report_error)
-        worker.finished.connect(self._finished)
-        if then is not None:
-            worker.finished.connect(then)
-        for button in (self.epie_button, self.invert_button, self.retrain_button):
-            button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        worker.start()
-
-    def _progress(self, step: tuple[int, int]) -> None:
-        advance(self.pbar, step)
+    def on_progress(self, step: tuple[int, int]) -> None:
+        super().on_progress(step)
         if self._preview is not None and time.monotonic() - self._shown_at > PREVIEW_EVERY_S:
             self._show_preview()
         if self.run is not None and self.run.history:
             self._plot_losses()
-
-    def _finished(self) -> None:
-        if self.pbar is not None:
-            self.pbar.close()
-        for button in (self.epie_button, self.invert_button, self.retrain_button):
-            button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        self.worker = None
-
-    def stop(self) -> None:
-        """Ends the running work at its next step (a training batch: well under a second)."""
-        if self.worker is not None:
-            self.worker.quit()
-            show_info("Stopping...")
 
     def reconstruct(self) -> None:
         chosen = self.selected_scan()
@@ -249,7 +215,7 @@ class PtychoDock(QWidget):
         )  # fmt: skip
         self._preview = None
         self._grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
-        self._start(worker, f"ePIE on {name}", lambda result: self._show_result(name, result))
+        self.start_work(worker, f"ePIE on {name}", lambda result: self._show_result(name, result))
 
     def _show_preview(self) -> None:
         name, obj, probe, epoch = self._preview
@@ -273,7 +239,9 @@ class PtychoDock(QWidget):
         worker = create_worker(
             ptycho.network_steps, scan, path, _settings.device_choice(), _ignore_errors=True
         )
-        self._start(worker, f"Network on {name}", lambda result: self._show_result(name, result))
+        self.start_work(
+            worker, f"Network on {name}", lambda result: self._show_result(name, result)
+        )
 
     def _show_result(self, name: str, result: ObjectResult, final: bool = True) -> None:
         reference = stitched_result(self._layer(f"{name} amplitude (ePIE)"))
@@ -348,7 +316,9 @@ class PtychoDock(QWidget):
             ptycho.retrain_steps, scan, reference, region, self.run, float(self.seconds.value()),
             _settings.device_choice(), _ignore_errors=True,
         )  # fmt: skip
-        self._start(worker, f"Retraining on {name}", lambda run: None, then=self._after_training)
+        self.start_work(
+            worker, f"Retraining on {name}", lambda run: None, then=self._after_training
+        )
 
     def _plot_losses(self) -> None:
         history = list(self.run.history)  # a snapshot: the training thread appends to it

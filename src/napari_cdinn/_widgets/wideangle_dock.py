@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Layer
 from napari.qt.threading import create_worker
-from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -23,7 +22,6 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import _settings
@@ -32,7 +30,7 @@ from ..core import icosahedral, wideangle
 from ..core.data import DiffractionStack, OrientationResult, ShotSet
 from ..core.nn.registry import list_models
 from ..core.simulate.wideangle import RADII
-from . import advance, report_error
+from . import WorkerDock
 
 if TYPE_CHECKING:
     import napari
@@ -51,15 +49,13 @@ def shots_of(layer: Layer | None) -> ShotSet | DiffractionStack | None:
     return None
 
 
-class WideAngleDock(QWidget):
+class WideAngleDock(WorkerDock):
     """Shots -> Predict (whole stack) -> per shot: 3D cluster, re-simulated pattern, table;
     Fit / Refine the current shot."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.worker = None
-        self.pbar = None
         self.network: dict[str, OrientationResult] = {}  # per shots layer
         self.fits: dict[tuple[str, int, str], OrientationResult] = {}  # (layer, shot, method)
 
@@ -75,9 +71,7 @@ class WideAngleDock(QWidget):
         self.refine_button = QPushButton("Refine shot")
         self.refine_button.setToolTip("Simplex fit of the current shot from the network's answer")
         self.refine_button.clicked.connect(lambda: self.fit("refine"))
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.run_buttons = [self.predict_button, self.fit_button, self.refine_button]
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(
             ["method", "radius (nm)", "quaternion (w, x, y, z)", "to fit (deg)", "similarity"]
@@ -93,7 +87,7 @@ class WideAngleDock(QWidget):
         form.addRow("Fit: random starts", self.starts)
         form.addRow("Fit: simulations per start", self.evaluations)
         buttons = QHBoxLayout()
-        for button in (self.fit_button, self.refine_button, self.cancel_button):
+        for button in (self.fit_button, self.refine_button, self.stop_button):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -136,32 +130,9 @@ class WideAngleDock(QWidget):
         return int(np.clip(self.viewer.dims.current_step[0], 0, layer.data.shape[0] - 1))
 
     # -- work ------------------------------------------------------------------------------------
-    def _start(self, worker, description: str, on_return) -> None:
-        self.worker = worker
-        self.pbar = progress(total=0, desc=description)
-        worker.yielded.connect(lambda step: advance(self.pbar, step))
-        worker.returned.connect(on_return)
-        worker.errored.connect(report_error)
-        worker.finished.connect(self._finished)
-        for button in (self.predict_button, self.fit_button, self.refine_button):
-            button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        worker.start()
-
-    def _finished(self) -> None:
-        if self.pbar is not None:
-            self.pbar.close()
-        for button in (self.predict_button, self.fit_button, self.refine_button):
-            button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.worker = None
+    def on_finished(self) -> None:
+        super().on_finished()
         self._show_current(create=True)
-
-    def cancel(self) -> None:
-        """Ends the running work at its next step (a batch of shots, one start of a fit)."""
-        if self.worker is not None:
-            self.worker.quit()
-            show_info("Cancelling...")
 
     def predict(self) -> None:
         chosen = self.selected()
@@ -176,7 +147,7 @@ class WideAngleDock(QWidget):
             wideangle.answers_steps, data, Path(model), _settings.device_choice(),
             _ignore_errors=True,
         )  # fmt: skip
-        self._start(
+        self.start_work(
             worker, f"Network on {layer_name}", lambda out: self._show_network(layer_name, *out)
         )
 
@@ -202,7 +173,7 @@ class WideAngleDock(QWidget):
         def done(result: OrientationResult) -> None:
             self.fits[(layer_name, shot, method)] = result
 
-        self._start(worker, f"{wideangle.LABELS[method]} of shot {shot}", done)
+        self.start_work(worker, f"{wideangle.LABELS[method]} of shot {shot}", done)
 
     # -- display ---------------------------------------------------------------------------------
     def _show_network(
