@@ -39,9 +39,9 @@ def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
     )
     parser.add_argument(
-        "--patch", type=int, default=32, choices=(32, 64), help="predicted patch (middle)"
+        "--patch", type=int, default=64, choices=(32, 64), help="predicted patch (middle)"
     )
-    _common(parser, "ptycho", width=12, batch=64, minutes=75.0)
+    _common(parser, "ptycho", width=12, batch=64, minutes=45.0)
 
 
 def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
