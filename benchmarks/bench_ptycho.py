@@ -25,7 +25,7 @@ from scipy.ndimage import gaussian_filter
 from napari_cdinn.core import io, metrics, ptycho
 from napari_cdinn.core.data import ObjectResult, PtychoScan
 from napari_cdinn.core.nn.cdi import inference_model
-from napari_cdinn.core.nn.ptycho import FineTuning, predict_patches
+from napari_cdinn.core.nn.ptycho import FineTuning, predict_patches, sample_patches, stitch
 from napari_cdinn.core.nn.registry import load_model
 from napari_cdinn.core.progress import run_to_end
 from napari_cdinn.core.retrieval.ptycho import EpieRecipe
@@ -101,6 +101,23 @@ def region_holding(scan: PtychoScan, grid: ptycho.ObjectGrid, n: int, patch: int
     return ptycho.region_mask(grid, rectangle=rectangle)
 
 
+def synchronisation_ceiling(scan: PtychoScan, model: Path, truth: np.ndarray, where) -> str:
+    """Stitched SSIM of the model's patches when each patch's constant phase (which no single
+    pattern fixes) is taken from the truth instead of from the overlaps: what perfect phase
+    synchronisation would give, so what is left is the patches' own error."""
+    net, _ = load_model(model)
+    data = ptycho.network_input(scan, net.size, net.patch)
+    patches = np.concatenate(
+        [batch for _, batch in predict_patches(inference_model(net), data.patterns, data.scale)]
+    )
+    true_patches = sample_patches(scan.truth, (0.0, 0.0), data.corners, net.patch)
+    turns = np.sum(data.weight * true_patches * patches.conj(), axis=(1, 2))
+    patches = patches * (turns / np.maximum(np.abs(turns), 1e-30))[:, None, None]
+    grid = data.grid
+    image = stitch(patches, data.corners, data.stitch_weight, grid.origin, grid.shape, False)
+    return scores(image, truth, where)
+
+
 def scores(result: ObjectResult | np.ndarray, reference: np.ndarray, where: np.ndarray) -> str:
     image = result.objects if isinstance(result, ObjectResult) else result
     amplitude, phase = metrics.object_ssim(image, reference, where)
@@ -154,6 +171,8 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
     print(f"    network, retrained    amplitude {nn_amp:.3f}  phase {nn_phase:.3f}   "
           f"(targets: phase >= 0.85, amplitude >= 0.95 x ePIE = {0.95 * epie_amp:.3f})")  # fmt: skip
     print(f"    network, pretrained   {scores(pretrained, truth, outside)}")
+    ceiling = synchronisation_ceiling(scan, args.model, truth, outside)
+    print(f"    pretrained, each patch's constant phase from the truth  {ceiling}")
     for sigma in (2, 3):  # for scale: how much a plain blur of the truth costs
         blurred = gaussian_filter(np.abs(truth), sigma) * np.exp(
             1j * gaussian_filter(np.angle(truth), sigma)

@@ -168,6 +168,8 @@ def test_stitching_sets_each_patch_constant_phase_from_its_neighbours(small_scan
     stitched = stitch(turned, whole, weight, grid.origin, grid.shape)
     aligned = metrics.matched(stitched, truth, seen)  # one global phase stays free
     np.testing.assert_allclose(aligned[seen], truth[seen], atol=1e-4)
+    unsynchronised = stitch(turned, whole, weight, grid.origin, grid.shape, synchronise=False)
+    assert metrics.object_ssim(unsynchronised, truth, seen)[1] < 0.9
 
 
 def test_the_patch_loss_ignores_each_patch_constant_phase():

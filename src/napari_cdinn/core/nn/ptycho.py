@@ -152,15 +152,18 @@ def stitch(
     weight: np.ndarray,
     origin: tuple[float, float],
     shape: tuple[int, int],
+    synchronise: bool = True,
 ) -> np.ndarray:
     """One complex image on a grid (pixel [0, 0] at scan coordinate ``origin``) from (N, s, s)
     patches at sub-pixel scan ``corners``: bilinear splatting, each patch weighted by ``weight``.
     Amplitude is the weighted mean of the patches' amplitudes, phase the angle of their weighted
     complex sum (so phases average across the -pi/pi cut), after each patch's constant phase is
-    made to agree with its neighbours' (:func:`phase_synchronised`); unseen pixels are 0."""
+    made to agree with its neighbours' (:func:`phase_synchronised`; ``synchronise=False`` when
+    the patches' phases already agree); unseen pixels are 0."""
     size = patches.shape[-1]
     corners = np.asarray(corners, float)
-    patches = phase_synchronised(patches, corners, weight)
+    if synchronise:
+        patches = phase_synchronised(patches, corners, weight)
     local = corners - np.asarray(origin)
     base = np.floor(local).astype(int)
     fraction = local - base
