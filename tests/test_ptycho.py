@@ -280,3 +280,20 @@ def test_scores_ignore_the_linear_phase_ramp_ptychography_cannot_fix(small_scan)
     curvature = 2.0 * ((yy - 64) ** 2 + (xx - 64) ** 2) / 64**2
     curved = truth * np.exp(1j * curvature)  # a phase error that is not a ramp
     assert metrics.object_ssim(curved, truth)[1] < 0.95
+
+
+def test_a_checkpoint_of_another_network_is_refused_by_name(tmp_path):
+    """Pretraining resumes from its work folder; one left by a run with other arguments (here
+    the patch size) must not be loaded into, or mistaken for, this run's network."""
+    from napari_cdinn.core.nn.training import Log, resume, save_checkpoint
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    log = Log(tmp_path / "log.txt")
+    model = tiny_model()
+    state = {"epoch": 3, "elapsed_s": 60.0, "history": []}
+    save_checkpoint(checkpoint, model, torch.optim.Adam(model.parameters()), state)
+    same = tiny_model()
+    assert resume(checkpoint, same, torch.optim.Adam(same.parameters()), log)["epoch"] == 3
+    other = PtychoNet(size=64, width=8, mixing=4, patch=32)
+    with pytest.raises(InputError, match="another --workdir"):
+        resume(checkpoint, other, torch.optim.Adam(other.parameters()), log)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
+
 
 class Log:
     """Print a timestamped line and append it to a file."""
@@ -49,10 +51,17 @@ def training_record(script: str, loss: str, args, state: dict) -> dict:
 
 
 def resume(checkpoint: Path, model, optimizer, log: Log) -> dict:
-    """Training state from ``checkpoint`` if it exists (weights only: no code runs)."""
+    """Training state from ``checkpoint`` if it exists (weights only: no code runs); a
+    checkpoint of a network with other arguments (width, patch, ...) is refused by name."""
     state = {"epoch": 0, "elapsed_s": 0.0, "history": []}
     if checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=True)
+        if saved.get("arguments", model.arguments()) != model.arguments():
+            raise InputError(
+                checkpoint,
+                f"a checkpoint of a network with arguments {saved['arguments']}, not "
+                f"{model.arguments()}: choose another --workdir or delete it to start afresh",
+            )
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = {k: saved[k] for k in state}
@@ -63,7 +72,15 @@ def resume(checkpoint: Path, model, optimizer, log: Log) -> dict:
 def save_checkpoint(checkpoint: Path, model, optimizer, state: dict) -> None:
     """Write atomically, so a run killed mid-write still resumes from the previous epoch."""
     tmp = checkpoint.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "arguments": model.arguments(),
+            **state,
+        },
+        tmp,
+    )
     tmp.replace(checkpoint)
 
 
