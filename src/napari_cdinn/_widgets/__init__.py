@@ -26,8 +26,8 @@ def advance(bar, step: tuple[int, int]) -> None:
 class WorkerDock(QWidget):
     """A dock that runs one napari worker at a time (a core generator yielding ``(done,
     total)``): its progress in the activity dock, the dock's run buttons off and its stop button
-    on while it runs, errors as notifications.  Subclasses list ``run_buttons`` and set
-    ``stop_button``; ``worker`` is None when the dock is idle."""
+    on while it runs, errors as notifications.  Subclasses list ``run_buttons`` and place
+    ``stop_button`` (made here) in their layout; ``worker`` is None when the dock is idle."""
 
     stop_message = "Cancelling..."
 

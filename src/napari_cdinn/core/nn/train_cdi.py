@@ -80,7 +80,8 @@ def evaluate(model: CDINet, n: int, size: int) -> dict[str, float]:
 
 
 def train(args: argparse.Namespace) -> Path:
-    """Run the training described by ``args`` (see ``train_options.add_cdi_arguments``); returns the weights."""
+    """Run the training described by ``args`` (see ``train_options.add_cdi_arguments``);
+    returns the weights file."""
     torch.set_num_threads(args.threads)
     args.out = args.out or user_dir()
     args.workdir.mkdir(parents=True, exist_ok=True)
