@@ -84,10 +84,11 @@ def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, caps
     assert reference.origin is not None and reference.probe.shape == (64, 64)
     model = tmp_path / "mine.safetensors"
     argv = ["train", "ptycho", scan, "--reference", str(epie), "--region=-5:200,-5:110",
-            "--seconds", "3", "-o", str(model)]  # fmt: skip
+            "--seconds", "3", "--simulated", "200", "-o", str(model)]  # fmt: skip
     assert main(argv) == 0
     assert "fine-tuned on" in capsys.readouterr().out
     assert model.exists() and model.with_suffix(".json").exists()
+    assert json.loads(model.with_suffix(".json").read_text())["training"]["simulated_pairs"] == 200
     out = tmp_path / "nn.h5"
     assert main(["invert", scan, "--mode", "ptycho", "--model", str(model), "-o", str(out)]) == 0
     (network,) = io.read_results(out)

@@ -23,7 +23,8 @@ from napari_cdinn.core.nn.registry import list_models, load_model
 from napari_cdinn.core.progress import run_to_end
 from napari_cdinn.core.retrieval import patches, projections
 from napari_cdinn.core.retrieval.ptycho import SUBPIXEL, EpieRecipe, ObjectGrid
-from napari_cdinn.core.simulate.ptycho import focused_probe, simulate_ptycho
+from napari_cdinn.core.simulate.cdi import far_field_intensity
+from napari_cdinn.core.simulate.ptycho import exit_waves, focused_probe, simulate_ptycho
 
 
 @pytest.fixture(scope="module")
@@ -218,10 +219,14 @@ def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_sc
     grid = ObjectGrid.around(small_scan.positions, (64, 64))
     region = np.ones(grid.shape, bool)
     run = FineTuning(load_model(ptycho.default_model())[0])  # as the dock does: from the bundled
-    run_to_end(ptycho.retrain_steps(small_scan, reference, region, run, 600, "cpu", max_epochs=4))
+    steps = ptycho.retrain_steps(
+        small_scan, reference, region, run, 600, "cpu", max_epochs=4, simulated=300
+    )
+    run_to_end(steps)
     losses = [h["validation"] for h in run.history]
     assert len(losses) == 4 and min(losses[1:]) < losses[0]
     assert run.source["positions"] == len(small_scan.positions)
+    assert run.source["simulated_pairs"] == 300
 
     stopped = FineTuning(tiny_model())
     steps = ptycho.retrain_steps(small_scan, reference, region, stopped, seconds=60, device="cpu")
@@ -234,6 +239,28 @@ def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_sc
     assert len(stopped.history) == 1 and stopped.best_state is not None
     amplitude, _ = stopped.best_model()(torch.zeros(1, 1, 64, 64))
     assert torch.isfinite(amplitude).all()
+
+
+def test_pairs_simulated_from_a_reference_are_its_own_patterns_turned():
+    """Few-shot retraining adds pairs simulated from the reference and its probe: at a scan
+    position, unturned, they are the scan's own pattern and patch; a turned window's target is
+    the turned patch."""
+    scan = simulate_ptycho((128, 128), frame=64, step=8, photons=None, seed=2)
+    corners = np.floor(scan.positions[:6]).astype(int)
+    measured = far_field_intensity(exit_waves(scan.truth, scan.probe, corners.astype(float)))
+    intensity, targets = ptycho.windowed_pairs(
+        scan.truth, scan.probe, corners, np.zeros(6, int), 32
+    )
+    np.testing.assert_allclose(intensity, measured, rtol=1e-3, atol=1e-3 * measured.max())
+    (y, x), truth = corners[0] + 16, scan.truth
+    np.testing.assert_array_equal(targets[0], truth[y : y + 32, x : x + 32])
+    for turn, turned in (
+        (1, targets[:, ::-1]),
+        (2, targets[:, :, ::-1]),
+        (4, targets.transpose(0, 2, 1)),
+    ):
+        _, got = ptycho.windowed_pairs(scan.truth, scan.probe, corners, np.full(6, turn), 32)
+        np.testing.assert_array_equal(got, turned)
 
 
 def test_saved_models_load_back_identical_and_damaged_ones_are_refused(tmp_path, small_scan):

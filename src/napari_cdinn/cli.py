@@ -277,7 +277,10 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     grid = ptycho.network_input(scan, model.size).grid
     region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
     run = FineTuning(model)
-    run_to_end(ptycho.retrain_steps(scan, reference, region, run, args.seconds, args.device))
+    steps = ptycho.retrain_steps(
+        scan, reference, region, run, args.seconds, args.device, simulated=args.simulated
+    )
+    run_to_end(steps)
     output = args.output or user_dir() / f"{Path(args.scan).stem}_retrained.safetensors"
     path = ptycho.save_fine_tuned(run, output, card, args.region)
     last = run.history[-1]
@@ -373,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     few_shot.add_argument("-o", "--output", type=Path, help="model file to write")
     few_shot.add_argument("--model", type=Path, help="start from this model (default: bundled)")
     few_shot.add_argument("--seconds", type=float, default=55.0, help="training time budget")
+    few_shot.add_argument(
+        "--simulated",
+        type=int,
+        default=3000,
+        help="training pairs simulated from the reference and its probe, added to the region's "
+        "(0: none); a probe unlike the pretraining's needs them, and some 3 minutes",
+    )
     few_shot.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     few_shot.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")
     train.set_defaults(func=cmd_train)

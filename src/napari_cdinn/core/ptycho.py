@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from skimage.draw import polygon2mask
 
 from . import metrics
@@ -37,6 +38,7 @@ from .nn.registry import load_model, save_model
 from .nn.training import machine
 from .retrieval.ptycho import EpieRecipe, ObjectGrid, checked_scan, run_epie
 from .retrieval.ptycho import scanned_region as scanned_region  # for benchmarks and tests
+from .simulate.cdi import far_field_intensity
 
 METHODS = ("nn", "epie")
 LABELS = {"nn": "NN", "epie": "ePIE"}
@@ -200,6 +202,75 @@ def positions_in_region(data: NetworkInput, region: np.ndarray, size: int) -> np
     return np.asarray(inside, int)
 
 
+def windowed_pairs(
+    image: np.ndarray, probe: np.ndarray, corners: np.ndarray, turns: np.ndarray, patch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noiseless far-field intensities of ``probe`` times the windows of ``image`` at whole-pixel
+    ``corners`` (n, 2), each window first turned by ``turns`` (n,) in 0..7 (bit 0 flips rows,
+    bit 1 columns, bit 2 transposes), and the windows' central ``patch`` x ``patch`` patches."""
+    frame = probe.shape[-1]
+    offset = round(patch_offset(frame, patch))
+    cut = sliding_window_view(image, (frame, frame))[corners[:, 0], corners[:, 1]]
+    cut = np.where((turns & 1)[:, None, None] > 0, cut[:, ::-1], cut)
+    cut = np.where((turns & 2)[:, None, None] > 0, cut[:, :, ::-1], cut)
+    cut = np.where((turns & 4)[:, None, None] > 0, cut.transpose(0, 2, 1), cut)
+    targets = cut[:, offset : offset + patch, offset : offset + patch].astype(np.complex64)
+    return far_field_intensity(probe[None] * cut), targets
+
+
+def resimulated_pairs(
+    teacher: np.ndarray,
+    probe: np.ndarray,
+    data: NetworkInput,
+    chosen: np.ndarray,
+    region: np.ndarray,
+    count: int,
+    patch: int,
+    mask: np.ndarray | None = None,
+    seed: int = 0,
+    chunk: int = 256,
+) -> Generator[int, None, tuple[np.ndarray, np.ndarray]]:
+    """Training pairs simulated from the teacher itself: ``count`` windows of ``teacher`` (the
+    normalised reference on ``data.grid``) at whole-pixel positions within half a scan step of
+    the region's scan positions (``chosen``), each turned by one of the eight flips/transposes,
+    lit by the reference's ``probe``, far-field intensities with Poisson noise at the scan's mean
+    counts, masked and binned like the measured patterns; targets the windows' patches.
+
+    Why: a region holds a few hundred patterns, too few to teach the network a probe unlike its
+    pretraining ones (the tike scan's wide, defocused one), while the reference and its probe
+    give the exact forward model for any number of patches of the same material. Yields the
+    number made so far (so Stop can end it), returns (patterns, complex targets)."""
+    rng = np.random.default_rng(seed)
+    frame = probe.shape[-1]
+    factor = frame // data.patterns.shape[-1]
+    offset = round(patch_offset(frame, patch))
+    windows = np.round(data.corners[chosen] - offset - np.asarray(data.grid.origin)).astype(int)
+    step = np.median(np.abs(np.diff(windows, axis=0)).max(axis=1)) if len(windows) > 1 else 2
+    reach = max(1, int(step // 2))
+    # every whole-pixel window near the region's positions whose patch lies inside the region
+    inside = sliding_window_view(region, (patch, patch)).all(axis=(-2, -1))
+    low, high = 0, np.asarray(teacher.shape) - frame
+    shifts = np.stack(np.mgrid[-reach : reach + 1, -reach : reach + 1], axis=-1).reshape(-1, 2)
+    near = np.clip((windows[:, None] + shifts[None]).reshape(-1, 2), low, high)
+    near = np.unique(near, axis=0)
+    candidates = near[inside[near[:, 0] + offset, near[:, 1] + offset]]
+    if not len(candidates):
+        return data.patterns[:0], np.zeros((0, patch, patch), np.complex64)
+    counts = float(np.mean(data.patterns.sum(axis=(-2, -1))))  # the scan's mean counts
+    patterns, targets = [], []
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        corners = candidates[rng.integers(len(candidates), size=n)]
+        intensity, target = windowed_pairs(teacher, probe, corners, rng.integers(8, size=n), patch)
+        if mask is not None:
+            intensity = np.where(mask, intensity, 0)
+        intensity *= counts / max(float(intensity.sum(axis=(-2, -1)).mean()), 1e-30)
+        patterns.append(binned(rng.poisson(intensity).astype(np.float32), factor))
+        targets.append(target)
+        yield start + n
+    return np.concatenate(patterns), np.concatenate(targets)
+
+
 def retrain_steps(
     scan: PtychoScan,
     reference: ObjectResult,
@@ -208,11 +279,16 @@ def retrain_steps(
     seconds: float = 55.0,
     device: str = "auto",
     max_epochs: int = 200,
+    simulated: int = 3000,
 ) -> Generator[tuple[int, int], None, FineTuning]:
     """Fine-tune ``run.model`` on the frames whose patches lie inside ``region`` (a mask on the
-    reference's grid), with the reference's patches as targets; see ``nn.ptycho.fine_tune``.
-    ``run`` is updated as training goes, so a stopped run still holds its best model."""
-    data = network_input(scan, run.model.size, run.model.patch, reference.probe)
+    reference's grid), with the reference's patches as targets, and on ``simulated`` more pairs
+    made from the reference and its probe (``resimulated_pairs``; none without a probe); see
+    ``nn.ptycho.fine_tune``. The simulation counts in ``seconds``. ``run`` is updated as
+    training goes, so a stopped run still holds its best model."""
+    start = time.perf_counter()
+    probe = reference.probe if reference.probe is not None else scan.probe
+    data = network_input(scan, run.model.size, run.model.patch, probe)
     if (
         reference.origin is None
         or reference.objects.shape != data.grid.shape
@@ -230,26 +306,42 @@ def retrain_steps(
             "draw a larger region (at least 10)",
         )
     torch_device = resolve_device(device)
-    targets = sample_patches(
-        normalised(reference.objects, region),
-        data.grid.origin,
-        data.corners[chosen],
-        run.model.patch,
-    )
+    teacher = normalised(reference.objects, region)
+    targets = sample_patches(teacher, data.grid.origin, data.corners[chosen], run.model.patch)
+    extra = None
+    if simulated and probe is not None:
+        probe = np.asarray(probe, np.complex64)
+        probe = probe[0] if probe.ndim == 3 else probe
+        making = resimulated_pairs(
+            teacher, probe, data, chosen, region, simulated, run.model.patch, scan.stack.mask
+        )
+        while True:
+            try:
+                yield next(making), simulated  # Stop works here too
+            except StopIteration as made:
+                patterns, simulated_targets = made.value
+                break
+        if len(patterns):
+            extra = (
+                preprocess(torch.as_tensor(patterns), data.scale).to(torch_device),
+                torch.as_tensor(simulated_targets).to(torch_device),
+            )
     inputs = preprocess(torch.as_tensor(data.patterns[chosen]), data.scale).to(torch_device)
     run.model.to(torch_device)
     run.source = {
         "scan": scan.meta.source,
         "reference": reference.provenance.source,
         "positions": len(chosen),
+        "simulated_pairs": 0 if extra is None else len(extra[0]),
     }
     yield from fine_tune(
         run,
         inputs,
         torch.as_tensor(targets).to(torch_device),
         torch.as_tensor(data.weight).to(torch_device),
-        seconds=seconds,
+        seconds=seconds - (time.perf_counter() - start),
         max_epochs=max_epochs,
+        extra=extra,
     )
     return run
 

@@ -220,22 +220,31 @@ def fine_tune(
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     seed: int = 0,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Generator: PtychoNN's recipe (MAE, Adam 1e-3, learning rate halved when the validation
     loss stalls, 90/10 split), until ``seconds`` or ``max_epochs``; yields (batches done, total)
     after every batch so Stop (closing the generator) ends it within a fraction of a second.
-    Only the decoders learn, and batch normalisation keeps its pretrained statistics: a few
-    hundred patterns of one region are too few to re-learn the encoder's features or re-estimate
-    those statistics (on the benchmark's held-out scan, retraining everything lowered the phase
-    SSIM outside the region from 0.746 to 0.607).
+    ``extra`` (inputs, targets) join the training side only (the validation stays measured
+    pairs): with them the whole network learns, without them only the decoders. Batch
+    normalisation keeps its pretrained statistics either way. A few hundred patterns of one
+    region are too few to re-learn the encoder's features (on the benchmark's held-out scan,
+    retraining everything on them alone lowered the phase SSIM outside the region from 0.746 to
+    0.607); thousands of pairs simulated from the reference are not (``ptycho.retrain_steps``).
     ``inputs`` (N, 1, s, s) preprocessed, ``targets`` (N, s, s) complex, ``weight`` (s, s)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(inputs), generator=generator)
     n_validation = max(1, len(inputs) // 10)
     validation, training = order[:n_validation], order[n_validation:]
     model = run.model
-    decoders = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
-    optimizer = torch.optim.Adam(decoders, lr=learning_rate)
+    if extra is not None:
+        inputs = torch.cat([inputs, extra[0]])
+        targets = torch.cat([targets, extra[1]])
+        training = torch.cat([training, torch.arange(len(order), len(inputs))])
+        learning = list(model.parameters())
+    else:
+        learning = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+    optimizer = torch.optim.Adam(learning, lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     per_epoch = -(-len(training) // batch_size)
     total = per_epoch * max_epochs
