@@ -63,6 +63,16 @@ def test_truncated_cxi(tmp_path, write_cxi):
     refused(truncate(path), "truncated", "corrupt")
 
 
+def test_npy_header_with_a_bytes_key(tmp_path):
+    """Found by the fuzz test: numpy raises TypeError (not ValueError) on such a header."""
+    path = tmp_path / "bytes_key.npy"
+    np.save(path, np.ones((2, 8, 8), np.float32))
+    valid = path.read_bytes()
+    path.write_bytes(valid.replace(b"', 'fortran_order'", b"',b'fortran_order'", 1))
+    assert path.read_bytes() != valid
+    refused(path, "not a readable numpy file")
+
+
 def test_corrupt_hdf5(tmp_path):
     path = tmp_path / "noise.h5"
     path.write_bytes(RNG.bytes(4096))

@@ -13,6 +13,7 @@ from napari_cdinn.core.data import ObjectResult, Provenance, PtychoScan
 from napari_cdinn.core.errors import InputError
 from napari_cdinn.core.nn.ptycho import (
     FineTuning,
+    featureless_loss,
     patch_loss,
     probe_weight,
     sample_patches,
@@ -261,6 +262,23 @@ def test_pairs_simulated_from_a_reference_are_its_own_patterns_turned():
     ):
         _, got = ptycho.windowed_pairs(scan.truth, scan.probe, corners, np.full(6, turn), 32)
         np.testing.assert_array_equal(got, turned)
+
+
+def test_the_featureless_level_lies_between_the_right_answer_and_its_twin():
+    """Retraining adapts the batch statistics while the network does no better than a
+    featureless answer (a probe unlike its pretraining's); the right answer scores below that
+    level and the twin image (the conjugate) above it."""
+    torch.manual_seed(0)
+    targets = torch.polar(
+        1 + 0.2 * torch.rand(6, 16, 16), torch.pi / 2 * (torch.rand(6, 16, 16) - 0.5)
+    )
+    weight = torch.ones(16, 16)
+    level = featureless_loss(targets, weight)
+    flat = targets.abs().mean((-2, -1), keepdim=True).expand_as(targets)
+    assert level == pytest.approx(float(patch_loss(flat, 0 * flat, targets, weight)))
+    assert float(patch_loss(targets.abs(), targets.angle(), targets, weight)) < 1e-6 < level
+    twin = targets.conj()
+    assert float(patch_loss(twin.abs(), twin.angle(), targets, weight)) > level
 
 
 def test_saved_models_load_back_identical_and_damaged_ones_are_refused(tmp_path, small_scan):

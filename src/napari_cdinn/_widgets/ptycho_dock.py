@@ -94,6 +94,11 @@ class PtychoDock(WorkerDock):
         self.region_button = QPushButton("Draw region")
         self.region_button.clicked.connect(self.draw_region)
         self.seconds = QSpinBox(minimum=5, maximum=3600, value=55)
+        self.seconds.setToolTip(
+            "Includes simulating 3000 training pairs from the reference and its probe. A probe "
+            "unlike the bundled network's training probes (a wide, strongly defocused one) may "
+            "need a minute or more before the loss leaves the level of a featureless answer."
+        )
         self.retrain_button = QPushButton("Retrain")
         self.retrain_button.clicked.connect(self.retrain)
         self.run_buttons = [self.epie_button, self.invert_button, self.retrain_button]

@@ -341,6 +341,7 @@ def retrain_steps(
         torch.as_tensor(data.weight).to(torch_device),
         seconds=seconds - (time.perf_counter() - start),
         max_epochs=max_epochs,
+        learning_rate=1e-3,
         extra=extra,
     )
     return run
@@ -362,7 +363,8 @@ def save_fine_tuned(
         "output": base_card.get("output"),
         "fine_tuned_from": {"name": base_card.get("name"), "version": base_card.get("version")},
         "training": {
-            "recipe": "few-shot: probe-weighted MAE, Adam 1e-3 halved on plateau, 90/10 split",
+            "recipe": "few-shot: the region's pairs and pairs simulated from the reference, "
+            "probe-weighted MAE, Adam 1e-3 halved on plateau, 90/10 split",
             **run.source,
             "region": region,
             "best_validation": run.best_validation,

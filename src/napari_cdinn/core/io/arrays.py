@@ -22,9 +22,11 @@ from ..errors import InputError
 from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
 from .checks import check_positions, check_stack_shape, repair_intensities, to_stack
 
-# What numpy, zipfile, zlib and bz2 raise on damaged files (a mangled header, a bad zip member).
+# What numpy, zipfile, zlib and bz2 raise on damaged files (a mangled header, a bad zip member;
+# TypeError: a header dictionary with a bytes key, which numpy fails to sort while reporting it).
 _DAMAGED = (
     OSError,
+    TypeError,
     EOFError,
     ValueError,
     MemoryError,
