@@ -137,3 +137,24 @@ def test_device_combo_reads_and_writes_the_plugin_setting(make_napari_viewer):
     finally:
         compute.device = original
     assert get_plugin_settings("napari-cdinn").compute.device == original
+
+
+def test_a_worker_faster_than_the_gui_does_not_nest_progress_calls(viewer, qtbot):
+    """napari's progress bar processes Qt events while it redraws, so a worker's next step
+    arrives inside the call showing the last one; nesting them overflowed the stack (a crash of
+    the whole application in ePIE on a fast CPU)."""
+    from napari.qt.threading import thread_worker
+
+    from napari_cdinn._widgets import WorkerDock
+
+    dock = WorkerDock()
+    shown: list[tuple[int, int]] = []
+    dock.on_step = shown.append
+
+    def steps():
+        for done in range(1, 20_001):
+            yield done, 20_000
+
+    dock.start_work(thread_worker(steps)(), "fast steps", lambda _: None)
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=120_000)
+    assert len(shown) >= 2 and shown == sorted(shown)  # shown in order, and no crash

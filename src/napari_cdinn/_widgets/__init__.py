@@ -35,6 +35,8 @@ class WorkerDock(QWidget):
         super().__init__()
         self.worker = None
         self.pbar = None
+        self._latest_step: tuple[int, int] | None = None
+        self._showing = False
         self.run_buttons: list[QPushButton] = []
         self.stop_button = QPushButton("Cancel")
         self.stop_button.setEnabled(False)
@@ -63,11 +65,30 @@ class WorkerDock(QWidget):
         worker.start()
 
     def on_progress(self, step: tuple[int, int]) -> None:
-        advance(self.pbar, step)
+        """Show the worker's latest step. napari's progress bar processes Qt events while it
+        redraws, which delivers the worker's next steps inside this call: there they are only
+        recorded, and shown by the loop here, so a worker yielding faster than the GUI draws
+        cannot nest these calls until the stack overflows (it did, in ePIE on a fast CPU)."""
+        self._latest_step = step
+        if self._showing:
+            return
+        self._showing = True
+        try:
+            shown = None
+            while self.pbar is not None and self._latest_step is not shown:
+                shown = self._latest_step
+                advance(self.pbar, shown)
+                self.on_step(shown)
+        finally:
+            self._showing = False
+
+    def on_step(self, step: tuple[int, int]) -> None:
+        """What a dock shows besides the progress bar after a step (subclasses)."""
 
     def on_finished(self) -> None:
         if self.pbar is not None:
             self.pbar.close()
+            self.pbar = None
         for button in self.run_buttons:
             button.setEnabled(True)
         self.stop_button.setEnabled(False)

@@ -72,6 +72,7 @@ class PtychoDock(WorkerDock):
         super().__init__()
         self.viewer = napari_viewer
         self.run = None  # the FineTuning in progress
+        self._plotted_epochs = 0
         self._preview: tuple | None = None
         self._shown_at = 0.0
 
@@ -194,12 +195,11 @@ class PtychoDock(WorkerDock):
         return Path(data) if data else None
 
     # -- work ------------------------------------------------------------------------------------
-    def on_progress(self, step: tuple[int, int]) -> None:
-        super().on_progress(step)
+    def on_step(self, step: tuple[int, int]) -> None:
         if self._preview is not None and time.monotonic() - self._shown_at > PREVIEW_EVERY_S:
             self._show_preview()
-        if self.run is not None and self.run.history:
-            self._plot_losses()
+        if self.run is not None and len(self.run.history) != self._plotted_epochs:
+            self._plot_losses()  # once per epoch: redrawing per batch slowed the training
 
     def reconstruct(self) -> None:
         chosen = self.selected_scan()
@@ -327,6 +327,7 @@ class PtychoDock(WorkerDock):
 
     def _plot_losses(self) -> None:
         history = list(self.run.history)  # a snapshot: the training thread appends to it
+        self._plotted_epochs = len(history)
         self.figure.clear()
         axes = self.figure.add_subplot(111)
         epochs = [h["epoch"] for h in history]

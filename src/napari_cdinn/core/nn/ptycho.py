@@ -231,7 +231,8 @@ def fine_tune(
     extra: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Generator: PtychoNN's recipe (MAE, Adam 1e-3, learning rate halved when the validation
-    loss stalls, 90/10 split), until ``seconds`` or ``max_epochs``; yields (batches done, total)
+    loss stalls, 90/10 split), until ``seconds`` (the last epoch cut short and validated) or
+    ``max_epochs``; yields (batches done, total)
     after every batch so Stop (closing the generator) ends it within a fraction of a second.
     ``extra`` (inputs, targets) join the training side only (the validation stays measured
     pairs): with them the whole network learns; without them only the decoders. Batch
@@ -280,14 +281,17 @@ def fine_tune(
             if isinstance(module, nn.BatchNorm2d) and not adapting:
                 module.eval()  # the pretrained (or adapted) statistics kept
         shuffled = training[torch.randperm(len(training), generator=generator)]
-        train_loss = 0.0
+        train_loss, counted = 0.0, 0
         for batch in shuffled.split(batch_size):
+            if counted and time.perf_counter() - start > seconds:
+                break  # out of time: validate what the epoch has learnt so far, then stop
             amplitude, phase = model(inputs[batch])
             loss = patch_loss(amplitude, phase, targets[batch], weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             train_loss += loss.item() * len(batch)
+            counted += len(batch)
             done += 1
             yield done, total
         model.eval()
@@ -301,7 +305,7 @@ def fine_tune(
         run.history.append(
             {
                 "epoch": epoch + 1,
-                "train": train_loss / len(training),
+                "train": train_loss / counted,
                 "validation": validation_loss,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start,
@@ -310,7 +314,6 @@ def fine_tune(
         if validation_loss < run.best_validation:
             run.best_validation = validation_loss
             run.best_state = copy.deepcopy(model.state_dict())
-        elapsed = time.perf_counter() - start
-        if elapsed + elapsed / (epoch + 1) > seconds:  # the next epoch would overrun
+        if time.perf_counter() - start > seconds:
             break
     yield total, total
