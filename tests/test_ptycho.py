@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -315,6 +316,22 @@ def test_a_reference_of_another_scan_is_refused(small_scan):
                 FineTuning(tiny_model()), device="cpu",
             )
         )  # fmt: skip
+
+
+def test_a_reference_with_nan_or_a_probe_of_another_size_is_refused(small_scan):
+    grid = ObjectGrid.around(small_scan.positions, (64, 64))
+    region = np.ones(grid.shape, bool)
+    reference = epie_like_reference(small_scan)
+    holed = reference.objects.copy()
+    holed[40, 40] = np.nan
+    for bad, problem in (
+        (replace(reference, objects=holed), "1 non-finite"),
+        (replace(reference, probe=np.ones((32, 32), np.complex64)), "32 x 32 pixels"),
+    ):
+        with pytest.raises(InputError, match=problem):
+            run_to_end(
+                ptycho.retrain_steps(small_scan, bad, region, FineTuning(tiny_model()), 5, "cpu")
+            )
 
 
 def test_scores_ignore_the_linear_phase_ramp_ptychography_cannot_fix(small_scan):

@@ -305,6 +305,19 @@ def retrain_steps(
             f"the region holds {len(chosen)} scan positions with whole patches inside; "
             "draw a larger region (at least 10)",
         )
+    bad = int(np.count_nonzero(~np.isfinite(reference.objects[region])))
+    if bad:
+        raise InputError(
+            reference.provenance.source,
+            f"the reference has {bad} non-finite (NaN or infinite) pixels inside the region",
+        )
+    frame = scan.stack.frame_shape[-1]
+    if probe is not None and np.shape(probe)[-2:] != (frame, frame):
+        raise InputError(
+            reference.provenance.source,
+            f"its probe is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the scan's "
+            f"frames {frame} x {frame}: not a probe of this scan",
+        )
     torch_device = resolve_device(device)
     teacher = normalised(reference.objects, region)
     targets = sample_patches(teacher, data.grid.origin, data.corners[chosen], run.model.patch)
