@@ -228,7 +228,6 @@ def resimulated_pairs(
     patch: int,
     mask: np.ndarray | None = None,
     seed: int = 0,
-    chunk: int = 256,
 ) -> Generator[int, None, tuple[np.ndarray, np.ndarray]]:
     """Training pairs simulated from the teacher itself: ``count`` windows of ``teacher`` (the
     normalised reference on ``data.grid``) at whole-pixel positions within half a scan step of
@@ -257,6 +256,7 @@ def resimulated_pairs(
     if not len(candidates):
         return data.patterns[:0], np.zeros((0, patch, patch), np.complex64)
     counts = float(np.mean(data.patterns.sum(axis=(-2, -1))))  # the scan's mean counts
+    chunk = max(8, min(256, 2**22 // frame**2))  # some 32 MB of complex windows at a time
     patterns, targets = [], []
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
