@@ -228,7 +228,7 @@ def resimulated_pairs(
     patch: int,
     mask: np.ndarray | None = None,
     seed: int = 0,
-) -> Generator[int, None, tuple[np.ndarray, np.ndarray]]:
+) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
     """Training pairs simulated from the teacher itself: ``count`` windows of ``teacher`` (the
     normalised reference on ``data.grid``) at whole-pixel positions within half a scan step of
     the region's scan positions (``chosen``), each turned by one of the eight flips/transposes,
@@ -237,8 +237,8 @@ def resimulated_pairs(
 
     Why: a region holds a few hundred patterns, too few to teach the network a probe unlike its
     pretraining ones (the tike scan's wide, defocused one), while the reference and its probe
-    give the exact forward model for any number of patches of the same material. Yields the
-    number made so far (so Stop can end it), returns (patterns, complex targets)."""
+    give the exact forward model for any number of patches of the same material. Yields
+    (pairs made, ``count``) so Stop can end it; returns (patterns, complex targets)."""
     rng = np.random.default_rng(seed)
     frame = probe.shape[-1]
     factor = frame // data.patterns.shape[-1]
@@ -267,7 +267,7 @@ def resimulated_pairs(
         intensity *= counts / max(float(intensity.sum(axis=(-2, -1)).mean()), 1e-30)
         patterns.append(binned(rng.poisson(intensity).astype(np.float32), factor))
         targets.append(target)
-        yield start + n
+        yield start + n, count
     return np.concatenate(patterns), np.concatenate(targets)
 
 
@@ -325,15 +325,9 @@ def retrain_steps(
     if simulated and probe is not None:
         probe = np.asarray(probe, np.complex64)
         probe = probe[0] if probe.ndim == 3 else probe
-        making = resimulated_pairs(
+        patterns, simulated_targets = yield from resimulated_pairs(
             teacher, probe, data, chosen, region, simulated, run.model.patch, scan.stack.mask
         )
-        while True:
-            try:
-                yield next(making), simulated  # Stop works here too
-            except StopIteration as made:
-                patterns, simulated_targets = made.value
-                break
         if len(patterns):
             extra = (
                 preprocess(torch.as_tensor(patterns), data.scale).to(torch_device),
@@ -354,7 +348,6 @@ def retrain_steps(
         torch.as_tensor(data.weight).to(torch_device),
         seconds=seconds - (time.perf_counter() - start),
         max_epochs=max_epochs,
-        learning_rate=1e-3,
         extra=extra,
     )
     return run

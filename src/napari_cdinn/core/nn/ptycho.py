@@ -232,19 +232,20 @@ def fine_tune(
 ) -> Iterator[tuple[int, int]]:
     """Generator: PtychoNN's recipe (MAE, Adam 1e-3, learning rate halved when the validation
     loss stalls, 90/10 split), until ``seconds`` (the last epoch cut short and validated) or
-    ``max_epochs``; yields (batches done, total)
-    after every batch so Stop (closing the generator) ends it within a fraction of a second.
+    ``max_epochs``; yields (batches done, total) after every batch so Stop (closing the
+    generator) ends it within a fraction of a second.
     ``extra`` (inputs, targets) join the training side only (the validation stays measured
     pairs): with them the whole network learns; without them only the decoders. Batch
     normalisation keeps its pretrained statistics, except when there are ``extra`` pairs and
     the network does no better than a featureless answer on the validation pairs: then it
     follows the batches, and the learning rate is doubled, until the validation loss falls
-    below 0.8 of that level; from there the statistics it reached are kept. Why: a few hundred patterns of one region are too few to
-    re-learn the encoder's features (on the benchmark's held-out scan, retraining everything on
-    them alone lowered the phase SSIM outside the region from 0.746 to 0.607); thousands of
-    pairs simulated from the reference are not (``ptycho.retrain_steps``). On a probe unlike
-    the pretraining's (the tike scan) the loss sits at the featureless level until the features
-    change: with the pretrained statistics kept that took 100 to 140 s, adapting them 25 to 50 s.
+    below 0.8 of that level; from there the statistics it reached are kept. Why: a few hundred
+    patterns of one region are too few to re-learn the encoder's features (on the benchmark's
+    held-out scan, retraining everything on them alone lowered the phase SSIM outside the
+    region from 0.746 to 0.607); thousands of pairs simulated from the reference are not
+    (``ptycho.retrain_steps``). On a probe unlike the pretraining's (the tike scan) the loss
+    sits at the featureless level until the features change: with the pretrained statistics
+    kept that took 100 to 140 s, adapting them 25 to 50 s.
     ``inputs`` (N, 1, s, s) preprocessed, ``targets`` (N, s, s) complex, ``weight`` (s, s)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(inputs), generator=generator)
