@@ -98,6 +98,18 @@ def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, caps
     assert "empty" in capsys.readouterr().err
 
 
+def test_ptycho_refine_runs_epie_from_the_network_image(tmp_path, capsys):
+    out = tmp_path / "refined.h5"
+    argv = ["invert", str(SAMPLES / "ptycho_scan.cxi"), "--mode", "ptycho", "--method", "refine",
+            "--iterations", "2", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("NN+ePIE:")
+    (refined,) = io.read_results(out)
+    assert refined.provenance.method == "NN+ePIE" and refined.probe is not None
+    assert refined.provenance.parameters["epochs"] == 2
+    assert np.isfinite(refined.objects).all()
+
+
 def test_invert_cdi_network_writes_documented_layout(tmp_path, capsys):
     out = tmp_path / "out.h5"
     argv = ["invert", str(SAMPLES / "cdi_crystals.cxi"), "--frames", "0:4", "-o", str(out)]

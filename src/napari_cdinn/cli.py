@@ -189,6 +189,9 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
     if method == "epie":
         recipe = EpieRecipe(epochs=args.iterations or EpieRecipe.epochs)
         result = run_to_end(ptycho.epie_steps(scan, recipe, device=args.device))
+    elif method == "refine":
+        recipe = EpieRecipe(epochs=args.iterations or ptycho.REFINE_EPOCHS)
+        result = run_to_end(ptycho.refine_steps(scan, args.model, recipe, device=args.device))
     else:
         result = run_to_end(ptycho.network_steps(scan, args.model, device=args.device))
     p = result.provenance
@@ -321,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     invert.add_argument("--mode", choices=MODES, help="default: from the file's content")
     invert.add_argument(
         "--method",
-        help="cdi: nn (default), iterative, refine; ptycho: nn (default), epie; "
-        "wideangle: nn (default), fit, refine",
+        help="cdi: nn (default), iterative, refine; ptycho: nn (default), epie, refine (ePIE "
+        "from the network's image); wideangle: nn (default), fit, refine",
     )
     invert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     invert.add_argument(
@@ -331,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     invert.add_argument(
         "--iterations",
         type=int,
-        help="cdi refine: ER/HIO iterations (50); ptycho epie: epochs (100); wideangle fit: "
-        "simulations per start (150)",
+        help="cdi refine: ER/HIO iterations (50); ptycho epie: epochs (100), refine: epochs "
+        "(10); wideangle fit: simulations per start (150)",
     )
     invert.add_argument("--frames", help="frames/positions: N, START:STOP[:STEP] or N,M,...")
     invert.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")

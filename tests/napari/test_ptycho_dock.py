@@ -67,6 +67,7 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
     phase = viewer.layers[f"{NAME} phase (ePIE)"]
     assert f"{NAME} probe amplitude (ePIE)" in viewer.layers
     result = amplitude.metadata["cdinn_result"]
+    assert len(result.provenance.parameters["fourier_error"]) == 60  # the result, not a preview
     assert tuple(amplitude.translate) == pytest.approx(result.origin)
     assert phase.colormap.name == "twilight"
 
@@ -95,6 +96,18 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
         viewer.layers[f"{NAME} amplitude (NN)"].metadata["cdinn_result"].provenance.model_name
         == saved[0].stem
     )
+
+
+def test_epie_can_start_from_the_network_image(viewer, pdock, qtbot, error_messages):
+    pdock.from_network.setChecked(True)
+    reconstruct(pdock, qtbot, epochs=3)
+    amplitude = viewer.layers[f"{NAME} amplitude (NN+ePIE)"]
+    result = amplitude.metadata["cdinn_result"]
+    assert result.provenance.model_name == "ptycho_nn", error_messages()
+    assert len(result.provenance.parameters["fourier_error"]) == 3
+    assert f"{NAME} probe amplitude (NN+ePIE)" in viewer.layers
+    assert f"{NAME} amplitude (ePIE)" not in viewer.layers  # previews under their own name
+    assert pdock.status.text().startswith("NN+ePIE:")
 
 
 def test_stop_ends_retraining_within_a_second_and_keeps_the_best_model(

@@ -1,4 +1,5 @@
-"""Ptychography, the calls both faces use: ePIE, the network (stitched), few-shot retraining.
+"""Ptychography, the calls both faces use: ePIE, the network (stitched), ePIE started from the
+network's image (refine), few-shot retraining.
 
 Each long call is a generator yielding ``(done, total)`` progress and returning its result, so the
 GUI runs it in a worker (progress, cancel by closing it) and the CLI runs it to the end.
@@ -40,8 +41,9 @@ from .retrieval.ptycho import EpieRecipe, ObjectGrid, checked_scan, run_epie
 from .retrieval.ptycho import scanned_region as scanned_region  # for benchmarks and tests
 from .simulate.cdi import far_field_intensity
 
-METHODS = ("nn", "epie")
-LABELS = {"nn": "NN", "epie": "ePIE"}
+METHODS = ("nn", "epie", "refine")
+LABELS = {"nn": "NN", "epie": "ePIE", "refine": "NN+ePIE"}
+REFINE_EPOCHS = 10  # from the network's image, ePIE's 100 epochs' quality (README, benchmark)
 Steps = Generator[tuple[int, int], None, ObjectResult]
 
 
@@ -50,15 +52,17 @@ def epie_steps(
     recipe: EpieRecipe | None = None,
     device: str = "auto",
     preview: Callable[[np.ndarray, np.ndarray, int], None] | None = None,
+    start: np.ndarray | None = None,
 ) -> Steps:
-    """ePIE (mini-batch rPIE with probe update) on the whole scan; see ``retrieval.ptycho``."""
+    """ePIE (mini-batch rPIE with probe update) on the whole scan, from a flat object or from
+    ``start`` (on the scan's grid); see ``retrieval.ptycho``."""
     recipe = recipe or EpieRecipe()
-    start = time.perf_counter()
-    obj, probe, grid, errors = yield from run_epie(scan, recipe, device, preview)
+    began = time.perf_counter()
+    obj, probe, grid, errors = yield from run_epie(scan, recipe, device, preview, start)
     provenance = Provenance(
         method=LABELS["epie"],
         parameters={**recipe.as_dict(), "fourier_error": [round(e, 6) for e in errors]},
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=time.perf_counter() - began,
         source=scan.meta.source,
     )
     return ObjectResult(obj, provenance, probe=probe, origin=grid.origin)
@@ -155,6 +159,31 @@ def network_steps(
     )
     yield len(data.patterns) + 1, len(data.patterns) + 1
     return ObjectResult(image, provenance, origin=data.grid.origin)
+
+
+def refine_steps(
+    scan: PtychoScan,
+    model: Path | str | None = None,
+    recipe: EpieRecipe | None = None,
+    device: str = "auto",
+    preview: Callable[[np.ndarray, np.ndarray, int], None] | None = None,
+) -> Steps:
+    """The network's stitched image as ePIE's first object guess (``REFINE_EPOCHS`` by
+    default): the network gives the picture in a blink, a few epochs add what the overlaps
+    know and a single pattern does not (CDI NN's refinement, done the ptychographic way)."""
+    began = time.perf_counter()
+    recipe = recipe or EpieRecipe(epochs=REFINE_EPOCHS)
+    network = yield from network_steps(scan, model, device)
+    result = yield from epie_steps(scan, recipe, device, preview, start=network.objects)
+    provenance = replace(
+        result.provenance,
+        method=LABELS["refine"],
+        model_name=network.provenance.model_name,
+        model_version=network.provenance.model_version,
+        parameters={**network.provenance.parameters, **result.provenance.parameters},
+        wall_time_s=time.perf_counter() - began,
+    )
+    return replace(result, provenance=provenance)
 
 
 def matched_to(result: ObjectResult, reference: ObjectResult) -> ObjectResult:

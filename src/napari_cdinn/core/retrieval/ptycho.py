@@ -126,10 +126,14 @@ def run_epie(
     recipe: EpieRecipe | None = None,
     device: str = "auto",
     preview: Callable[[np.ndarray, np.ndarray, int], None] | None = None,
+    start: np.ndarray | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Generator: reconstruct object and probe, yielding (positions done, total) progress.
 
-    ``preview(object, probe, epoch)`` is called after each epoch (for live display).  Returns
+    ``preview(object, probe, epoch)`` is called after each epoch (for live display).  ``start``:
+    the first object guess on the scan's grid (e.g. the network's), instead of a flat one; its
+    rms amplitude over the scanned area is set to 1, the flat guess's, so the probe's scaling
+    to the measured counts holds for both.  Returns
     (through StopIteration) ``(object, probe, grid, errors)``: the complex object on ``grid``,
     the probe, and the mean Fourier error per epoch.
     """
@@ -157,7 +161,7 @@ def run_epie(
         guess = guess[0]  # the dominant mode of a multi-mode probe
     probe = torch.tensor(guess, device=torch_device)  # a copy: the scan's probe stays as read
     probe *= math.sqrt(power / max(float(intensity(probe).sum()), 1e-30))
-    obj = torch.ones(grid.shape, dtype=torch.complex64, device=torch_device)
+    obj = torch.as_tensor(_starting_object(start, grid, positions, h), device=torch_device)
     ramps = _shift_ramps((h, w), torch_device)
     bank, bank_power, peak = _bank_and_power(probe, ramps)
     centre = _spectrum_centre(intensity(torch.fft.fft2(probe)))  # kept: see _without_phase_ramp
@@ -199,6 +203,23 @@ def run_epie(
     seen = scanned_region(whole_pixel_positions, h, grid.origin, grid.shape)
     probe, obj = _flattened(probe, obj, seen)
     return obj.cpu().numpy(), probe.cpu().numpy(), grid, errors
+
+
+def _starting_object(
+    start: np.ndarray | None, grid: ObjectGrid, positions: np.ndarray, frame: int
+) -> np.ndarray:
+    """The first object guess: flat, or ``start`` scaled to rms amplitude 1 where scanned
+    (non-finite pixels and a shape off the grid refused)."""
+    if start is None:
+        return np.ones(grid.shape, np.complex64)
+    start = np.asarray(start, np.complex64)
+    if start.shape != grid.shape:
+        raise ValueError(f"the starting object is {start.shape}, the scan's grid {grid.shape}")
+    if not np.isfinite(start).all():
+        raise ValueError("the starting object has non-finite (NaN or infinite) pixels")
+    seen = scanned_region(positions, frame, grid.origin, grid.shape)
+    rms = float(np.sqrt(np.mean(np.abs(start[seen]) ** 2)))
+    return start / rms if rms > 0 else np.ones(grid.shape, np.complex64)
 
 
 def _updated_probe(
