@@ -6,7 +6,8 @@
 Sections: (1) a simulated scan of a held-out object (>= 2000 positions, 50 % overlap, 1e6
 photons per pattern): ePIE on all of it, retraining on a region of 800 positions with ePIE's
 reconstruction as the teacher, then the whole scan by the network; SSIM against the truth and
-against ePIE outside the region; (2) the same scan with 1 position in 4; (3) the real tike scan
+against ePIE outside the region; ePIE for a few epochs from a flat start and from the network's image
+(refine); (2) the same scan with 1 position in 4; (3) the real tike scan
 (../shared/data/ptycho): retrain on one half, score the other half against ePIE, with a picture
 for the README; (4) speed: network throughput, ePIE epoch against its FFT floor, network against
 ePIE wall time for the whole scan.
@@ -187,8 +188,22 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
         print(f"    truth blurred {sigma} px  amplitude {amplitude:.3f}  phase {phase:.3f}")
     print(f"    a flat image          {scores(flat(truth), truth, outside)}")
     print(f"  network against ePIE outside the region: {scores(network, epie.objects, outside)}")
+    refine(scan, truth, outside, args)
     sparse(scan, model_path, region, args)
     return scan, epie, t_epie
+
+
+def refine(scan: PtychoScan, truth: np.ndarray, where: np.ndarray, args) -> None:
+    """ePIE for ``args.refine_epochs`` from a flat object and from the bundled network's image."""
+    epochs = args.refine_epochs
+    flat_start, t_flat = timed(ptycho.epie_steps(scan, EpieRecipe(epochs=epochs), device="cpu"))
+    seeded, t_seeded = timed(
+        ptycho.refine_steps(scan, args.model, EpieRecipe(epochs=epochs), device="cpu")
+    )
+    print(f"  ePIE {epochs} epochs from a flat object ({t_flat:.1f} s): "
+          f"{scores(flat_start, truth, where)}")  # fmt: skip
+    print(f"  ePIE {epochs} epochs from the pretrained network's image (refine, {t_seeded:.1f} s): "
+          f"{scores(seeded, truth, where)}")  # fmt: skip
 
 
 def sparse(scan: PtychoScan, model_path: Path, region: np.ndarray, args) -> None:
@@ -207,6 +222,7 @@ def sparse(scan: PtychoScan, model_path: Path, region: np.ndarray, args) -> None
     outside = ptycho.scanned_region(thin.positions, 64, grid.origin, grid.shape) & ~region
     print(f"  ePIE    {t_epie:6.1f} s  SSIM vs truth {scores(epie, truth, outside)}")
     print(f"  network {t_nn:6.2f} s  SSIM vs truth {scores(network, truth, outside)}")
+    refine(thin, truth, outside, args)
 
 
 def tike(args: argparse.Namespace, figure: Path) -> None:
@@ -309,6 +325,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller scan, fewer epochs")
     parser.add_argument("--epochs", type=int, default=100, help="ePIE epochs")
     parser.add_argument("--seconds", type=float, default=55.0, help="retraining budget")
+    parser.add_argument(
+        "--refine-epochs", type=int, default=ptycho.REFINE_EPOCHS,
+        help="ePIE epochs from a flat start and from the network's image",
+    )  # fmt: skip
     parser.add_argument(
         "--tike-seconds", type=float, nargs="+", default=[55.0, 180.0],
         help="retraining budgets on the tike scan, whose probe the pretraining never saw",
