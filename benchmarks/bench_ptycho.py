@@ -163,7 +163,11 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
     region = region_holding(scan, grid, 800, load_model(args.model)[0].patch)
     outside = scanned & ~region
     pretrained, _ = timed(ptycho.network_steps(scan, args.model, device="cpu"))
-    run, model_path, t_train = few_shot(scan, epie, region, args.seconds, args.model)
+    teacher = epie
+    if args.teacher == "truth":  # is the teacher what limits the retrained network?
+        teacher = ObjectResult(truth, epie.provenance, probe=scan.probe, origin=grid.origin)
+        print("  (retraining on the TRUE object and probe as the teacher, --teacher truth)")
+    run, model_path, t_train = few_shot(scan, teacher, region, args.seconds, args.model)
     network, t_nn = timed(ptycho.network_steps(scan, model_path, device="cpu"))
     network = ptycho.matched_to(network, epie)
     pretrained = ptycho.matched_to(pretrained, epie)
@@ -325,6 +329,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller scan, fewer epochs")
     parser.add_argument("--epochs", type=int, default=100, help="ePIE epochs")
     parser.add_argument("--seconds", type=float, default=55.0, help="retraining budget")
+    parser.add_argument(
+        "--teacher", choices=("epie", "truth"), default="epie",
+        help="the simulated scan's retraining reference: ePIE's result or the true object",
+    )  # fmt: skip
     parser.add_argument(
         "--refine-epochs", type=int, default=ptycho.REFINE_EPOCHS,
         help="ePIE epochs from a flat start and from the network's image",
