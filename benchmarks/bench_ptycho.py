@@ -252,6 +252,14 @@ def tike(args: argparse.Namespace, figure: Path) -> None:
               f"({len(run.history)} epochs, {statistics(run)} batch statistics); network "
               f"{t_nn:.2f} s; SSIM network vs ePIE on the "
               f"right half: {scores(network, epie.objects, right)}")  # fmt: skip
+    epochs = args.refine_epochs
+    flat_start = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=epochs), device="cpu"))
+    seeded = run_to_end(
+        ptycho.refine_steps(scan, model_path, EpieRecipe(epochs=epochs), device="cpu")
+    )
+    print(f"  ePIE {epochs} epochs against ePIE {args.epochs} on the right half: from a flat object "
+          f"{scores(flat_start, epie.objects, right)}; from the retrained network's image "
+          f"{scores(seeded, epie.objects, right)}")  # fmt: skip
     save_figure(epie, network, scanned, middle - grid.origin[1], figure)
     print(f"  picture: {figure}")
 
