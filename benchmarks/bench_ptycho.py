@@ -178,7 +178,8 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
           f"statistics; target <= 60 s); network on "
           f"all {n} positions: {t_nn:.2f} s")  # fmt: skip
     print("  SSIM outside the training region, against the truth:")
-    print(f"    ePIE (teacher)        amplitude {epie_amp:.3f}  phase {epie_phase:.3f}")
+    role = "(teacher)" if args.teacher == "epie" else "         "
+    print(f"    ePIE {role}        amplitude {epie_amp:.3f}  phase {epie_phase:.3f}")
     print(f"    network, retrained    amplitude {nn_amp:.3f}  phase {nn_phase:.3f}   "
           f"(targets: phase >= 0.85, amplitude >= 0.95 x ePIE = {0.95 * epie_amp:.3f})")  # fmt: skip
     print(f"    network, pretrained   {scores(pretrained, truth, outside)}")
