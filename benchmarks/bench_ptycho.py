@@ -198,17 +198,26 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
     return scan, epie, t_epie
 
 
+def flat_and_seeded(
+    scan: PtychoScan, model: Path, epochs: int, reference: np.ndarray, where: np.ndarray
+) -> tuple[str, float, str, float]:
+    """ePIE for ``epochs`` from a flat object and from ``model``'s image (refine): the scores
+    against ``reference`` on ``where`` and the wall time of each."""
+    recipe = EpieRecipe(epochs=epochs)
+    flat_start, t_flat = timed(ptycho.epie_steps(scan, recipe, device="cpu"))
+    seeded, t_seeded = timed(ptycho.refine_steps(scan, model, recipe, device="cpu"))
+    return scores(flat_start, reference, where), t_flat, scores(seeded, reference, where), t_seeded
+
+
 def refine(scan: PtychoScan, truth: np.ndarray, where: np.ndarray, args) -> None:
     """ePIE for ``args.refine_epochs`` from a flat object and from the bundled network's image."""
     epochs = args.refine_epochs
-    flat_start, t_flat = timed(ptycho.epie_steps(scan, EpieRecipe(epochs=epochs), device="cpu"))
-    seeded, t_seeded = timed(
-        ptycho.refine_steps(scan, args.model, EpieRecipe(epochs=epochs), device="cpu")
+    from_flat, t_flat, from_network, t_seeded = flat_and_seeded(
+        scan, args.model, epochs, truth, where
     )
-    print(f"  ePIE {epochs} epochs from a flat object ({t_flat:.1f} s): "
-          f"{scores(flat_start, truth, where)}")  # fmt: skip
+    print(f"  ePIE {epochs} epochs from a flat object ({t_flat:.1f} s): {from_flat}")
     print(f"  ePIE {epochs} epochs from the pretrained network's image (refine, {t_seeded:.1f} s): "
-          f"{scores(seeded, truth, where)}")  # fmt: skip
+          f"{from_network}")  # fmt: skip
 
 
 def sparse(scan: PtychoScan, model_path: Path, region: np.ndarray, args) -> None:
@@ -254,13 +263,9 @@ def tike(args: argparse.Namespace, figure: Path) -> None:
               f"{t_nn:.2f} s; SSIM network vs ePIE on the "
               f"right half: {scores(network, epie.objects, right)}")  # fmt: skip
     epochs = args.refine_epochs
-    flat_start = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=epochs), device="cpu"))
-    seeded = run_to_end(
-        ptycho.refine_steps(scan, model_path, EpieRecipe(epochs=epochs), device="cpu")
-    )
+    from_flat, _, from_network, _ = flat_and_seeded(scan, model_path, epochs, epie.objects, right)
     print(f"  ePIE {epochs} epochs against ePIE {args.epochs} on the right half: from a flat object "
-          f"{scores(flat_start, epie.objects, right)}; from the retrained network's image "
-          f"{scores(seeded, epie.objects, right)}")  # fmt: skip
+          f"{from_flat}; from the retrained network's image {from_network}")  # fmt: skip
     save_figure(epie, network, scanned, middle - grid.origin[1], figure)
     print(f"  picture: {figure}")
 
