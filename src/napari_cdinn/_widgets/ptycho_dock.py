@@ -218,7 +218,8 @@ class PtychoDock(WorkerDock):
             probe_update_from=2 if self.probe_update.isChecked() else None,
         )
         method = "refine" if self.from_network.isChecked() else "epie"
-        if method == "refine" and self.model_path() is None:
+        model = self.model_path()
+        if method == "refine" and model is None:
             show_error("No ptychography model to start from: load one or retrain.")
             return
 
@@ -226,7 +227,7 @@ class PtychoDock(WorkerDock):
             self._preview = (name, obj, probe, epoch, method)  # picked up in the GUI thread
 
         if method == "refine":
-            steps = ptycho.refine_steps, scan, self.model_path(), recipe
+            steps = ptycho.refine_steps, scan, model, recipe
         else:
             steps = ptycho.epie_steps, scan, recipe
         worker = create_worker(*steps, _settings.device_choice(), preview, _ignore_errors=True)
