@@ -264,13 +264,14 @@ def fine_tune(
     per_epoch = -(-len(training) // batch_size)
     total = per_epoch * max_epochs
     level = featureless_loss(targets[validation], weight)
-    model.eval()
-    with torch.no_grad():
+
+    @torch.no_grad()
+    def loss_on_validation() -> float:
+        model.eval()
         amplitude, phase = model(inputs[validation])
-        adapting = (
-            extra is not None
-            and float(patch_loss(amplitude, phase, targets[validation], weight)) >= level
-        )
+        return float(patch_loss(amplitude, phase, targets[validation], weight))
+
+    adapting = extra is not None and loss_on_validation() >= level
     run.source["adapted_batch_statistics"] = adapting
     if adapting:
         optimizer.param_groups[0]["lr"] = 2 * learning_rate
@@ -295,10 +296,7 @@ def fine_tune(
             counted += len(batch)
             done += 1
             yield done, total
-        model.eval()
-        with torch.no_grad():
-            amplitude, phase = model(inputs[validation])
-            validation_loss = float(patch_loss(amplitude, phase, targets[validation], weight))
+        validation_loss = loss_on_validation()
         if adapting and validation_loss < 0.8 * level:  # the features formed: keep them
             adapting = False
             optimizer.param_groups[0]["lr"] = learning_rate
