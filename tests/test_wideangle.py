@@ -146,6 +146,47 @@ def test_orientation_loss_is_zero_for_every_equivalent_and_grows_with_the_angle(
     assert np.allclose(orientation_loss(turned.float(), truth).numpy(), np.sin(0.05), atol=1e-4)
 
 
+def test_blur_matrices_are_the_gaussian_convolution():
+    """Augmentation's blur as matrix products equals the separable 25-tap convolution with zero
+    padding, and its gain map the bicubic interpolation of the 4 x 4 knots."""
+    import torch
+
+    from napari_cdinn.core.nn.wideangle import _smooth_rows, blur_rows
+
+    generator = torch.Generator().manual_seed(0)
+    images, sigma = torch.rand((3, 1, 40, 40), generator=generator), torch.tensor([0.0, 1.3, 5])
+    taps = torch.arange(-12, 13, dtype=torch.float32)
+    kernel = torch.exp(-(taps**2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True))[:, None]
+    flat = images.reshape(1, 3, 40, 40)
+    flat = torch.nn.functional.conv2d(flat, kernel[..., None], padding=(12, 0), groups=3)
+    flat = torch.nn.functional.conv2d(flat, kernel[:, :, None], padding=(0, 12), groups=3)
+    rows = blur_rows(sigma, 40)
+    assert torch.allclose(rows @ images @ rows.transpose(-2, -1), flat.reshape(3, 1, 40, 40),
+                          atol=1e-6)  # fmt: skip
+    assert torch.allclose(rows[0, 0], torch.eye(40))  # sigma 0: nothing moves
+    knots = torch.randn((2, 1, 4, 4), generator=generator)
+    bicubic = torch.nn.functional.interpolate(knots, (40, 40), mode="bicubic", align_corners=True)
+    assert torch.allclose(_smooth_rows(40) @ knots @ _smooth_rows(40).T, bicubic, atol=1e-5)
+
+
+def test_equalised_images_ignore_the_display_scaling():
+    """Ranks are unchanged by a gamma (any increasing map that keeps 0 and the levels apart)
+    and stay 0 where there is no signal."""
+    import torch
+
+    from napari_cdinn.core.nn.wideangle_net import equalised
+
+    images, _, _ = wa.simulate_shots(2, seed=11, simulator=wa.Simulator(wa.Detector(pixels=32)))
+    shots = torch.as_tensor(np.round(images * 31) * 8 / 255, dtype=torch.float32)[:, None]
+    shots[:, :, :4] = 0  # dead rows
+    ranks = equalised(shots)
+    assert (ranks[:, :, :4] == 0).all() and ranks.max() <= 1 and ranks[shots > 0].min() > 0
+    for gamma in (0.7, 1.4):
+        assert torch.allclose(equalised(shots**gamma), ranks, atol=1e-6)
+    assert not torch.allclose(equalised(shots.flip(-1)), ranks)
+
+
 def _shots(images: np.ndarray, source: str = "shots.npy"):
     from napari_cdinn.core.data import Metadata, ShotSet
 

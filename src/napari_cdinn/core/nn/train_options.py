@@ -45,9 +45,13 @@ def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-shots", type=int, default=75_000)
+    parser.add_argument("--n-shots", type=int, default=60_000)
     parser.add_argument("--n-val", type=int, default=2000)
-    _common(parser, "wideangle", width=16, batch=64, minutes=70.0)
+    parser.add_argument(
+        "--equalise", action=argparse.BooleanOptionalAction, default=True,
+        help="replace each image by its pixels' ranks first (nn.wideangle_net.equalised)",
+    )  # fmt: skip
+    _common(parser, "wideangle", width=16, batch=64, minutes=68.0)
 
 
 RECIPES = {

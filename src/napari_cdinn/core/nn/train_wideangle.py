@@ -107,7 +107,9 @@ def train(args: argparse.Namespace) -> Path:
     val_images, val_q, val_r = augmented_set(args.n_val, VALIDATION_SEED)
     val_q, val_r = torch.as_tensor(val_q, dtype=torch.float32), torch.as_tensor(val_r).float()
     torch.manual_seed(args.seed)
-    model = WideAngleNet(width=args.width).to(memory_format=torch.channels_last)
+    model = WideAngleNet(width=args.width, equalise=args.equalise).to(
+        memory_format=torch.channels_last
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
     state = resume(checkpoint, model, optimizer, log)
@@ -146,7 +148,13 @@ def train(args: argparse.Namespace) -> Path:
         "input": {
             "size": [detector.pixels, detector.pixels],
             "preprocessing": f"log10(I / max I) floored at -{DYNAMIC_RANGE:g}, mapped to [0, 1] "
-            "(core.simulate.wideangle.log_image); 8-bit images are taken as that scale / 255",
+            "(core.simulate.wideangle.log_image); 8-bit images are taken as that scale / 255"
+            + (
+                "; inside the network each pixel is replaced by its rank among the image's "
+                "pixels with signal (nn.wideangle_net.equalised)"
+                if args.equalise
+                else ""
+            ),
             "geometry": f"detector uniform in k_perp, {detector.max_angle:g} degrees at the "
             f"edges, wavelength {detector.wavelength:g} nm, forward direction between the four "
             "central pixels",

@@ -104,21 +104,16 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     shifts = torch.randint(0, 9, (b, 2), generator=generator)
     out = torch.stack([out[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(shifts.tolist())])
     sigma = 5 * uniform(0, 1) ** 3
-    taps = torch.arange(-12, 13, dtype=torch.float32)
-    kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
-    kernel = (kernel / kernel.sum(1, keepdim=True))[:, None]  # (b, 1, 25)
-    flat = out.reshape(1, b, h, w)
-    flat = torch.nn.functional.conv2d(flat, kernel[:, :, :, None], padding=(12, 0), groups=b)
-    flat = torch.nn.functional.conv2d(flat, kernel[:, :, None, :], padding=(0, 12), groups=b)
-    out = flat.reshape(b, 1, h, w)
+    rows = blur_rows(sigma, h)
+    out = rows @ out @ (rows if w == h else blur_rows(sigma, w)).transpose(-2, -1)
     gain = torch.randn((b, 1, 4, 4), generator=generator) * uniform(0, 0.025)[:, None, None, None]
-    out = out + torch.nn.functional.interpolate(gain, (h, w), mode="bicubic", align_corners=True)
-    out = (
-        out
-        + (torch.rand(out.shape, generator=generator) - 0.5)
-        * 2
-        * uniform(0, 0.04)[:, None, None, None]
-    )
+    out = out + _smooth_rows(h) @ gain @ _smooth_rows(w).T
+    # one uniform draw per pixel serves the salt and pepper (below ``rate``) and, rescaled to
+    # [0, 1), the noise of the other pixels (the salt and pepper overwrite theirs)
+    rate = uniform(0, 0.01)[:, None, None, None]
+    draw = torch.rand(out.shape, generator=generator)
+    noise = ((draw - rate) / (1 - rate) - 0.5) * 2 * uniform(0, 0.04)[:, None, None, None]
+    out = out + noise
     floor, gamma = uniform(0, 0.6)[:, None, None, None], uniform(0.7, 1.6)[:, None, None, None]
     out = ((out - floor) / (1 - floor)).clamp(0, 1) ** gamma
     y, x = _disc((h, w), images.device)
@@ -140,10 +135,30 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         ]
         dead |= spot & spot_on[:, None, None]
     out = torch.where(dead[:, None], 0.0, out)
-    rate = uniform(0, 0.01)[:, None, None, None]
-    salt = torch.rand(out.shape, generator=generator)
-    out = torch.where(salt < rate / 2, 1.0, torch.where(salt < rate, 0.0, out))
+    out = torch.where(draw < rate / 2, 1.0, torch.where(draw < rate, 0.0, out))
     return out.clamp(0, 1)
+
+
+def blur_rows(sigma: torch.Tensor, n: int, reach: int = 12) -> torch.Tensor:
+    """(B, 1, n, n) matrices that blur along one axis by a Gaussian of ``sigma`` (B,) pixels:
+    a 2 ``reach`` + 1 tap kernel normalised to sum 1, zero beyond the edges, so that
+    ``rows @ image @ columns.T`` is the separable 2D blur as one batched product."""
+    taps = torch.arange(-reach, reach + 1, dtype=torch.float32)
+    kernel = torch.exp(-(taps**2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
+    kernel = kernel / kernel.sum(-1, keepdim=True)
+    zeros = torch.zeros(len(sigma), n - 1, dtype=torch.float32)
+    padded = torch.cat([zeros, kernel, zeros], dim=1)  # tap d at column d + reach + n - 1
+    index = torch.arange(n)
+    return padded[:, index[:, None] - index[None, :] + reach + n - 1][:, None]
+
+
+@lru_cache(maxsize=4)
+def _smooth_rows(n: int, knots: int = 4) -> torch.Tensor:
+    """(n, knots): bicubic interpolation (corners aligned) of ``knots`` values to ``n`` pixels,
+    as a matrix (the gain map is linear in its knots)."""
+    basis = torch.eye(knots)[:, None, :, None].expand(knots, 1, knots, 1)
+    rows = torch.nn.functional.interpolate(basis, (n, 1), mode="bicubic", align_corners=True)
+    return rows[:, 0, :, 0].T.contiguous()
 
 
 @torch.inference_mode()

@@ -38,12 +38,33 @@ class Residual(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class WideAngleNet(nn.Module):
-    """(B, 1, size, size) log images in [0, 1] -> unit quaternions (B, 4), radii (B,) in nm."""
+def equalised(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """(B, 1, H, W) images in [0, 1] -> each pixel's mid-rank among its image's signal pixels
+    (quantised to ``levels``; 0 stays 0: no signal).  The result is the same for any increasing
+    map of the levels that keeps 0, so the display's unknown floor stretch and gamma drop out."""
+    b = images.shape[0]
+    level = (images.clamp(0, 1) * (levels - 1)).round().long().reshape(b, -1)
+    counts = torch.zeros(b, levels).scatter_add_(
+        1, level, torch.ones_like(level, dtype=torch.float)
+    )
+    counts[:, 0] = 0
+    below = counts.cumsum(1) - counts  # signal pixels under each level
+    rank = (below + (counts + 1) / 2) / counts.sum(1, keepdim=True).clamp_min(1)
+    rank[:, 0] = 0
+    return rank.gather(1, level).reshape(images.shape)
 
-    def __init__(self, size: int = 128, width: int = 16):
+
+torch.fx.wrap("equalised")  # one step for inference_model's tracing (it builds data-sized tensors)
+
+
+class WideAngleNet(nn.Module):
+    """(B, 1, size, size) log images in [0, 1] -> unit quaternions (B, 4), radii (B,) in nm.
+
+    ``equalise``: the images are first replaced by their ranks (:func:`equalised`)."""
+
+    def __init__(self, size: int = 128, width: int = 16, equalise: bool = False):
         super().__init__()
-        self.size, self.width = size, width
+        self.size, self.width, self.equalise = size, width, equalise
         w = width
         self.features = nn.Sequential(
             nn.AvgPool2d(2),  # 64
@@ -64,11 +85,13 @@ class WideAngleNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.equalise:
+            x = equalised(x).contiguous(memory_format=torch.channels_last)
         out = self.head(self.features(x))
         quaternion = nn.functional.normalize(out[:, :4], dim=1)
         low, high = RADII
         radius = (low + high) / 2 + (high - low) / 2 * out[:, 4]
         return quaternion, radius
 
-    def arguments(self) -> dict[str, int]:
-        return {"size": self.size, "width": self.width}
+    def arguments(self) -> dict[str, int | bool]:
+        return {"size": self.size, "width": self.width, "equalise": self.equalise}
