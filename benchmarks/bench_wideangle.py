@@ -76,30 +76,33 @@ def simulator_section(args: argparse.Namespace) -> None:
     torch.set_num_threads(2)
 
 
-def network_section(args: argparse.Namespace, model) -> tuple[np.ndarray, np.ndarray, dict]:
+def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Scores of each of ``models`` (label: network) on the same held-out shots."""
     n = 500 if args.quick else 5000
     start = time.perf_counter()
     images, orientations, radii = augmented_set(n, BENCH_SEED)
     print(f"\n(2) network on {n} held-out simulated shots with the experimental augmentations "
           f"(simulated and corrupted in {time.perf_counter() - start:.0f} s)")  # fmt: skip
-    start = time.perf_counter()
-    q, r = predict(model, images.numpy())
-    elapsed = time.perf_counter() - start
-    errors = parameter_errors(q, r, orientations, radii)
-    print(f"  all: mean relative parameter error {100 * errors['relative'].mean():.2f} % "
-          f"(target < 1 %), median misorientation {np.median(errors['misorientation']):.2f} deg "
-          f"(target <= 2), median radius error {np.median(errors['radius']):.2f} nm "
-          f"(target <= 1); {elapsed / n * 1e3:.2f} ms per shot in batches with 8 flips")  # fmt: skip
-    edges = np.linspace(*simulate.RADII, 6)
-    for lo, hi in itertools.pairwise(edges):
-        inside = (radii >= lo) & (radii < hi)
-        print(f"  radius {lo:5.0f}-{hi:3.0f} nm ({inside.sum():4d} shots): relative "
-              f"{100 * errors['relative'][inside].mean():.2f} %, misorientation median "
-              f"{np.median(errors['misorientation'][inside]):.2f} deg, radius error median "
-              f"{np.median(errors['radius'][inside]):.2f} nm")  # fmt: skip
-    plain = parameter_errors(*predict(model, images.numpy(), tta=False), orientations, radii)
-    print(f"  without the 8 flips: relative {100 * plain['relative'].mean():.2f} %, "
-          f"misorientation median {np.median(plain['misorientation']):.2f} deg")  # fmt: skip
+    for label, model in models.items():
+        print(f"  {label}:")
+        start = time.perf_counter()
+        q, r = predict(model, images.numpy())
+        elapsed = time.perf_counter() - start
+        errors = parameter_errors(q, r, orientations, radii)
+        print(f"    all: mean relative parameter error {100 * errors['relative'].mean():.2f} % "
+              f"(target < 1 %), median misorientation {np.median(errors['misorientation']):.2f} "
+              f"deg (target <= 2), median radius error {np.median(errors['radius']):.2f} nm "
+              f"(target <= 1); {elapsed / n * 1e3:.2f} ms per shot in batches with 8 flips")  # fmt: skip
+        edges = np.linspace(*simulate.RADII, 6)
+        for lo, hi in itertools.pairwise(edges):
+            inside = (radii >= lo) & (radii < hi)
+            print(f"    radius {lo:5.0f}-{hi:3.0f} nm ({inside.sum():4d} shots): relative "
+                  f"{100 * errors['relative'][inside].mean():.2f} %, misorientation median "
+                  f"{np.median(errors['misorientation'][inside]):.2f} deg, radius error median "
+                  f"{np.median(errors['radius'][inside]):.2f} nm")  # fmt: skip
+        plain = parameter_errors(*predict(model, images.numpy(), tta=False), orientations, radii)
+        print(f"    without the 8 flips: relative {100 * plain['relative'].mean():.2f} %, "
+              f"misorientation median {np.median(plain['misorientation']):.2f} deg")  # fmt: skip
     return images.numpy(), orientations, radii
 
 
@@ -218,6 +221,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer shots, smaller fits")
     parser.add_argument("--model", type=Path, help="model file (default: the bundled one)")
+    parser.add_argument(
+        "--baseline", type=Path, help="another model scored beside it in (2) on the same shots"
+    )
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "wideangle_real.png")
     parser.add_argument("--skip-simulator", action="store_true", help="skip section (1)")
     args = parser.parse_args()
@@ -229,7 +235,13 @@ def main() -> None:
           f"({card.get('version')})")  # fmt: skip
     if not args.skip_simulator:
         simulator_section(args)
-    images, orientations, radii = network_section(args, model)
+    models = {f"model {model_path.name} ({card.get('version')})": model}
+    if args.baseline:
+        baseline, baseline_card = load_model(args.baseline)
+        models[f"baseline {args.baseline} ({baseline_card.get('version')})"] = inference_model(
+            baseline
+        )
+    images, orientations, radii = network_section(args, models)
     speed_section(args, model, images, orientations, radii)
     real_section(args, model_path, args.figure)
 
