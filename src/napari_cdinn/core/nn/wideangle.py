@@ -171,7 +171,8 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Orientations (N, 4, fundamental domain) and radii (N,) for (N, H, W) log images, each
     averaged over the eight flips/transposes (``tta``) with their quaternion maps undone; the
-    flips of ``batch_size`` images go through the network together."""
+    flips of ``batch_size`` images go through the network together.  Radii are clipped to the
+    training range ``RADII``: beyond it the network's answer is an extrapolation."""
     transforms = image_transforms() if tta else image_transforms()[:1]
     quaternions, radii = [], []
     for lo in range(0, len(images), batch_size):
@@ -182,7 +183,8 @@ def predict(
         back = [icosahedral.multiply(icosahedral.conjugate(turn), q[k]) for k, (_, turn) in
                 enumerate(transforms)]  # fmt: skip
         quaternions.append(average_orientations(np.stack(back, 1)))
-        radii.append(r.cpu().numpy().reshape(len(transforms), len(x)).mean(axis=0))
+        radius = r.cpu().numpy().reshape(len(transforms), len(x)).mean(axis=0)
+        radii.append(np.clip(radius, *RADII))  # the network knows no clusters outside RADII
     return np.concatenate(quaternions), np.concatenate(radii)
 
 
