@@ -83,6 +83,7 @@ def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray,
     images, orientations, radii = augmented_set(n, BENCH_SEED)
     print(f"\n(2) network on {n} held-out simulated shots with the experimental augmentations "
           f"(simulated and corrupted in {time.perf_counter() - start:.0f} s)")  # fmt: skip
+    edges = np.linspace(*simulate.RADII, 6)
     for label, model in models.items():
         print(f"  {label}:")
         start = time.perf_counter()
@@ -93,7 +94,6 @@ def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray,
               f"(target < 1 %), median misorientation {np.median(errors['misorientation']):.2f} "
               f"deg (target <= 2), median radius error {np.median(errors['radius']):.2f} nm "
               f"(target <= 1); {elapsed / n * 1e3:.2f} ms per shot in batches with 8 flips")  # fmt: skip
-        edges = np.linspace(*simulate.RADII, 6)
         for lo, hi in itertools.pairwise(edges):
             inside = (radii >= lo) & (radii < hi)
             print(f"    radius {lo:5.0f}-{hi:3.0f} nm ({inside.sum():4d} shots): relative "

@@ -41,11 +41,12 @@ class Residual(nn.Module):
 def equalised(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
     """(B, 1, H, W) images in [0, 1] -> each pixel's mid-rank among its image's signal pixels
     (quantised to ``levels``; 0 stays 0: no signal).  The result is the same for any increasing
-    map of the levels that keeps 0, so the display's unknown floor stretch and gamma drop out."""
+    map of the levels that keeps 0, so the display's unknown gamma drops out (and its floor, but
+    for the faint levels the floor cuts).  Made on the images' device (CPU or CUDA)."""
     b = images.shape[0]
     level = (images.clamp(0, 1) * (levels - 1)).round().long().reshape(b, -1)
-    counts = torch.zeros(b, levels).scatter_add_(
-        1, level, torch.ones_like(level, dtype=torch.float)
+    counts = images.new_zeros((b, levels)).scatter_add_(
+        1, level, torch.ones_like(level, dtype=images.dtype)
     )
     counts[:, 0] = 0
     below = counts.cumsum(1) - counts  # signal pixels under each level
