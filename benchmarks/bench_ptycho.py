@@ -184,6 +184,10 @@ def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float
     print(f"    network, retrained    amplitude {nn_amp:.3f}  phase {nn_phase:.3f}   "
           f"(targets: phase >= 0.85, amplitude >= 0.95 x ePIE = {0.95 * epie_amp:.3f})")  # fmt: skip
     print(f"    network, pretrained   {scores(pretrained, truth, outside)}")
+    inside = scanned & region  # the positions it was retrained on: is it fitting them at all?
+    print(f"    inside the region (its training positions): ePIE {scores(epie, truth, inside)}; "
+          f"retrained {scores(network, truth, inside)}; pretrained "
+          f"{scores(pretrained, truth, inside)}")  # fmt: skip
     ceiling = synchronisation_ceiling(scan, args.model, truth, outside)
     print(f"    pretrained, each patch's constant phase from the truth  {ceiling}")
     for sigma in (2, 3):  # for scale: how much a plain blur of the truth costs
