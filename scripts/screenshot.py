@@ -2,7 +2,9 @@
 (docs/screenshot.png), and with ``--cdi`` the CDI sample inverted by the Invert CDI dock with all
 three methods side by side (docs/screenshot_cdi.png), and with ``--ptycho`` the ptychography
 sample through the Ptychography dock: ePIE, a drawn region, retraining, the network's result
-(docs/screenshot_ptycho.png).
+(docs/screenshot_ptycho.png), and with ``--wideangle`` the wide-angle sample shots through the
+Wide-angle dock: the network's answers, the patterns simulated from them, the cluster, and a
+refined shot in the table (docs/screenshot_wideangle.png).
 
 The Bragg CDI patterns and the ptychography scan (diffraction and scan positions) are opened with
 the "Diffraction data" dock, shown side by side in napari's grid mode, and the ptychography
@@ -14,6 +16,7 @@ Run (a display is needed; on a headless machine use xvfb)::
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py -o /tmp/shot.png --frame 5
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py --cdi
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py --ptycho
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py --wideangle
 """
 
 from __future__ import annotations
@@ -60,9 +63,12 @@ def _hide_notifications(window) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", "--output", type=Path, help="default docs/screenshot(_cdi).png")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="default docs/screenshot(_cdi, _ptycho, _wideangle).png"
+    )
     parser.add_argument("--cdi", action="store_true", help="the Invert CDI dock with its results")
     parser.add_argument("--ptycho", action="store_true", help="the Ptychography dock at work")
+    parser.add_argument("--wideangle", action="store_true", help="the Wide-angle dock at work")
     parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
     parser.add_argument("--frame", type=int, default=12, help="frame shown (both stacks)")
     args = parser.parse_args()
@@ -84,6 +90,9 @@ def main() -> int:
     window.resize(width, height)
     if args.ptycho:
         return ptycho_screenshot(viewer, args.output or REPO / "docs" / "screenshot_ptycho.png")
+    if args.wideangle:
+        output = args.output or REPO / "docs" / "screenshot_wideangle.png"
+        return wideangle_screenshot(viewer, output, shot=3)
     if args.cdi:
         return cdi_screenshot(
             viewer, args.output or REPO / "docs" / "screenshot_cdi.png", args.frame
@@ -169,6 +178,20 @@ def ptycho_screenshot(viewer, output: Path) -> int:
     network = viewer.layers["ptycho_scan phase (NN)"]
     network.translate = np.add(network.translate, [0, network.data.shape[1] + 8])  # beside
     viewer.layers.selection.active = viewer.layers["ptycho_scan diffraction"]
+    return _save(viewer, output)
+
+
+def wideangle_screenshot(viewer, output: Path, shot: int) -> int:
+    """The sample shots: the network's answers for all, the patterns simulated from them beside
+    the shots, the cluster of the current shot, and that shot refined by a short simplex."""
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Wide-angle")
+    viewer.open_sample("napari-cdinn", "wideangle")
+    dock.predict()
+    _wait(lambda: dock.worker is None, timeout=300)
+    viewer.dims.set_current_step(0, shot)
+    dock.evaluations.setValue(150)
+    dock.fit("refine")
+    _wait(lambda: dock.worker is None, timeout=300)
     return _save(viewer, output)
 
 

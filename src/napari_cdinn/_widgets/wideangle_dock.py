@@ -268,14 +268,17 @@ class WideAngleDock(WorkerDock):
             ),
         }
         data = (vertices[:, 1:], faces[front], vertices[:, 0])  # depth as the vertex value
+        seen = vertices[np.unique(faces[front]), 0]  # colours spread over the visible depths
+        depths = (float(seen.min()), float(max(seen.max(), seen.min() + 1e-3)))
         name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} cluster"
         metadata = {"shot": shot, "radius_nm": radius, "quaternion": quaternion}
         existing = self._layer(name)
         if existing is not None:
             existing.data = data
+            existing.contrast_limits = depths
             existing.metadata = metadata
         elif create:
             self.viewer.add_surface(
-                data, name=name, colormap="bop orange", contrast_limits=(-RADII[1], RADII[1]),
+                data, name=name, colormap="bop orange", contrast_limits=depths,
                 metadata=metadata, **placed,
             )  # fmt: skip
