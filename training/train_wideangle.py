@@ -1,6 +1,6 @@
 """The recipe of the bundled wide-angle network (src/napari_cdinn/weights/wideangle_nn.*).
 
-    python training/train_wideangle.py     # the bundled model: 60k shots (~20 min), 68 min training
+    python training/train_wideangle.py     # the bundled model: 60k shots (~14 min), 68 min training
     python training/train_wideangle.py --minutes 1 --n-shots 1000 --out /tmp/wa   # a quick try
 
 Interrupted runs resume from training/runs/wideangle/checkpoint.pt (the simulated shots are
