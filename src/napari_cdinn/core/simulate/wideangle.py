@@ -184,7 +184,10 @@ def _chord_integrals(normals, offsets, axis, nodes, a, out) -> None:
     exponentials; relative difference ~1e-6, far below the 8-bit images' quantisation)."""
     n, m = axis.size, nodes.size
     q = nodes.astype(np.float32)
-    a_re, a_im = np.float32(a.real), np.float32(a.imag)
+    rate = 1j * nodes - a  # per node, the same for every column
+    turn_rate = rate.imag.astype(np.float32)  # phase per nm of e^((i q - a) z)
+    inverse = 1 / rate
+    inverse_re, inverse_im = inverse.real.astype(np.float32), inverse.imag.astype(np.float32)
     for i in numba.prange(n):
         for j in range(n):
             z_in, z_out = -np.inf, np.inf
@@ -205,15 +208,13 @@ def _chord_integrals(normals, offsets, axis, nodes, a, out) -> None:
             decay = np.float32(np.exp(-a.real * length))
             for k in range(m):
                 entry = q[k] * start  # phase of e^(i q z_in)
-                turn = (q[k] - a_im) * chord  # phase of e^((i q - a) L)
+                turn = turn_rate[k] * chord  # phase of e^((i q - a) L)
                 c, s = np.cos(entry), np.sin(entry)
                 d_re, d_im = decay * np.cos(turn) - 1, decay * np.sin(turn)
                 top_re, top_im = c * d_re - s * d_im, c * d_im + s * d_re
-                rate_im = q[k] - a_im  # the rate i q - a is (-a_re, rate_im)
-                norm = a_re * a_re + rate_im * rate_im
                 out[k, i, j] = complex(
-                    (-top_re * a_re + top_im * rate_im) / norm,
-                    (-top_im * a_re - top_re * rate_im) / norm,
+                    top_re * inverse_re[k] - top_im * inverse_im[k],
+                    top_re * inverse_im[k] + top_im * inverse_re[k],
                 )
 
 
