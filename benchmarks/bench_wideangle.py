@@ -76,6 +76,17 @@ def simulator_section(args: argparse.Namespace) -> None:
     torch.set_num_threads(2)
 
 
+def turned_by(orientations: np.ndarray, degrees: float, seed: int = 0) -> np.ndarray:
+    """Each orientation turned by exactly ``degrees`` about a random axis: a network whose every
+    answer is off by that angle, to put the relative-error target beside the angle's."""
+    rng = np.random.default_rng(seed)
+    axes = rng.normal(size=(len(orientations), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    half = np.radians(degrees) / 2
+    turns = np.column_stack([np.full(len(axes), np.cos(half)), np.sin(half) * axes])
+    return icosahedral.multiply(turns, orientations)
+
+
 def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     """Scores of each of ``models`` (label: network) on the same held-out shots."""
     n = 500 if args.quick else 5000
@@ -84,6 +95,10 @@ def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray,
     print(f"\n(2) network on {n} held-out simulated shots with the experimental augmentations "
           f"(simulated and corrupted in {time.perf_counter() - start:.0f} s)")  # fmt: skip
     edges = np.linspace(*simulate.RADII, 6)
+    for degrees in (1, 2):
+        relative = parameter_errors(turned_by(orientations, degrees), radii, orientations, radii)
+        print(f"  for scale: every shot off by exactly {degrees} deg (radius exact) has a mean "
+              f"relative parameter error of {100 * relative['relative'].mean():.2f} %")  # fmt: skip
     for label, model in models.items():
         print(f"  {label}:")
         start = time.perf_counter()

@@ -51,6 +51,11 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
         "--equalise", action=argparse.BooleanOptionalAction, default=True,
         help="replace each image by its pixels' ranks first (nn.wideangle_net.equalised)",
     )  # fmt: skip
+    parser.add_argument(
+        "--stem", choices=("pool", "patchify"), default="pool",
+        help="the network's first layer: 2 x 2 binning then a 3 x 3 convolution, or 4 x 4 tiles "
+        "of the full-resolution image (nn.wideangle_net.WideAngleNet)",
+    )  # fmt: skip
     _common(parser, "wideangle", width=16, batch=64, minutes=68.0)
 
 

@@ -107,7 +107,7 @@ def train(args: argparse.Namespace) -> Path:
     val_images, val_q, val_r = augmented_set(args.n_val, VALIDATION_SEED)
     val_q, val_r = torch.as_tensor(val_q, dtype=torch.float32), torch.as_tensor(val_r).float()
     torch.manual_seed(args.seed)
-    model = WideAngleNet(width=args.width, equalise=args.equalise).to(
+    model = WideAngleNet(width=args.width, equalise=args.equalise, stem=args.stem).to(
         memory_format=torch.channels_last
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)

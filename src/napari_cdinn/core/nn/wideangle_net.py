@@ -1,9 +1,12 @@
 """The wide-angle network: a compact residual network that regresses a cluster's orientation
 (unit quaternion) and circumradius from one scattering image.
 
-Stielow et al. (2020) used ResNet-34; this one has four residual stages on a 2 x 2-binned image
-(64 x 64 from the detector's 128 x 128), small enough to train on two CPU cores and to answer in
-about a millisecond.  The last feature map (4 x 4) is flattened rather than averaged, so the
+Stielow et al. (2020) used ResNet-34; this one has four residual stages, small enough to train on
+two CPU cores and to answer in about a millisecond.  Its stem either bins the detector's
+128 x 128 image 2 x 2 and convolves it at 64 x 64 (``stem="pool"``), or cuts the full-resolution
+image into 4 x 4 tiles, each mapped to 16 channels of a 32 x 32 map (``stem="patchify"``, the
+ConvNeXt stem): a map that can keep every pixel, where binning blurs the finest fringes (a
+160 nm cluster's repeat about 5 detector pixels).  The last feature map (4 x 4) is flattened rather than averaged, so the
 head still knows where in the image a streak lies, which is what orientation is about.
 """
 
@@ -61,18 +64,28 @@ torch.fx.wrap("equalised")  # one step for inference_model's tracing (it builds 
 class WideAngleNet(nn.Module):
     """(B, 1, size, size) log images in [0, 1] -> unit quaternions (B, 4), radii (B,) in nm.
 
-    ``equalise``: the images are first replaced by their ranks (:func:`equalised`)."""
+    ``equalise``: the images are first replaced by their ranks (:func:`equalised`); ``stem``:
+    "pool" or "patchify" (see the module's docstring)."""
 
-    def __init__(self, size: int = 128, width: int = 16, equalise: bool = False):
+    def __init__(
+        self, size: int = 128, width: int = 16, equalise: bool = False, stem: str = "pool"
+    ):
         super().__init__()
-        self.size, self.width, self.equalise = size, width, equalise
+        if stem not in ("pool", "patchify"):
+            raise ValueError(f"stem must be 'pool' or 'patchify', not {stem!r}")
+        self.size, self.width, self.equalise, self.stem = size, width, equalise, stem
         w = width
+        if stem == "pool":
+            first = [nn.AvgPool2d(2), nn.Conv2d(1, w, 3, padding=1, bias=False)]  # 64
+            first_stage = Residual(w, 2 * w, 2)  # 32
+        else:
+            first = [nn.Conv2d(1, w, 4, stride=4, bias=False)]  # 32
+            first_stage = Residual(w, 2 * w)
         self.features = nn.Sequential(
-            nn.AvgPool2d(2),  # 64
-            nn.Conv2d(1, w, 3, padding=1, bias=False),
+            *first,
             nn.BatchNorm2d(w),
             nn.ReLU(inplace=True),
-            Residual(w, 2 * w, 2),  # 32
+            first_stage,
             Residual(2 * w, 4 * w, 2),  # 16
             Residual(4 * w, 8 * w, 2),  # 8
             Residual(8 * w, 8 * w, 2),  # 4
@@ -94,5 +107,10 @@ class WideAngleNet(nn.Module):
         radius = (low + high) / 2 + (high - low) / 2 * out[:, 4]
         return quaternion, radius
 
-    def arguments(self) -> dict[str, int | bool]:
-        return {"size": self.size, "width": self.width, "equalise": self.equalise}
+    def arguments(self) -> dict[str, int | bool | str]:
+        return {
+            "size": self.size,
+            "width": self.width,
+            "equalise": self.equalise,
+            "stem": self.stem,
+        }
