@@ -258,16 +258,20 @@ def test_refine_from_a_nearby_start_finds_the_cluster():
     assert result.provenance.parameters["similarity"][0] > 0.99
 
 
-def test_fit_follows_a_beam_off_centre_through_salt_and_pepper():
-    """A pattern moved by (4, -2) detector pixels with salt-and-pepper pixels: refine from 4
-    degrees off still finds the cluster, and reports the beam's offset."""
+def test_fit_follows_a_blurred_beam_off_centre_through_salt_and_pepper():
+    """A pattern moved by (4, -2) detector pixels, blurred (sigma 2 pixels), with salt-and-
+    pepper pixels: refine from 4 degrees off still finds the cluster, and reports the beam's
+    offset and the blur."""
+    from scipy.ndimage import gaussian_filter
+
     from napari_cdinn.core import wideangle
     from napari_cdinn.core.data import OrientationResult, Provenance
     from napari_cdinn.core.progress import run_to_end
 
     rng = np.random.default_rng(5)
     q, r = ico.random_orientations(1, rng), np.array([100.0])
-    image = np.roll(wa.log_image(wa.Simulator().intensity(r[0], q[0])), (4, -2), (0, 1))
+    image = wa.log_image(gaussian_filter(wa.Simulator().intensity(r[0], q[0]), 2))
+    image = np.roll(image, (4, -2), (0, 1))
     image.flat[rng.choice(image.size, 160, replace=False)] = rng.choice([0.0, 1.0], 160)
     off = ico.multiply(q, [np.cos(np.radians(2)), np.sin(np.radians(2)), 0, 0])  # 4 degrees
     start = OrientationResult(off, r - 3, Provenance("test"))
@@ -275,6 +279,7 @@ def test_fit_follows_a_beam_off_centre_through_salt_and_pepper():
     assert ico.misorientation(result.quaternions, q)[0] < 1.0
     assert abs(result.radii_nm[0] - r[0]) < 1.5
     assert result.provenance.parameters["beam_offsets_px"][0] == [4, -2]
+    assert result.provenance.parameters["blur_sigmas_px"][0] == 2.0
 
 
 def test_cluster_mesh_is_the_turned_icosahedron():

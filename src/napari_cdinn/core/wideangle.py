@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.ndimage import median_filter
+from scipy.ndimage import gaussian_filter, median_filter
 from scipy.optimize import minimize
 
 from . import icosahedral
@@ -38,6 +38,7 @@ from .simulate.wideangle import RADII, Detector, Simulator, log_image
 METHODS = ("nn", "fit", "refine")
 LABELS = {"nn": "NN", "fit": "simplex fit", "refine": "NN + simplex"}
 PIXELS = 128  # the network's and the simulator's detector grid
+BLURS = (0.0, 0.5, 1.0, 2.0)  # Gaussian sigmas (binned pixels) the fit tries for the detector
 Steps = Generator[tuple[int, int], None, OrientationResult]
 
 
@@ -153,11 +154,11 @@ class ShotFit:
     """The forward model and misfit for one measured shot: 1 - the Pearson correlation of the
     measured and simulated log images over the pixels with signal (correlation, since the
     measured image's scaling is unknown), at the best beam-centre offset of up to
-    ``max_shift`` binned pixels each way.  The measured image is median-filtered (3 x 3) first,
-    against salt-and-pepper pixels.  The offset matters: a beam a few pixels off the detector's
-    centre moves the whole pattern, and without it the search turned and resized the cluster to
-    follow (on 40 held-out shots, refine from the network's answers went from 2.9 to 5.3 deg
-    median misorientation; with it, to 1.9)."""
+    ``max_shift`` binned pixels each way and the best of a few detector blurs (``BLURS``).  The
+    measured image is median-filtered (3 x 3) first, against salt-and-pepper pixels.  The
+    offset matters most: a beam a few pixels off the detector's centre moves the whole pattern,
+    and without it the search turned and resized the cluster to follow it (refine made the
+    network's answers worse); a blurred shot's fringes, too, were matched by a wrong cluster."""
 
     def __init__(self, image: np.ndarray, pixels: int = 64, max_shift: int = 2):
         cleaned = np.where(image > 0, median_filter(image, 3), 0)
@@ -173,21 +174,25 @@ class ShotFit:
         self.max_shift = max_shift
         self.simulator = Simulator(Detector(pixels=pixels))
         self.evaluations = 0
-        self.lowest, self.best_shift = np.inf, (0, 0)  # the lowest misfit seen, at its offset
+        # the lowest misfit seen, with its offset (rows, columns) and blur in binned pixels
+        self.lowest, self.best_shift, self.best_blur = np.inf, (0, 0), 0.0
 
     def misfit(self, orientation: np.ndarray, radius: float) -> float:
         self.evaluations += 1
         simulated = log_image(self.simulator.intensity(radius, orientation))
+        blurred = np.stack([gaussian_filter(simulated, b) if b else simulated for b in BLURS])
         s = self.max_shift
-        # windows[a, b] is the simulation moved by (s - a, s - b) pixels
-        windows = sliding_window_view(np.pad(simulated, s), simulated.shape)[:, :, self.valid]
+        # windows[k, a, b]: blur k, the simulation moved by (s - a, s - b) pixels
+        padded = np.pad(blurred, ((0, 0), (s, s), (s, s)))
+        windows = sliding_window_view(padded, simulated.shape, axis=(1, 2))[..., self.valid]
         windows = windows - windows.mean(axis=-1, keepdims=True)
         norms = np.maximum(np.linalg.norm(windows, axis=-1), 1e-30)
         correlation = windows @ self.measured / norms
-        a, b = np.unravel_index(np.argmax(correlation), correlation.shape)
-        misfit = 1.0 - float(correlation[a, b])
-        if misfit < self.lowest:  # (rows, columns) in binned pixels
-            self.lowest, self.best_shift = misfit, (s - int(a), s - int(b))
+        k, a, b = np.unravel_index(np.argmax(correlation), correlation.shape)
+        misfit = 1.0 - float(correlation[k, a, b])
+        if misfit < self.lowest:
+            self.lowest, self.best_blur = misfit, BLURS[k]
+            self.best_shift = (s - int(a), s - int(b))
         return misfit
 
 
@@ -240,7 +245,7 @@ def fit_steps(
     rng = np.random.default_rng(recipe.seed)
     starts = 1 if start is not None else recipe.starts
     total = len(shots) * starts
-    quaternions, radii, misfits, offsets, evaluations = [], [], [], [], 0
+    quaternions, radii, misfits, offsets, blurs, evaluations = [], [], [], [], [], 0
     for n, shot in enumerate(shots):
         fit = ShotFit(images[shot], recipe.pixels)
         best = (None, None, np.inf)
@@ -259,6 +264,7 @@ def fit_steps(
         radii.append(best[1])
         misfits.append(best[2])
         offsets.append([d * PIXELS // recipe.pixels for d in fit.best_shift])
+        blurs.append(fit.best_blur * PIXELS / recipe.pixels)
         evaluations += fit.evaluations
     method = "refine" if start is not None else "fit"
     provenance = Provenance(
@@ -267,6 +273,7 @@ def fit_steps(
             **vars(recipe), "starts": starts, "shots": shots.tolist(),
             "simulations": evaluations, "similarity": [round(1 - m, 5) for m in misfits],
             "beam_offsets_px": offsets,  # (rows, columns) on the 128-pixel detector
+            "blur_sigmas_px": blurs,  # the detector blur that fitted best, same pixels
         },
         wall_time_s=time.perf_counter() - began,
         source=data.meta.source,
