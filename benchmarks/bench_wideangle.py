@@ -2,6 +2,7 @@
 
     python benchmarks/bench_wideangle.py           # the figures (about 15 min on 2 cores)
     python benchmarks/bench_wideangle.py --quick   # fewer shots, smaller fits
+    python benchmarks/bench_wideangle.py --only real   # one part (simulator, network, real)
 
 Sections: (1) simulator speed (one thread) and its agreement with the slice-by-slice reference
 (rms of log10 intensity over 5 decades) at 30, 90 and 160 nm; (2) the network on held-out
@@ -191,10 +192,12 @@ def real_section(args, model_path: Path, figure: Path) -> None:
             q, r = result.quaternions[0], float(result.radii_nm[0])
             simulated = wideangle.simulated_image(q, r)
             similarity = wideangle.similarity(image[image > 0], simulated[image > 0])
+            fitted = 1 - wideangle.ShotFit(image).misfit(q, r)  # what the fit maximises
             to_fit = float(icosahedral.misorientation(q, fit.quaternions[0]))
             print(f"  {name} {label:12s} radius {r:6.1f} nm, quaternion "
-                  f"{np.round(q, 3).tolist()}, similarity {similarity:.3f}, "
-                  f"misorientation to the fit {to_fit:5.1f} deg")  # fmt: skip
+                  f"{np.round(q, 3).tolist()}, similarity {similarity:.3f} (the fit's, with "
+                  f"the best beam offset and blur: {fitted:.3f}), misorientation to the fit "
+                  f"{to_fit:5.1f} deg")  # fmt: skip
         print(f"  ({name}: network {network.provenance.wall_time_s * 1e3:.0f} ms including "
               f"loading the model, simplex fit {t_fit:.0f} s)")  # fmt: skip
         rows.append((name, image, network))
@@ -246,6 +249,10 @@ def main() -> None:
     )
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "wideangle_real.png")
     parser.add_argument("--skip-simulator", action="store_true", help="skip section (1)")
+    parser.add_argument(
+        "--only", choices=("simulator", "network", "real"),
+        help="one part: section (1), sections (2) and (3), or section (4)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(2)
     model_path = args.model or wideangle.default_model()
@@ -253,8 +260,12 @@ def main() -> None:
     model = inference_model(model)  # batch norm fused into the convolutions, as network_steps
     print(f"torch {torch.__version__}, 2 threads, model {model_path.name} "
           f"({card.get('version')})")  # fmt: skip
-    if not args.skip_simulator:
+    if args.only in (None, "simulator") and not args.skip_simulator:
         simulator_section(args)
+    if args.only == "real":
+        real_section(args, model_path, args.figure)
+    if args.only is not None and args.only != "network":
+        return
     models = {f"model {model_path.name} ({card.get('version')})": model}
     if args.baseline:
         baseline, baseline_card = load_model(args.baseline)
@@ -263,7 +274,8 @@ def main() -> None:
         )
     images, orientations, radii = network_section(args, models)
     speed_section(args, model, images, orientations, radii)
-    real_section(args, model_path, args.figure)
+    if args.only is None:
+        real_section(args, model_path, args.figure)
 
 
 if __name__ == "__main__":
