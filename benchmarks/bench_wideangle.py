@@ -1,6 +1,6 @@
 """Wide-angle benchmark: the MSFT simulator, the bundled network and the simplex fit, side by side.
 
-    python benchmarks/bench_wideangle.py           # the issue's figures (about 15 min on 2 cores)
+    python benchmarks/bench_wideangle.py           # the issue's figures (about 20 min on 2 cores)
     python benchmarks/bench_wideangle.py --quick   # fewer shots, smaller fits
     python benchmarks/bench_wideangle.py --only real   # one part (simulator, network, real)
 
