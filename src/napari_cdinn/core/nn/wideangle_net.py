@@ -3,11 +3,12 @@
 
 Stielow et al. (2020) used ResNet-34; this one has four residual stages, small enough to train on
 two CPU cores and to answer in about a millisecond.  Its stem either bins the detector's
-128 x 128 image 2 x 2 and convolves it at 64 x 64 (``stem="pool"``), or cuts the full-resolution
-image into 4 x 4 tiles, each mapped to 16 channels of a 32 x 32 map (``stem="patchify"``, the
-ConvNeXt stem): a map that can keep every pixel, where binning blurs the finest fringes (a
-160 nm cluster's repeat about 5 detector pixels).  The last feature map (4 x 4) is flattened rather than averaged, so the
-head still knows where in the image a streak lies, which is what orientation is about.
+128 x 128 image 2 x 2 and convolves it at 64 x 64 (``stem="pool"``, the bundled model's), or
+cuts the full-resolution image into 4 x 4 tiles, each mapped to 16 channels of a 32 x 32 map
+(``stem="patchify"``, the ConvNeXt stem): a map that can keep every pixel, where binning blurs
+the finest fringes (a 160 nm cluster's repeat about 5 detector pixels).  The last feature map
+(4 x 4) is flattened rather than averaged, so the head still knows where in the image a streak
+lies, which is what orientation is about.
 """
 
 from __future__ import annotations
