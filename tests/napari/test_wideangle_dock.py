@@ -60,6 +60,8 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     assert wdock.table.rowCount() == 2
     assert wdock.table.item(1, 0).text() == "NN + simplex"
     assert float(wdock.table.item(1, 4).text()) > 0.5  # similarity of the refined answer
+    rows, columns = (int(d) for d in wdock.table.item(1, 5).text().split(","))  # beam offset
+    assert max(abs(rows), abs(columns)) <= 4
 
     wdock.starts.setValue(2)
     wdock.fit("fit")

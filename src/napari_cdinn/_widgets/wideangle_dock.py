@@ -72,10 +72,11 @@ class WideAngleDock(WorkerDock):
         self.refine_button.setToolTip("Simplex fit of the current shot from the network's answer")
         self.refine_button.clicked.connect(lambda: self.fit("refine"))
         self.run_buttons = [self.predict_button, self.fit_button, self.refine_button]
-        self.table = QTableWidget(0, 5)
+        self.table = QTableWidget(0, 6)
         self.table.setHorizontalHeaderLabels(
-            ["method", "radius (nm)", "quaternion (w, x, y, z)", "to fit (deg)", "similarity"]
-        )
+            ["method", "radius (nm)", "quaternion (w, x, y, z)", "to fit (deg)", "similarity",
+             "beam offset (px)"]
+        )  # fmt: skip
         self.table.verticalHeader().setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -208,18 +209,22 @@ class WideAngleDock(WorkerDock):
             f"({1e3 * wall / len(result.radii_nm):.1f} ms per shot)"
         )
 
-    def _answers(self, layer_name: str, shot: int) -> list[tuple[str, np.ndarray, float, float]]:
-        """(method, quaternion, radius, similarity or nan) for the shot, network first."""
+    def _answers(
+        self, layer_name: str, shot: int
+    ) -> list[tuple[str, np.ndarray, float, float, str]]:
+        """(method, quaternion, radius, similarity or nan, the beam offset the fit found as
+        text) for the shot, network first."""
         rows = []
         network = self.network.get(layer_name)
         if network is not None and shot < len(network.radii_nm):
-            rows.append(("NN", network.quaternions[shot], network.radii_nm[shot], np.nan))
+            rows.append(("NN", network.quaternions[shot], network.radii_nm[shot], np.nan, ""))
         for method in ("fit", "refine"):
             fitted = self.fits.get((layer_name, shot, method))
             if fitted is not None:
-                similarity = fitted.provenance.parameters["similarity"][0]
+                found = fitted.provenance.parameters
+                offset = ", ".join(f"{d:+d}" for d in found["beam_offsets_px"][0])
                 rows.append((wideangle.LABELS[method], fitted.quaternions[0],
-                             fitted.radii_nm[0], similarity))  # fmt: skip
+                             fitted.radii_nm[0], found["similarity"][0], offset))  # fmt: skip
         return rows
 
     def _show_current(self, event: object = None, create: bool = False) -> None:
@@ -231,7 +236,7 @@ class WideAngleDock(WorkerDock):
         rows = self._answers(layer_name, shot)
         fitted = self.fits.get((layer_name, shot, "fit"))
         self.table.setRowCount(len(rows))
-        for row, (method, quaternion, radius, similarity) in enumerate(rows):
+        for row, (method, quaternion, radius, similarity, offset) in enumerate(rows):
             to_fit = ""
             if fitted is not None:
                 to_fit = (
@@ -239,7 +244,7 @@ class WideAngleDock(WorkerDock):
                 )
             cells = (
                 method, f"{radius:.1f}", ", ".join(f"{v:+.4f}" for v in quaternion), to_fit,
-                "" if np.isnan(similarity) else f"{similarity:.3f}",
+                "" if np.isnan(similarity) else f"{similarity:.3f}", offset,
             )  # fmt: skip
             for column, text in enumerate(cells):
                 self.table.setItem(row, column, QTableWidgetItem(text))
