@@ -135,10 +135,15 @@ def speed_section(args, model, images, orientations, radii) -> None:
               "per shot (target <= 5)")  # fmt: skip
         if tta:
             t_network = ms / 1e3
-    n = 6 if args.quick else 16
-    shots = ShotSet(images[:n], Metadata(source="held-out shots"), scaling="display value / 255")
-    q, r = predict(model, images[:n])
-    network_median = float(np.median(icosahedral.misorientation(q, orientations[:n])))
+    n_fit, n_refine = (6, 6) if args.quick else (16, 48)  # refine is quick: more shots
+    q, r = predict(model, images[: max(n_fit, n_refine)])
+    misoriented = icosahedral.misorientation(q, orientations[: len(q)])
+
+    def held_out(n: int) -> ShotSet:
+        return ShotSet(images[:n], Metadata(source="held-out shots"), scaling="display value / 255")
+
+    n, shots = n_fit, held_out(n_fit)
+    network_median = float(np.median(misoriented[:n]))
     print(f"  on the first {n} shots the network's median misorientation is "
           f"{network_median:.2f} deg")  # fmt: skip
     budgets = [(2, 100), (4, 150), (8, 150)] if args.quick else [(2, 100), (4, 150), (8, 200)]
@@ -154,19 +159,16 @@ def speed_section(args, model, images, orientations, radii) -> None:
               f"{np.median(np.abs(fit.radii_nm - radii[:n])):.2f} nm, {per_shot:.1f} s per "
               f"shot ({reached} the network's): {per_shot / t_network:.0f} x the network's "
               "time")  # fmt: skip
-    n = 6 if args.quick else 48  # refine is quick: more shots
-    shots = ShotSet(images[:n], Metadata(source="held-out shots"), scaling="display value / 255")
-    q, r = predict(model, images[:n])
+    n, shots = n_refine, held_out(n_refine)
     start = time.perf_counter()
-    network = OrientationResult(q, r, Provenance("NN"))
+    network = OrientationResult(q[:n], r[:n], Provenance("NN"))
     refined = run_to_end(wideangle.fit_steps(shots, start=network))
     per_shot = (time.perf_counter() - start) / n
     median = float(np.median(icosahedral.misorientation(refined.quaternions, orientations[:n])))
     print(f"  refine (one simplex from the network's answer) on the first {n} shots: median "
-          f"misorientation {median:.2f} deg (the network's "
-          f"{np.median(icosahedral.misorientation(q, orientations[:n])):.2f}), radius error "
-          f"median {np.median(np.abs(refined.radii_nm - radii[:n])):.2f} nm (the network's "
-          f"{np.median(np.abs(r - radii[:n])):.2f}), {per_shot:.1f} s per shot")  # fmt: skip
+          f"misorientation {median:.2f} deg (the network's {np.median(misoriented[:n]):.2f}), "
+          f"radius error median {np.median(np.abs(refined.radii_nm - radii[:n])):.2f} nm (the "
+          f"network's {np.median(np.abs(r[:n] - radii[:n])):.2f}), {per_shot:.1f} s per shot")  # fmt: skip
 
 
 def real_section(args, model_path: Path, figure: Path) -> None:
@@ -238,6 +240,18 @@ def save_figure(rows, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def network_and_speed(args: argparse.Namespace, model, model_path: Path, card: dict) -> None:
+    """Sections (2) and (3): the bundled (or given) model, and ``--baseline`` beside it."""
+    models = {f"model {model_path.name} ({card.get('version')})": model}
+    if args.baseline:
+        baseline, baseline_card = load_model(args.baseline)
+        models[f"baseline {args.baseline} ({baseline_card.get('version')})"] = inference_model(
+            baseline
+        )
+    images, orientations, radii = network_section(args, models)
+    speed_section(args, model, images, orientations, radii)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -260,21 +274,12 @@ def main() -> None:
     model = inference_model(model)  # batch norm fused into the convolutions, as network_steps
     print(f"torch {torch.__version__}, 2 threads, model {model_path.name} "
           f"({card.get('version')})")  # fmt: skip
-    if args.only in (None, "simulator") and not args.skip_simulator:
+    parts = {args.only} if args.only else {"simulator", "network", "real"}
+    if "simulator" in parts and not args.skip_simulator:
         simulator_section(args)
-    if args.only == "real":
-        real_section(args, model_path, args.figure)
-    if args.only is not None and args.only != "network":
-        return
-    models = {f"model {model_path.name} ({card.get('version')})": model}
-    if args.baseline:
-        baseline, baseline_card = load_model(args.baseline)
-        models[f"baseline {args.baseline} ({baseline_card.get('version')})"] = inference_model(
-            baseline
-        )
-    images, orientations, radii = network_section(args, models)
-    speed_section(args, model, images, orientations, radii)
-    if args.only is None:
+    if "network" in parts:
+        network_and_speed(args, model, model_path, card)
+    if "real" in parts:
         real_section(args, model_path, args.figure)
 
 
