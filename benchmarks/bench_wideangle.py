@@ -26,10 +26,9 @@ import torch
 
 from napari_cdinn.core import icosahedral, io, wideangle
 from napari_cdinn.core.data import Metadata, OrientationResult, Provenance, ShotSet
-from napari_cdinn.core.nn.cdi import inference_model
 from napari_cdinn.core.nn.registry import load_model
 from napari_cdinn.core.nn.train_wideangle import augmented_set
-from napari_cdinn.core.nn.wideangle import parameter_errors, predict
+from napari_cdinn.core.nn.wideangle import inference_network, parameter_errors, predict
 from napari_cdinn.core.progress import run_to_end
 from napari_cdinn.core.simulate import wideangle as simulate
 
@@ -245,7 +244,7 @@ def network_and_speed(args: argparse.Namespace, model, model_path: Path, card: d
     models = {f"model {model_path.name} ({card.get('version')})": model}
     if args.baseline:
         baseline, baseline_card = load_model(args.baseline)
-        models[f"baseline {args.baseline} ({baseline_card.get('version')})"] = inference_model(
+        models[f"baseline {args.baseline} ({baseline_card.get('version')})"] = inference_network(
             baseline
         )
     images, orientations, radii = network_section(args, models)
@@ -271,7 +270,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model_path = args.model or wideangle.default_model()
     model, card = load_model(model_path)
-    model = inference_model(model)  # batch norm fused into the convolutions, as network_steps
+    model = inference_network(model)  # as network_steps: fused, ranking each image once
     print(f"torch {torch.__version__}, 2 threads, model {model_path.name} "
           f"({card.get('version')})")  # fmt: skip
     parts = {args.only} if args.only else {"simulator", "network", "real"}

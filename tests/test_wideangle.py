@@ -187,6 +187,23 @@ def test_equalised_images_ignore_the_display_scaling():
     assert not torch.allclose(equalised(shots.flip(-1)), ranks)
 
 
+def test_ranking_once_before_the_flips_gives_the_networks_own_answer():
+    """The inference network ranks each image once and then flips it (ranks of a flipped image
+    are the flipped ranks); its answers are those of the network that ranks every flip."""
+    import torch
+
+    from napari_cdinn.core.nn.wideangle import inference_network, predict
+    from napari_cdinn.core.nn.wideangle_net import WideAngleNet
+
+    images, _, _ = wa.simulate_shots(3, seed=12)
+    torch.manual_seed(0)
+    net = WideAngleNet(equalise=True).eval()
+    for tta in (True, False):
+        q, r = predict(net, images, tta=tta)
+        q_fast, r_fast = predict(inference_network(net), images, tta=tta)
+        assert np.allclose(q_fast, q, atol=1e-4) and np.allclose(r_fast, r, atol=1e-3)
+
+
 def test_patchify_stem_sees_detail_that_binning_erases():
     """A checkerboard of single pixels averages away in 2 x 2 bins: the pooling stem cannot
     tell it from a flat image, the full-resolution (patchify) stem can."""

@@ -30,9 +30,8 @@ from .data import DiffractionStack, OrientationResult, Provenance, ShotSet
 from .device import resolve_device
 from .errors import InputError, InputWarning
 from .nn import registry
-from .nn.cdi import inference_model
 from .nn.registry import load_model
-from .nn.wideangle import predict
+from .nn.wideangle import inference_network, predict
 from .simulate.wideangle import RADII, Detector, Simulator, log_image
 
 METHODS = ("nn", "fit", "refine")
@@ -106,7 +105,7 @@ def network_steps(
     net, card = load_model(path, torch_device)
     if card.get("mode") != "wideangle":
         raise InputError(path, f"a {card.get('mode')} model, not a wide-angle one")
-    net = inference_model(net)
+    net = inference_network(net)
     quaternions, radii = [], []
     for lo in range(0, len(images), batch_size):
         q, r = predict(net, images[lo : lo + batch_size], torch_device)
