@@ -119,6 +119,7 @@ def train(args: argparse.Namespace) -> Path:
     train_within_budget(
         model, optimizer, state, minutes=args.minutes, lr=args.lr, batches=batches,
         loss_of=loss_of, validation_loss=validation_loss, checkpoint=checkpoint, log=log,
+        clip_norm=args.clip_norm,
     )  # fmt: skip
 
     held_out = evaluate(model, 1000, args.size)

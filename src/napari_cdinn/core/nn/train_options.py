@@ -13,6 +13,9 @@ def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, 
     parser.add_argument("--width", type=int, default=width)
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--clip-norm", type=float, help="clip each step's gradient to this norm (default: none)"
+    )
     parser.add_argument("--minutes", type=float, default=minutes, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

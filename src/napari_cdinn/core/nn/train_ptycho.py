@@ -132,6 +132,7 @@ def train(args: argparse.Namespace) -> Path:
         loss_of=loss_of,
         validation_loss=lambda: float(np.mean([float(loss_of(b)) for b in val_index.split(512)])),
         checkpoint=checkpoint, log=log,
+        clip_norm=args.clip_norm,
     )  # fmt: skip
 
     held_out = evaluate(model)

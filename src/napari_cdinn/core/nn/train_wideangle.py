@@ -134,6 +134,7 @@ def train(args: argparse.Namespace) -> Path:
         model, optimizer, state, minutes=args.minutes, lr=args.lr,
         batches=lambda: torch.randperm(len(images), generator=generator).split(args.batch),
         loss_of=loss_of, validation_loss=validation_loss, checkpoint=checkpoint, log=log,
+        clip_norm=args.clip_norm,
     )  # fmt: skip
 
     held_out = evaluate(model)

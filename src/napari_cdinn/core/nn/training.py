@@ -42,7 +42,8 @@ def training_record(script: str, loss: str, args, state: dict) -> dict:
     return {
         "script": script,
         "loss": loss,
-        "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}",
+        "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}"
+        + (f", gradient norm clipped at {args.clip_norm:g}" if args.clip_norm else ""),
         "epochs": state["epoch"],
         "minutes": round(state["elapsed_s"] / 60, 1),
         "machine": machine(),
@@ -96,10 +97,12 @@ def train_within_budget(
     validation_loss: Callable[[], float],
     checkpoint: Path,
     log: Log,
+    clip_norm: float | None = None,
 ) -> None:
     """Epochs until ``minutes`` of training are spent (across resumes): each epoch runs the
-    index batches of ``batches()`` with a cosine-decayed learning rate, then logs the validation
-    loss and writes the checkpoint; ``state`` (epoch, elapsed_s, history) is updated in place."""
+    index batches of ``batches()`` with a cosine-decayed learning rate (each step's gradient
+    clipped to ``clip_norm`` when given), then logs the validation loss and writes the
+    checkpoint; ``state`` (epoch, elapsed_s, history) is updated in place."""
     budget = minutes * 60
     while state["elapsed_s"] < budget:
         model.train()
@@ -112,6 +115,8 @@ def train_within_budget(
             loss = loss_of(index)
             optimizer.zero_grad()
             loss.backward()
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             optimizer.step()
             total += loss.item()
             n_batches += 1
