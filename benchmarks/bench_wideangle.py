@@ -81,10 +81,8 @@ def turned_by(orientations: np.ndarray, degrees: float, seed: int = 0) -> np.nda
     answer is off by that angle, to put the relative-error target beside the angle's."""
     rng = np.random.default_rng(seed)
     axes = rng.normal(size=(len(orientations), 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    half = np.radians(degrees) / 2
-    turns = np.column_stack([np.full(len(axes), np.cos(half)), np.sin(half) * axes])
-    return icosahedral.multiply(turns, orientations)
+    axes *= np.radians(degrees) / np.linalg.norm(axes, axis=1, keepdims=True)
+    return icosahedral.multiply(icosahedral.from_rotation_vector(axes), orientations)
 
 
 def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -44,6 +44,16 @@ def test_reduction_to_the_fundamental_domain():
     assert np.allclose(ico.misorientation(q, r), 0, atol=1e-5)
 
 
+def test_rotation_vectors_give_their_quaternions():
+    """Axis times angle -> (cos(angle / 2), sin(angle / 2) axis); zero is the identity; the
+    misorientation from the identity is the angle (below the group's smallest turn)."""
+    vectors = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, np.pi / 2], [0.1, -0.2, 0.05]])
+    q = ico.from_rotation_vector(vectors)
+    assert np.allclose(q[:2], [[1, 0, 0, 0], [np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)]])
+    identity = np.array([1.0, 0.0, 0.0, 0.0])
+    assert np.isclose(ico.misorientation(identity, q[2]), np.degrees(np.linalg.norm(vectors[2])))
+
+
 def test_misorientation_is_zero_within_the_group_and_symmetric():
     rng = np.random.default_rng(1)
     q = ico.random_orientations(20, rng)

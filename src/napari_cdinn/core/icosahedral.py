@@ -64,6 +64,15 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
+def from_rotation_vector(vector: np.ndarray) -> np.ndarray:
+    """Unit quaternions (..., 4) of rotation vectors (..., 3): the axis times the angle in
+    radians (a zero vector is the identity)."""
+    vector = np.asarray(vector, float)
+    angle = np.linalg.norm(vector, axis=-1, keepdims=True)
+    axis = np.divide(vector, angle, out=np.zeros_like(vector), where=angle > 0)
+    return np.concatenate([np.cos(angle / 2), np.sin(angle / 2) * axis], axis=-1)
+
+
 def conjugate(q: np.ndarray) -> np.ndarray:
     return np.asarray(q, float) * np.array([1.0, -1.0, -1.0, -1.0])
 

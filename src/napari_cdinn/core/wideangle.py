@@ -203,10 +203,7 @@ def similarity(measured: np.ndarray, simulated: np.ndarray) -> float:
 
 def _turned(base: np.ndarray, rotation_vector: np.ndarray) -> np.ndarray:
     """``base`` turned by a rotation vector (radians) in the cluster's frame."""
-    angle = float(np.linalg.norm(rotation_vector))
-    axis = rotation_vector / angle if angle > 0 else np.zeros(3)
-    step = np.concatenate([[np.cos(angle / 2)], np.sin(angle / 2) * axis])
-    return icosahedral.multiply(base, step)
+    return icosahedral.multiply(base, icosahedral.from_rotation_vector(rotation_vector))
 
 
 def _simplex_search(
