@@ -199,3 +199,20 @@ def test_invert_wideangle_refuses_an_all_zero_shot(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "zeros.npy" in err and "hold no signal" in err
     assert not out.exists()
+
+
+def test_invert_takes_several_shot_files(tmp_path, capsys):
+    """``invert shots/*.png``: the shell hands over several files, read as one stack."""
+    from PIL import Image
+
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"shot_{k}.png")
+        image = np.zeros((128, 128), np.uint8)
+        image[60 - 20 * k : 68, 60:68] = 200  # two different shots
+        Image.fromarray(image, mode="L").save(paths[-1])
+    out = tmp_path / "out.h5"
+    assert main(["invert", *map(str, paths), "--mode", "wideangle", "-o", str(out)]) == 0
+    (network,) = io.read_results(out)
+    assert network.radii_nm.shape == (2,)
+    assert "shot_0.png" in network.provenance.source

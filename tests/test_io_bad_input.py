@@ -289,6 +289,21 @@ def test_colour_png_is_refused(tmp_path):
     refused(path, "colour")
 
 
+def test_several_files_of_other_kinds_or_missing_are_refused_by_name(tmp_path):
+    shot = tmp_path / "a.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(shot)
+    other = tmp_path / "b.npy"
+    np.save(other, np.ones((2, 16, 16), np.float32))
+    for second, problem in (
+        (other, "only when all are png or all tiff"),
+        (tmp_path / "c.png", "not found"),
+    ):
+        with pytest.raises(InputError) as info:
+            cio.read([shot, second])
+        message = str(info.value).lower()
+        assert second.name in message and problem in message, message
+
+
 def test_png_folder_with_mismatched_sizes(tmp_path):
     folder = tmp_path / "shots"
     folder.mkdir()

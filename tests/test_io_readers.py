@@ -453,6 +453,24 @@ def test_png_folder_in_natural_order(tmp_path):
     assert shots.meta.extra["files"] == [f"shot_{k}.png" for k in numbers]
 
 
+def test_several_png_or_tiff_files_read_as_one_stack_in_the_order_given(tmp_path):
+    images = [RNG.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(3)]
+    pngs, tiffs = [], []
+    for k, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(tmp_path / f"shot_{k}.png")
+        tifffile.imwrite(tmp_path / f"frame_{k}.tif", image.astype(np.float32))
+        pngs.append(tmp_path / f"shot_{k}.png")
+        tiffs.append(tmp_path / f"frame_{k}.tif")
+    order = [2, 0, 1]
+    shots = cio.read([pngs[k] for k in order])
+    assert_shots(shots, np.stack([images[k] for k in order]) / 255.0)
+    assert shots.meta.extra["files"] == [f"shot_{k}.png" for k in order]
+    assert "shot_2.png" in shots.meta.source and "2 more files" in shots.meta.source
+    stack = cio.read([tiffs[k] for k in order])
+    np.testing.assert_array_equal(stack.frames(), np.stack([images[k] for k in order]))
+    assert_shots(cio.read([pngs[1]]), images[1][None] / 255.0)  # a list of one: that file
+
+
 def test_png_rgb_with_equal_channels_is_accepted(tmp_path):
     grey = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
     path = tmp_path / "grey_as_rgb.png"

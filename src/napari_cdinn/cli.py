@@ -150,7 +150,7 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
 
     data = getattr(data, "stack", data)  # --mode cdi on a scan inverts its frames one by one
     if not isinstance(data, DiffractionStack):
-        raise CdinnError(f"{args.input}: holds no diffraction patterns for the cdi mode")
+        raise CdinnError(f"{data.meta.source}: holds no diffraction patterns for the cdi mode")
     method = args.method or "nn"
     if method not in cdi.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(cdi.METHODS)}")
@@ -179,7 +179,7 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
     from .core.retrieval.ptycho import EpieRecipe
 
     if not isinstance(data, PtychoScan):
-        raise CdinnError(f"{args.input}: holds no scan positions for the ptycho mode")
+        raise CdinnError(f"{data.meta.source}: holds no scan positions for the ptycho mode")
     method = args.method or "nn"
     if method not in ptycho.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(ptycho.METHODS)}")
@@ -208,7 +208,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
 
     data = getattr(data, "stack", data)
     if not isinstance(data, ShotSet | DiffractionStack):
-        raise CdinnError(f"{args.input}: holds no images for the wideangle mode")
+        raise CdinnError(f"{data.meta.source}: holds no images for the wideangle mode")
     method = args.method or "nn"
     if method not in wideangle.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(wideangle.METHODS)}")
@@ -319,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     invert = sub.add_parser(
         "invert", help="invert diffraction data (modes: cdi, ptycho, wideangle)"
     )
-    invert.add_argument("input", type=Path)
+    invert.add_argument(
+        "input", type=Path, nargs="+", help="a file, a folder, or several PNG/TIFF frame files"
+    )
     invert.add_argument("-o", "--output", type=Path, required=True)
     invert.add_argument("--mode", choices=MODES, help="default: from the file's content")
     invert.add_argument(

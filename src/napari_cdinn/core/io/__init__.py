@@ -55,13 +55,20 @@ def file_kind(path: str | Path) -> str | None:
     return None
 
 
-def read(path: str | Path, dataset: str | None = None, lazy: bool | None = None) -> Dataset:
+def read(
+    path: str | Path | list[Path], dataset: str | None = None, lazy: bool | None = None
+) -> Dataset:
     """Read any supported file or folder into a :class:`DiffractionStack`, :class:`PtychoScan`
-    or :class:`ShotSet`.
+    or :class:`ShotSet`; a list of several PNG (or TIFF) files reads as one stack of them, in
+    the order given.
 
     ``dataset`` overrides the automatic choice inside HDF5/NPZ files (a path or an array name);
     ``lazy`` forces (True) or forbids (False) dask-backed loading; by default large data stays lazy.
     """
+    if isinstance(path, list | tuple):
+        if len(path) > 1:
+            return _read_frame_files([Path(p) for p in path], lazy)
+        path = path[0]
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
@@ -81,6 +88,23 @@ def read(path: str | Path, dataset: str | None = None, lazy: bool | None = None)
     raise InputError(
         path, f"unsupported file type; napari-cdinn reads {', '.join(SUPPORTED_SUFFIXES)}"
     )
+
+
+def _read_frame_files(files: list[Path], lazy: bool | None) -> Dataset:
+    """Several files as one stack: single frames or shots, all PNG or all TIFF."""
+    for file in files:
+        if not file.is_file():
+            raise InputError(file, "file not found" if not file.exists() else "not a file")
+    kinds = {file: file_kind(file) for file in files}
+    for file, kind in kinds.items():
+        if kind not in ("png", "tiff") or kind != kinds[files[0]]:
+            raise InputError(
+                file,
+                "several files read as one stack only when all are PNG or all TIFF frames; "
+                f"this one is {kind or 'of an unknown type'} and the first "
+                f"{kinds[files[0]] or 'of an unknown type'}",
+            )
+    return read_png(files) if kinds[files[0]] == "png" else read_tiff(files, lazy)
 
 
 @damaged_as_input_error

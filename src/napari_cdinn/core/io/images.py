@@ -33,6 +33,18 @@ def frame_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     )
 
 
+def _files_of(path: str | Path | list[Path], suffixes: tuple[str, ...]) -> tuple[list[Path], str]:
+    """The frame files of a file, a folder or a list of files (in the order given), and the
+    name that messages and provenance give them."""
+    if isinstance(path, list | tuple):
+        files = [Path(p) for p in path]
+        if len(files) == 1:
+            return files, str(files[0])
+        return files, f"{files[0]} and {len(files) - 1} more files"
+    path = Path(path)
+    return (frame_files(path, suffixes) if path.is_dir() else [path]), str(path)
+
+
 def _read_tiff_file(path: Path, page: int | None = None) -> np.ndarray:
     try:
         return tifffile.imread(path, key=page)
@@ -53,14 +65,13 @@ def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
 
 
-def read_tiff(path: str | Path, lazy: bool | None = None) -> DiffractionStack:
-    """A TIFF file (one frame or a multi-page stack) or a folder of TIFF frames."""
-    path = Path(path)
-    files = frame_files(path, TIFF_SUFFIXES) if path.is_dir() else [path]
+def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> DiffractionStack:
+    """A TIFF file (one frame or a multi-page stack), a folder of TIFF frames or a list of
+    TIFF frame files."""
+    files, source = _files_of(path, TIFF_SUFFIXES)
     if not files:
         raise InputError(path, "the folder holds no .tif/.tiff frames")
     first_shape, dtype = _tiff_shape(files[0])
-    source = str(path)
     pages = len(files) if len(files) > 1 else None
     shape = (pages, *first_shape) if pages else first_shape
     check_stack_shape(shape, dtype, source)
@@ -99,14 +110,14 @@ def _read_png_file(path: Path) -> np.ndarray:
     return image
 
 
-def read_png(path: str | Path) -> ShotSet:
-    """Greyscale PNG single shot(s): one file or a folder of PNGs, scaled to 0..1.
+def read_png(path: str | Path | list[Path]) -> ShotSet:
+    """Greyscale PNG single shot(s): one file, a folder of PNGs or a list of PNG files, scaled
+    to 0..1.
 
     Such images (like the FLASH shots of Barke et al.) are display renderings of the log of the
     intensity; the wide-angle mode maps them to log intensity (see its documentation).
     """
-    path = Path(path)
-    files = frame_files(path, PNG_SUFFIXES) if path.is_dir() else [path]
+    files, source = _files_of(path, PNG_SUFFIXES)
     if not files:
         raise InputError(path, "the folder holds no .png images")
     images = [_read_png_file(f) for f in files]
@@ -115,5 +126,5 @@ def read_png(path: str | Path) -> ShotSet:
             raise InputError(f, f"image shape {image.shape} differs from {images[0].shape}")
     depth = float(np.iinfo(images[0].dtype).max) if images[0].dtype.kind in "ui" else 1.0
     stack = np.stack(images).astype(np.float32) / depth
-    meta = Metadata(source=str(path), reader="png", extra={"files": [f.name for f in files]})
+    meta = Metadata(source=source, reader="png", extra={"files": [f.name for f in files]})
     return ShotSet(stack, meta, scaling=f"display value / {depth:g}")
