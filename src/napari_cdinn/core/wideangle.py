@@ -96,8 +96,8 @@ def network_steps(
     device: str = "auto",
     batch_size: int = 64,
 ) -> Steps:
-    """Orientation and radius of every shot from the network, averaged over the eight exact
-    flips/transposes of each image."""
+    """Orientation and radius of every shot from the network: the consensus of its answers
+    for the eight exact flips/transposes of each image (``nn.wideangle.consensus``)."""
     start = time.perf_counter()
     images = shot_images(data)
     path = Path(model) if model is not None else default_model()

@@ -4,7 +4,8 @@ Image transforms and labels.  A pattern's flips and transpose are patterns of th
 turned: flipping the detector's x axis mirrors the cluster in x, and an icosahedron is centrally
 symmetric, so its mirror image is the cluster turned by pi about x (q -> r_x q with
 r_x = (0, 1, 0, 0)); likewise pi about y for a row flip, and pi about (1, -1, 0) / sqrt 2 for a
-transpose.  The eight compositions augment training and are averaged at test time.
+transpose.  The eight compositions augment training, and at test time their answers, turned
+back, are combined by consensus.
 """
 
 from __future__ import annotations
