@@ -100,7 +100,7 @@ def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray,
     for label, model in models.items():
         print(f"  {label}:")
         start = time.perf_counter()
-        q, r = predict(model, images.numpy())
+        q, r, agreeing = predict(model, images.numpy(), agreement=True)
         elapsed = time.perf_counter() - start
         errors = parameter_errors(q, r, orientations, radii)
         print(f"    all: mean relative parameter error {100 * errors['relative'].mean():.2f} % "
@@ -113,6 +113,13 @@ def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray,
                   f"{100 * errors['relative'][inside].mean():.2f} %, misorientation median "
                   f"{np.median(errors['misorientation'][inside]):.2f} deg, radius error median "
                   f"{np.median(errors['radius'][inside]):.2f} nm")  # fmt: skip
+        counts = ", ".join(
+            f"{k}: {np.sum(agreeing == k)} shots {np.median(errors['misorientation'][agreeing == k]):.2f}"
+            for k in range(8, 0, -1)
+            if np.any(agreeing == k)
+        )
+        print(f"    median misorientation (deg) by how many of the 8 flips agree, the answer's "
+              f"confidence: {counts}")  # fmt: skip
         plain = parameter_errors(*predict(model, images.numpy(), tta=False), orientations, radii)
         print(f"    without the 8 flips: relative {100 * plain['relative'].mean():.2f} %, "
               f"misorientation median {np.median(plain['misorientation']):.2f} deg")  # fmt: skip

@@ -186,6 +186,11 @@ def test_simulate_and_invert_wideangle_shots(tmp_path, capsys):
     assert "NN: 2 shot(s)" in printed and "NN + simplex: 2 shot(s)" in printed
     network, refined = io.read_results(out)
     assert network.quaternions.shape == (2, 4) and refined.radii_nm.shape == (2,)
+    agreeing = network.flips_agreeing  # written for the network, not for fits
+    assert agreeing.shape == (2,) and ((agreeing >= 1) & (agreeing <= 8)).all()
+    assert refined.flips_agreeing is None
+    assert f"shot 0: radius {network.radii_nm[0]:.1f} nm" in printed
+    assert f"{agreeing[0]} of 8 flips agree" in printed
     assert network.provenance.model_name == "wideangle_nn"
     assert np.median(icosahedral.misorientation(refined.quaternions, truth[:2])) < 20
     assert np.all(np.abs(refined.radii_nm - radii[:2]) < 20)

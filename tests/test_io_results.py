@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -85,7 +86,11 @@ def test_object_and_orientation_round_trip(tmp_path):
     np.testing.assert_array_equal(back[1].quaternions, orient.quaternions)
     np.testing.assert_array_equal(back[1].radii_nm, orient.radii_nm)
     assert back[1].provenance == orient.provenance
+    assert back[1].flips_agreeing is None  # a fit has none
     assert back[0].provenance.parameters["shrinkwrap"] == {"sigma": 1.5}
+    network = replace(orient, flips_agreeing=np.array([8, 7, 3, 8, 1]))
+    (read,) = cio.read_results(cio.write_results(tmp_path / "nn.h5", [network]))
+    np.testing.assert_array_equal(read.flips_agreeing, network.flips_agreeing)
     assert back[0].provenance.wall_time_s == 12.75
 
 

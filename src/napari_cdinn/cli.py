@@ -229,7 +229,10 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         p = result.provenance
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
         for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
-            print(f"  shot {n}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}")
+            agree = ""
+            if result.flips_agreeing is not None:
+                agree = f", {result.flips_agreeing[n]} of 8 flips agree"
+            print(f"  shot {n}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}{agree}")
     return results
 
 

@@ -41,6 +41,8 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     result = wdock.network[f"{NAME} diffraction"]
     assert result.quaternions.shape == (8, 4) and (result.radii_nm > 0).all()
     assert wdock.table.rowCount() == 1 and wdock.table.item(0, 0).text() == "NN"
+    agreeing = result.flips_agreeing[wdock.current_shot()]
+    assert wdock.table.item(0, 6).text() == f"{agreeing} of 8"
     surface = viewer.layers[f"{NAME} cluster"]
     shown = wdock.current_shot()  # the shot the viewer shows
     assert surface.metadata["shot"] == shown

@@ -29,6 +29,7 @@ from .._layers import dataset_of
 from ..core import icosahedral, wideangle
 from ..core.data import DiffractionStack, OrientationResult, ShotSet
 from ..core.nn.registry import list_models
+from ..core.nn.wideangle import CONSENSUS_DEGREES
 from ..core.simulate.wideangle import RADII
 from . import WorkerDock
 
@@ -72,11 +73,16 @@ class WideAngleDock(WorkerDock):
         self.refine_button.setToolTip("Simplex fit of the current shot from the network's answer")
         self.refine_button.clicked.connect(lambda: self.fit("refine"))
         self.run_buttons = [self.predict_button, self.fit_button, self.refine_button]
-        self.table = QTableWidget(0, 6)
+        self.table = QTableWidget(0, 7)
         self.table.setHorizontalHeaderLabels(
             ["method", "radius (nm)", "quaternion (w, x, y, z)", "to fit (deg)", "similarity",
-             "beam offset (px)"]
+             "beam offset (px)", "flips agreeing"]
         )  # fmt: skip
+        self.table.horizontalHeaderItem(6).setToolTip(
+            "how many of the network's answers for the eight flips of the shot agree (within "
+            f"{CONSENSUS_DEGREES:g} deg) with its answer: few mean an unsure answer, worth a "
+            "Refine"
+        )
         self.table.verticalHeader().setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -211,20 +217,24 @@ class WideAngleDock(WorkerDock):
 
     def _answers(
         self, layer_name: str, shot: int
-    ) -> list[tuple[str, np.ndarray, float, float, str]]:
+    ) -> list[tuple[str, np.ndarray, float, float, str, str]]:
         """(method, quaternion, radius, similarity or nan, the beam offset the fit found as
-        text) for the shot, network first."""
+        text, the network's flips agreeing as text) for the shot, network first."""
         rows = []
         network = self.network.get(layer_name)
         if network is not None and shot < len(network.radii_nm):
-            rows.append(("NN", network.quaternions[shot], network.radii_nm[shot], np.nan, ""))
+            agree = network.flips_agreeing
+            agreeing = "" if agree is None else f"{agree[shot]} of 8"
+            rows.append(
+                ("NN", network.quaternions[shot], network.radii_nm[shot], np.nan, "", agreeing)
+            )
         for method in ("fit", "refine"):
             fitted = self.fits.get((layer_name, shot, method))
             if fitted is not None:
                 found = fitted.provenance.parameters
                 offset = ", ".join(f"{d:+d}" for d in found["beam_offsets_px"][0])
                 rows.append((wideangle.LABELS[method], fitted.quaternions[0],
-                             fitted.radii_nm[0], found["similarity"][0], offset))  # fmt: skip
+                             fitted.radii_nm[0], found["similarity"][0], offset, ""))  # fmt: skip
         return rows
 
     def _show_current(self, event: object = None, create: bool = False) -> None:
@@ -236,7 +246,7 @@ class WideAngleDock(WorkerDock):
         rows = self._answers(layer_name, shot)
         fitted = self.fits.get((layer_name, shot, "fit"))
         self.table.setRowCount(len(rows))
-        for row, (method, quaternion, radius, similarity, offset) in enumerate(rows):
+        for row, (method, quaternion, radius, similarity, offset, agreeing) in enumerate(rows):
             to_fit = ""
             if fitted is not None:
                 to_fit = (
@@ -244,7 +254,7 @@ class WideAngleDock(WorkerDock):
                 )
             cells = (
                 method, f"{radius:.1f}", ", ".join(f"{v:+.4f}" for v in quaternion), to_fit,
-                "" if np.isnan(similarity) else f"{similarity:.3f}", offset,
+                "" if np.isnan(similarity) else f"{similarity:.3f}", offset, agreeing,
             )  # fmt: skip
             for column, text in enumerate(cells):
                 self.table.setItem(row, column, QTableWidgetItem(text))

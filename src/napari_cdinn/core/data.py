@@ -162,11 +162,13 @@ class ObjectResult:
 
 @dataclass
 class OrientationResult:
-    """Per shot: unit quaternion (w, x, y, z) in the icosahedral fundamental domain, radius in nm."""
+    """Per shot: unit quaternion (w, x, y, z) in the icosahedral fundamental domain, radius in nm,
+    and for the network how many of its eight test-time flips agree with the answer."""
 
     quaternions: np.ndarray  # (N, 4) float64
     radii_nm: np.ndarray  # (N,) float64
     provenance: Provenance
+    flips_agreeing: np.ndarray | None = None  # (N,) int, of 8; None for fits
 
 
 Result = ObjectResult | OrientationResult

@@ -106,11 +106,12 @@ def network_steps(
     if card.get("mode") != "wideangle":
         raise InputError(path, f"a {card.get('mode')} model, not a wide-angle one")
     net = inference_network(net)
-    quaternions, radii = [], []
+    quaternions, radii, agreeing = [], [], []
     for lo in range(0, len(images), batch_size):
-        q, r = predict(net, images[lo : lo + batch_size], torch_device)
+        q, r, agree = predict(net, images[lo : lo + batch_size], torch_device, agreement=True)
         quaternions.append(q)
         radii.append(r)
+        agreeing.append(agree)
         yield lo + len(q), len(images)
     provenance = Provenance(
         method=LABELS["nn"],
@@ -120,7 +121,9 @@ def network_steps(
         wall_time_s=time.perf_counter() - start,
         source=data.meta.source,
     )
-    return OrientationResult(np.concatenate(quaternions), np.concatenate(radii), provenance)
+    return OrientationResult(
+        np.concatenate(quaternions), np.concatenate(radii), provenance, np.concatenate(agreeing)
+    )
 
 
 def answers_steps(

@@ -98,6 +98,9 @@ def write_results(path: str | Path, results: Sequence[Result]) -> Path:
                 group = entry.create_group(f"orientation_{n_orientations}")
                 group.create_dataset("quaternion", data=np.asarray(result.quaternions, np.float64))
                 group.create_dataset("radius_nm", data=np.asarray(result.radii_nm, np.float64))
+                if result.flips_agreeing is not None:
+                    agreeing = np.asarray(result.flips_agreeing, np.int8)
+                    group.create_dataset("flips_agreeing", data=agreeing)
             else:
                 raise CdinnError(f"{path}: cannot write a {type(result).__name__}")
             _write_provenance(group, result.provenance)
@@ -162,7 +165,10 @@ def read_results(path: str | Path) -> list[Result]:
             elif name.startswith("orientation_"):
                 results.append(
                     OrientationResult(
-                        group["quaternion"][()], group["radius_nm"][()], _read_provenance(group)
+                        group["quaternion"][()],
+                        group["radius_nm"][()],
+                        _read_provenance(group),
+                        _optional(group, "flips_agreeing"),
                     )
                 )
     return results
