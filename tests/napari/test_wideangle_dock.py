@@ -42,7 +42,7 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     assert result.quaternions.shape == (8, 4) and (result.radii_nm > 0).all()
     assert wdock.table.rowCount() == 1 and wdock.table.item(0, 0).text() == "NN"
     agreeing = result.flips_agreeing[wdock.current_shot()]
-    assert wdock.table.item(0, 6).text() == f"{agreeing} of 8"
+    assert wdock.table.item(0, 2).text() == f"{agreeing} of 8"
     surface = viewer.layers[f"{NAME} cluster"]
     shown = wdock.current_shot()  # the shot the viewer shows
     assert surface.metadata["shot"] == shown
@@ -61,15 +61,15 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     wait(wdock, qtbot)
     assert wdock.table.rowCount() == 2
     assert wdock.table.item(1, 0).text() == "NN + simplex"
-    assert float(wdock.table.item(1, 4).text()) > 0.5  # similarity of the refined answer
-    rows, columns = (int(d) for d in wdock.table.item(1, 5).text().split(","))  # beam offset
+    assert float(wdock.table.item(1, 5).text()) > 0.5  # similarity of the refined answer
+    rows, columns = (int(d) for d in wdock.table.item(1, 6).text().split(","))  # beam offset
     assert max(abs(rows), abs(columns)) <= 4
 
     wdock.starts.setValue(2)
     wdock.fit("fit")
     wait(wdock, qtbot)
     assert wdock.table.rowCount() == 3
-    assert wdock.table.item(0, 3).text() != ""  # misorientation of NN to the fit
+    assert wdock.table.item(0, 4).text() != ""  # misorientation of NN to the fit
     fitted = wdock.fits[(f"{NAME} diffraction", 3, "fit")]
     assert icosahedral.misorientation(fitted.quaternions, result.quaternions[3:4]).shape == (1,)
 

@@ -75,10 +75,10 @@ class WideAngleDock(WorkerDock):
         self.run_buttons = [self.predict_button, self.fit_button, self.refine_button]
         self.table = QTableWidget(0, 7)
         self.table.setHorizontalHeaderLabels(
-            ["method", "radius (nm)", "quaternion (w, x, y, z)", "to fit (deg)", "similarity",
-             "beam offset (px)", "flips agreeing"]
+            ["method", "radius (nm)", "flips agree", "quaternion (w, x, y, z)", "to fit (deg)",
+             "similarity", "beam offset (px)"]
         )  # fmt: skip
-        self.table.horizontalHeaderItem(6).setToolTip(
+        self.table.horizontalHeaderItem(2).setToolTip(
             "how many of the network's answers for the eight flips of the shot agree (within "
             f"{CONSENSUS_DEGREES:g} deg) with its answer: few mean an unsure answer, worth a "
             "Refine"
@@ -253,8 +253,8 @@ class WideAngleDock(WorkerDock):
                     f"{float(icosahedral.misorientation(quaternion, fitted.quaternions[0])):.2f}"
                 )
             cells = (
-                method, f"{radius:.1f}", ", ".join(f"{v:+.4f}" for v in quaternion), to_fit,
-                "" if np.isnan(similarity) else f"{similarity:.3f}", offset, agreeing,
+                method, f"{radius:.1f}", agreeing, ", ".join(f"{v:+.4f}" for v in quaternion),
+                to_fit, "" if np.isnan(similarity) else f"{similarity:.3f}", offset,
             )  # fmt: skip
             for column, text in enumerate(cells):
                 self.table.setItem(row, column, QTableWidgetItem(text))
