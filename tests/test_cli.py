@@ -221,3 +221,30 @@ def test_invert_takes_several_shot_files(tmp_path, capsys):
     (network,) = io.read_results(out)
     assert network.radii_nm.shape == (2,)
     assert "shot_0.png" in network.provenance.source
+
+
+def test_wideangle_shots_file_is_inverted_as_such_without_mode(tmp_path, capsys):
+    """A CXI of wide-angle shots (with the true orientations, as ``simulate`` writes them) says
+    what it holds: ``invert`` takes the wide-angle mode without ``--mode``."""
+    shots = tmp_path / "shots.cxi"
+    assert main(["simulate", "wideangle", "-n", "2", "--seed", "3", "-o", str(shots)]) == 0
+    out = tmp_path / "answers.h5"
+    assert main(["invert", str(shots), "-o", str(out)]) == 0
+    (network,) = io.read_results(out)
+    assert network.radii_nm.shape == (2,) and network.flips_agreeing is not None
+
+
+def test_a_reader_that_leaves_early_loses_no_result(tmp_path):
+    """``invert ... | head``: the pipe's reader goes before the answers are printed; the work
+    still ends, its file is written, and no traceback follows."""
+    shots = tmp_path / "shots.cxi"
+    assert main(["simulate", "wideangle", "-n", "2", "--seed", "3", "-o", str(shots)]) == 0
+    out = tmp_path / "answers.h5"
+    command = [sys.executable, "-m", "napari_cdinn.cli", "invert", str(shots), "-o", str(out)]
+    command += ["--mode", "wideangle"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, errors
+    assert "BrokenPipe" not in errors and "Traceback" not in errors
+    assert io.read_results(out)[0].radii_nm.shape == (2,)

@@ -6,6 +6,7 @@ Exit code 0 only on success; otherwise one clear line on stderr naming the file 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -129,8 +130,10 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from .core import io
 
     data = io.read(args.input, dataset=args.dataset)
-    mode = args.mode or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(
-        type(data).__name__, "wideangle"
+    mode = (
+        args.mode
+        or data.meta.extra.get("mode")  # a file that says what it holds (wide-angle CXI)
+        or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(type(data).__name__, "wideangle")
     )
     if mode == "ptycho":
         results = _invert_ptycho(args, data)
@@ -397,9 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _QuietWhenUnread:
+    """stdout that falls silent once the reader of a pipe has gone (``invert ... | head``), so
+    the work goes on and its file is still written."""
+
+    def __init__(self, stream: Any) -> None:
+        self.original = self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        # the real descriptor too, or the interpreter's last flush complains
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        self.stream = open(os.devnull, "w")  # noqa: SIM115 (kept open while the process lives)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _print_warning
+    sys.stdout = _QuietWhenUnread(sys.stdout)
     try:
         return int(args.func(args) or 0)
     except CdinnError as err:
@@ -408,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if isinstance(sys.stdout, _QuietWhenUnread):
+            sys.stdout.flush()  # a pipe's buffered text: its reader may be gone already
+            sys.stdout = sys.stdout.original
 
 
 if __name__ == "__main__":

@@ -174,6 +174,8 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         pixel_size_m=(y_pixel, x_pixel or y_pixel) if y_pixel else None,
         extra={"entries": _entries(h5)},
     )
+    if f"{entry}/sample_1/orientation" in h5:  # wide-angle shots (cxi_writer.write_shots)
+        meta.extra["mode"] = "wideangle"
     frames = _frames(h5[frames_path], source, lazy)
     mask = None
     for mask_path in (f"{detector}/mask", f"{entry}/data_1/mask"):
