@@ -135,7 +135,7 @@ def speed_section(args, model, images, orientations, radii) -> None:
         for k in range(50):
             predict(model, images[k : k + 1], tta=tta)
         ms = (time.perf_counter() - start) / 50 * 1e3
-        print(f"  network, batch 1, {'8 flips averaged' if tta else 'one pass'}: {ms:.2f} ms "
+        print(f"  network, batch 1, {'8 flips and their consensus' if tta else 'one pass'}: {ms:.2f} ms "
               "per shot (target <= 5)")  # fmt: skip
         if tta:
             t_network = ms / 1e3

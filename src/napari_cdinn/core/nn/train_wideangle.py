@@ -80,7 +80,7 @@ def augmented_set(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarr
 
 
 def evaluate(model: WideAngleNet, n: int = 1000) -> dict:
-    """Scores on ``n`` held-out augmented shots, with test-time averaging over the flips."""
+    """Scores on ``n`` held-out augmented shots, with the consensus of the eight flips."""
     images, orientations, radii = augmented_set(n, HELD_OUT_SEED)
     q, r = predict(model.eval(), images.numpy())
     errors = parameter_errors(q, r, orientations, radii)
