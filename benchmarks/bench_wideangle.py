@@ -140,7 +140,7 @@ def speed_section(args, model, images, orientations, radii) -> None:
         if tta:
             t_network = ms / 1e3
     n_fit, n_refine = (6, 6) if args.quick else (16, 48)  # refine is quick: more shots
-    q, r = predict(model, images[: max(n_fit, n_refine)])
+    q, r, agreeing = predict(model, images[: max(n_fit, n_refine)], agreement=True)
     misoriented = icosahedral.misorientation(q, orientations[: len(q)])
 
     def held_out(n: int) -> ShotSet:
@@ -165,7 +165,7 @@ def speed_section(args, model, images, orientations, radii) -> None:
               "time")  # fmt: skip
     n, shots = n_refine, held_out(n_refine)
     start = time.perf_counter()
-    network = OrientationResult(q[:n], r[:n], Provenance("NN"))
+    network = OrientationResult(q[:n], r[:n], Provenance("NN"), agreeing[:n])
     refined = run_to_end(wideangle.fit_steps(shots, start=network))
     per_shot = (time.perf_counter() - start) / n
     median = float(np.median(icosahedral.misorientation(refined.quaternions, orientations[:n])))
@@ -173,6 +173,13 @@ def speed_section(args, model, images, orientations, radii) -> None:
           f"misorientation {median:.2f} deg (the network's {np.median(misoriented[:n]):.2f}), "
           f"radius error median {np.median(np.abs(refined.radii_nm - radii[:n])):.2f} nm (the "
           f"network's {np.median(np.abs(r[:n] - radii[:n])):.2f}), {per_shot:.1f} s per shot")  # fmt: skip
+    unsure = wideangle.unsure_shots(network)  # refined only where few flips agree
+    combined = network.quaternions.copy()
+    combined[unsure] = refined.quaternions[unsure]
+    median = float(np.median(icosahedral.misorientation(combined, orientations[:n])))
+    print(f"  refine of the unsure shots only ({len(unsure)} of {n}, fewer than "
+          f"{wideangle.UNSURE_BELOW} of 8 flips agreeing; the others keep the network's answer): "
+          f"median misorientation {median:.2f} deg over the {n}")  # fmt: skip
 
 
 def real_section(args, model_path: Path, figure: Path) -> None:

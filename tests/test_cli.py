@@ -248,3 +248,21 @@ def test_a_reader_that_leaves_early_loses_no_result(tmp_path):
     assert process.wait(timeout=120) == 0, errors
     assert "BrokenPipe" not in errors and "Traceback" not in errors
     assert io.read_results(out)[0].radii_nm.shape == (2,)
+
+
+def test_refine_unsure_only_refines_the_shots_few_flips_agree_on(tmp_path, capsys, real_path):
+    """The real shots barke5 and barke6 are unsure answers (few flips agree), the sample's
+    simulated shots sure ones: ``--unsure-only`` refines the former and skips the latter."""
+    shots = [str(real_path(f"wideangle/barke{k}.png")) for k in (5, 6)]
+    out = tmp_path / "real.h5"
+    argv = ["--mode", "wideangle", "--method", "refine", "--unsure-only", "--iterations", "20"]
+    assert main(["invert", *shots, *argv, "-o", str(out)]) == 0
+    network, refined = io.read_results(out)
+    unsure = np.flatnonzero(network.flips_agreeing < 6).tolist()
+    assert unsure and refined.provenance.parameters["shots"] == unsure
+    assert refined.radii_nm.shape == (len(unsure),)
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "wideangle_shots.cxi"
+    capsys.readouterr()
+    assert main(["invert", str(sample), *argv, "-o", str(tmp_path / "sure.h5")]) == 0
+    (network,) = io.read_results(tmp_path / "sure.h5")
+    assert (network.flips_agreeing >= 6).all() and "no unsure shots" in capsys.readouterr().out

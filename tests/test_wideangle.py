@@ -238,6 +238,35 @@ def test_consensus_of_the_flips_answers_ignores_outliers_and_equivalents():
     assert ico.misorientation(everything, truth[None])[0] > 3.0
 
 
+def test_unsure_shots_and_one_shot_of_a_fit():
+    """The shots few flips agree on are the ones to refine; a fit of several shots splits into
+    one result per shot with that shot's own provenance."""
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.data import OrientationResult, Provenance
+
+    q = ico.random_orientations(4, np.random.default_rng(8))
+    network = OrientationResult(q, np.full(4, 90.0), Provenance("NN"), np.array([8, 3, 6, 5]))
+    assert wideangle.unsure_shots(network).tolist() == [1, 3]
+    assert wideangle.unsure_shots(network, below=9).tolist() == [0, 1, 2, 3]
+    fitted = OrientationResult(
+        q[:2],
+        np.array([70.0, 80.0]),
+        Provenance(
+            method="NN + simplex",
+            parameters={"starts": 1, "shots": [1, 3], "similarity": [0.8, 0.9],
+                        "beam_offsets_px": [[0, 2], [-2, 0]], "blur_sigmas_px": [0.0, 2.0]},
+        ),
+    )  # fmt: skip
+    assert wideangle.unsure_shots(fitted).size == 0  # a fit has no count
+    second = wideangle.one_shot(fitted, 1)
+    assert np.array_equal(second.quaternions, q[1:2]) and second.radii_nm.tolist() == [80.0]
+    assert second.provenance.parameters == {
+        "starts": 1, "shots": [3], "similarity": [0.9], "beam_offsets_px": [[-2, 0]],
+        "blur_sigmas_px": [2.0],
+    }  # fmt: skip
+    assert second.provenance.method == "NN + simplex"
+
+
 def test_patchify_stem_sees_detail_that_binning_erases():
     """A checkerboard of single pixels averages away in 2 x 2 bins: the pooling stem cannot
     tell it from a flat image, the full-resolution (patchify) stem can."""

@@ -224,18 +224,25 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     if method in ("nn", "refine"):
         results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
     recipe = wideangle.FitRecipe(evaluations=args.iterations or wideangle.FitRecipe.evaluations)
-    if method == "refine":
-        results.append(run_to_end(wideangle.fit_steps(data, recipe, start=results[0])))
+    shots = wideangle.unsure_shots(results[0]) if method == "refine" and args.unsure_only else None
+    if shots is not None and not len(shots):
+        print(f"no unsure shots: at least {wideangle.UNSURE_BELOW} of 8 flips agree on each")
+    elif method == "refine":
+        results.append(run_to_end(wideangle.fit_steps(data, recipe, start=results[0], shots=shots)))
     elif method == "fit":
         results.append(run_to_end(wideangle.fit_steps(data, recipe)))
     for result in results:
         p = result.provenance
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
+        numbers = p.parameters.get("shots", range(len(result.radii_nm)))  # a fit's: its shots
         for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
             agree = ""
             if result.flips_agreeing is not None:
                 agree = f", {result.flips_agreeing[n]} of 8 flips agree"
-            print(f"  shot {n}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}{agree}")
+            print(
+                f"  shot {numbers[n]}: radius {r:.1f} nm, quaternion "
+                f"{np.round(q, 4).tolist()}{agree}"
+            )
     return results
 
 
@@ -348,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     invert.add_argument("--frames", help="frames/positions: N, START:STOP[:STEP] or N,M,...")
     invert.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")
     invert.add_argument("--amplitudes", action="store_true", help="the file holds sqrt(I), not I")
+    invert.add_argument(
+        "--unsure-only",
+        action="store_true",
+        help="wideangle refine: only the shots where fewer than 6 of the network's 8 flips agree",
+    )
     invert.set_defaults(func=cmd_invert)
 
     simulate = sub.add_parser(

@@ -74,6 +74,27 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     assert icosahedral.misorientation(fitted.quaternions, result.quaternions[3:4]).shape == (1,)
 
 
+def test_refine_unsure_refines_the_shots_few_flips_agree_on(viewer, wdock, qtbot, error_messages):
+    wdock.predict()
+    wait(wdock, qtbot)
+    result = wdock.network[f"{NAME} diffraction"]
+    result.flips_agreeing = np.full(8, 8)
+    wdock.refine_unsure()  # every answer sure: nothing to do, and the dock says so
+    assert wdock.worker is None and "No unsure shots" in wdock.status.text()
+    result.flips_agreeing[[2, 5]] = (3, 5)  # two unsure answers
+    wdock.evaluations.setValue(40)
+    wdock.refine_unsure()
+    wait(wdock, qtbot)
+    assert not error_messages()
+    refined = {shot for (_, shot, method) in wdock.fits if method == "refine"}
+    assert refined == {2, 5} and "2, 5" in wdock.status.text()
+    one = wdock.fits[(f"{NAME} diffraction", 5, "refine")]
+    assert one.quaternions.shape == (1, 4) and one.provenance.parameters["shots"] == [5]
+    viewer.dims.set_current_step(0, 5)  # the table shows the refined answer beside the network's
+    assert wdock.table.rowCount() == 2 and wdock.table.item(1, 0).text() == "NN + simplex"
+    assert float(wdock.table.item(1, 5).text()) > 0.5
+
+
 def test_cancel_ends_a_fit(viewer, wdock, qtbot):
     wdock.starts.setValue(64)
     wdock.evaluations.setValue(60)

@@ -72,7 +72,15 @@ class WideAngleDock(WorkerDock):
         self.refine_button = QPushButton("Refine shot")
         self.refine_button.setToolTip("Simplex fit of the current shot from the network's answer")
         self.refine_button.clicked.connect(lambda: self.fit("refine"))
-        self.run_buttons = [self.predict_button, self.fit_button, self.refine_button]
+        self.unsure_button = QPushButton("Refine unsure")
+        self.unsure_button.setToolTip(
+            "Refine, from the network's answer, every shot of the stack where fewer than "
+            f"{wideangle.UNSURE_BELOW} of its eight flips agree"
+        )
+        self.unsure_button.clicked.connect(self.refine_unsure)
+        self.run_buttons = [
+            self.predict_button, self.fit_button, self.refine_button, self.unsure_button
+        ]  # fmt: skip
         self.table = QTableWidget(0, 7)
         self.table.setHorizontalHeaderLabels(
             ["method", "radius (nm)", "flips agree", "quaternion (w, x, y, z)", "to fit (deg)",
@@ -94,7 +102,7 @@ class WideAngleDock(WorkerDock):
         form.addRow("Fit: random starts", self.starts)
         form.addRow("Fit: simulations per start", self.evaluations)
         buttons = QHBoxLayout()
-        for button in (self.fit_button, self.refine_button, self.stop_button):
+        for button in (self.fit_button, self.refine_button, self.unsure_button, self.stop_button):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -181,6 +189,36 @@ class WideAngleDock(WorkerDock):
             self.fits[(layer_name, shot, method)] = result
 
         self.start_work(worker, f"{wideangle.LABELS[method]} of shot {shot}", done)
+
+    def refine_unsure(self) -> None:
+        """Refine every shot whose network answer few flips agree with, in one worker."""
+        chosen = self.selected()
+        if chosen is None:
+            return
+        layer_name, data = chosen
+        start = self.network.get(layer_name)
+        if start is None:
+            show_error("Predict with the network first: Refine starts from its answer.")
+            return
+        shots = wideangle.unsure_shots(start)
+        if not len(shots):
+            self.status.setText(
+                f"No unsure shots: at least {wideangle.UNSURE_BELOW} of 8 flips agree on each."
+            )
+            return
+        recipe = wideangle.FitRecipe(
+            starts=self.starts.value(), evaluations=self.evaluations.value()
+        )
+        worker = create_worker(wideangle.fit_steps, data, recipe, start, shots, _ignore_errors=True)
+
+        def done(result: OrientationResult) -> None:
+            for k, shot in enumerate(shots):
+                self.fits[(layer_name, int(shot), "refine")] = wideangle.one_shot(result, k)
+            self.status.setText(
+                f"Refined {len(shots)} unsure shot(s): {', '.join(map(str, shots))}"
+            )
+
+        self.start_work(worker, f"Refine of {len(shots)} unsure shot(s)", done)
 
     # -- display ---------------------------------------------------------------------------------
     def _show_network(
