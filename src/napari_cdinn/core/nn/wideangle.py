@@ -227,9 +227,10 @@ def consensus(
     the K agree: the mean of the estimates within ``within`` degrees (modulo the group) of
     their medoid, the estimate nearest all the others.  The count is the answer's confidence:
     on the benchmark's 5000 augmented held-out shots the median misorientation was 1.9 deg
-    where all eight agreed (a third of the shots) and 7.5 to 21 deg where three or fewer did. Why not the plain mean: a flip now and then answers tens of
-    degrees off, and the mean follows it; on 1000 augmented held-out shots the plain mean of
-    all eight gave a median misorientation of 3.11 deg, this 2.49 (the medoid alone 2.77)."""
+    where all eight agreed (a third of the shots) and 7.5 to 21 deg where three or fewer did.
+    Why not the plain mean: a flip now and then answers tens of degrees off, and the mean
+    follows it; on 1000 augmented held-out shots the plain mean of all eight gave a median
+    misorientation of 3.11 deg, this 2.49 (the medoid alone 2.77)."""
     candidates = icosahedral.equivalents(quaternions)  # (N, K, 60, 4)
     cosine = np.einsum("nagi,nbi->nabg", candidates, quaternions)  # a's equivalents . b
     nearest = np.abs(cosine).argmax(axis=-1)  # (N, K, K): a's equivalent nearest b
