@@ -113,8 +113,9 @@ def network_section(args: argparse.Namespace, models: dict) -> tuple[np.ndarray,
                   f"{100 * errors['relative'][inside].mean():.2f} %, misorientation median "
                   f"{np.median(errors['misorientation'][inside]):.2f} deg, radius error median "
                   f"{np.median(errors['radius'][inside]):.2f} nm")  # fmt: skip
+        misorientation = errors["misorientation"]
         counts = ", ".join(
-            f"{k}: {np.sum(agreeing == k)} shots {np.median(errors['misorientation'][agreeing == k]):.2f}"
+            f"{k}: {np.sum(agreeing == k)} shots {np.median(misorientation[agreeing == k]):.2f}"
             for k in range(8, 0, -1)
             if np.any(agreeing == k)
         )
