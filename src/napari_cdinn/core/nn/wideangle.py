@@ -225,7 +225,9 @@ def consensus(
     """(N, K, 4) orientation and (N, K) radius estimates of N shots (the flips' answers, turned
     back) -> (N, 4) orientations in the fundamental domain, (N,) radii and (N,) how many of
     the K agree: the mean of the estimates within ``within`` degrees (modulo the group) of
-    their medoid, the estimate nearest all the others.  The count is the answer's confidence:
+    their medoid, the estimate nearest all the others; the radius is the mean of all K (its
+    errors do not follow the orientation's outliers: on the 1000 shots below, median radius
+    error 0.463 nm against 0.481 for the mean of the agreeing ones).  The count is the answer's confidence:
     on the benchmark's 5000 augmented held-out shots the median misorientation was 1.9 deg
     where all eight agreed (a third of the shots) and 7.5 to 21 deg where three or fewer did.
     Why not the plain mean: a flip now and then answers tens of degrees off, and the mean
@@ -245,8 +247,7 @@ def consensus(
     sign = np.sign(best[shots, :, medoid])
     aligned = turned * np.where(sign == 0, 1, sign)[..., None]
     orientation = (aligned * kept[..., None]).sum(axis=1)
-    radius = (radii * kept).sum(axis=1) / kept.sum(axis=1)
-    return icosahedral.reduced(orientation), radius, kept.sum(axis=1)
+    return icosahedral.reduced(orientation), radii.mean(axis=1), kept.sum(axis=1)
 
 
 def parameter_errors(
