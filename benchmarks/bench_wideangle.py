@@ -136,8 +136,8 @@ def speed_section(args, model, images, orientations, radii) -> None:
         for k in range(50):
             predict(model, images[k : k + 1], tta=tta)
         ms = (time.perf_counter() - start) / 50 * 1e3
-        print(f"  network, batch 1, {'8 flips and their consensus' if tta else 'one pass'}: {ms:.2f} ms "
-              "per shot (target <= 5)")  # fmt: skip
+        passes = "8 flips and their consensus" if tta else "one pass"
+        print(f"  network, batch 1, {passes}: {ms:.2f} ms per shot (target <= 5)")
         if tta:
             t_network = ms / 1e3
     n_fit, n_refine = (6, 6) if args.quick else (16, 48)  # refine is quick: more shots

@@ -166,41 +166,20 @@ class WideAngleDock(WorkerDock):
             worker, f"Network on {layer_name}", lambda out: self._show_network(layer_name, *out)
         )
 
-    def fit(self, method: str) -> None:
+    def fit(self, method: str, unsure: bool = False) -> None:
+        """Fit or refine the current shot or, with ``unsure``, refine every shot whose network
+        answer few flips agree with, in one worker; each shot's answer joins its table."""
         chosen = self.selected()
         if chosen is None:
             return
         layer_name, data = chosen
-        shot = self.current_shot()
         start = None
         if method == "refine":
             start = self.network.get(layer_name)
             if start is None:
                 show_error("Predict with the network first: Refine starts from its answer.")
                 return
-        recipe = wideangle.FitRecipe(
-            starts=self.starts.value(), evaluations=self.evaluations.value()
-        )
-        worker = create_worker(
-            wideangle.fit_steps, data, recipe, start, np.array([shot]), _ignore_errors=True
-        )
-
-        def done(result: OrientationResult) -> None:
-            self.fits[(layer_name, shot, method)] = result
-
-        self.start_work(worker, f"{wideangle.LABELS[method]} of shot {shot}", done)
-
-    def refine_unsure(self) -> None:
-        """Refine every shot whose network answer few flips agree with, in one worker."""
-        chosen = self.selected()
-        if chosen is None:
-            return
-        layer_name, data = chosen
-        start = self.network.get(layer_name)
-        if start is None:
-            show_error("Predict with the network first: Refine starts from its answer.")
-            return
-        shots = wideangle.unsure_shots(start)
+        shots = wideangle.unsure_shots(start) if unsure else np.array([self.current_shot()])
         if not len(shots):
             self.status.setText(
                 f"No unsure shots: at least {wideangle.UNSURE_BELOW} of 8 flips agree on each."
@@ -213,12 +192,18 @@ class WideAngleDock(WorkerDock):
 
         def done(result: OrientationResult) -> None:
             for k, shot in enumerate(shots):
-                self.fits[(layer_name, int(shot), "refine")] = wideangle.one_shot(result, k)
-            self.status.setText(
-                f"Refined {len(shots)} unsure shot(s): {', '.join(map(str, shots))}"
-            )
+                self.fits[(layer_name, int(shot), method)] = wideangle.one_shot(result, k)
+            if unsure:
+                self.status.setText(
+                    f"Refined {len(shots)} unsure shot(s): {', '.join(map(str, shots))}"
+                )
 
-        self.start_work(worker, f"Refine of {len(shots)} unsure shot(s)", done)
+        what = f"{len(shots)} unsure shot(s)" if unsure else f"shot {shots[0]}"
+        self.start_work(worker, f"{wideangle.LABELS[method]} of {what}", done)
+
+    def refine_unsure(self) -> None:
+        """Refine every shot whose network answer few flips agree with (the button)."""
+        self.fit("refine", unsure=True)
 
     # -- display ---------------------------------------------------------------------------------
     def _show_network(
