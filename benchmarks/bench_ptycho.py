@@ -111,6 +111,8 @@ def synchronisation_ceiling(scan: PtychoScan, model: Path, truth: np.ndarray, wh
     patches = np.concatenate(
         [batch for _, batch in predict_patches(inference_model(net), data.patterns, data.scale)]
     )
+    if data.lit is not None:  # as network_steps does
+        patches = ptycho.levelled(patches, data.patterns, data.lit)
     true_patches = sample_patches(scan.truth, (0.0, 0.0), data.corners, net.patch)
     turns = np.sum(data.weight * true_patches * patches.conj(), axis=(1, 2))
     patches = patches * (turns / np.maximum(np.abs(turns), 1e-30))[:, None, None]
@@ -363,7 +365,7 @@ def main() -> None:
     parser.add_argument(
         "--model", type=Path, default=ptycho.default_model(), help="base model (the bundled)"
     )
-    parser.add_argument("--only", choices=("simulated", "tike"), help="one section (and speed)")
+    parser.add_argument("--only", choices=("simulated", "tike"), help="one section, without the speed section")
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "ptycho_tike.png")
     args = parser.parse_args()
     if args.quick:

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from napari_cdinn.core import metrics, ptycho
-from napari_cdinn.core.data import ObjectResult, Provenance, PtychoScan
+from napari_cdinn.core.data import DiffractionStack, ObjectResult, Provenance, PtychoScan
 from napari_cdinn.core.errors import InputError
 from napari_cdinn.core.nn.ptycho import (
     FineTuning,
     featureless_loss,
+    levelled,
     patch_loss,
     probe_weight,
     sample_patches,
@@ -194,6 +195,21 @@ def test_stitching_sets_each_patch_constant_phase_from_its_neighbours(small_scan
     np.testing.assert_allclose(aligned[seen], truth[seen], atol=1e-4)
     unsynchronised = stitch(turned, whole, weight, grid.origin, grid.shape, synchronise=False)
     assert metrics.object_ssim(unsynchronised, truth, seen)[1] < 0.9
+
+
+def test_levelling_gives_each_patch_the_transmission_its_counts_measure(small_scan):
+    """Patches whose amplitudes are off by a factor each (as a network's are) get back their
+    true levels, up to one common factor, from the patterns' total counts."""
+    whole = np.round(small_scan.positions)  # whole pixels: the probe is not shifted
+    patterns = far_field_intensity(exit_waves(small_scan.truth, small_scan.probe, whole))
+    scan = PtychoScan(DiffractionStack(patterns), whole, small_scan.probe)
+    data = ptycho.network_input(scan, 64)
+    truth = sample_patches(small_scan.truth, (0.0, 0.0), data.corners, 64)
+    off = np.random.default_rng(5).uniform(0.5, 2.0, len(truth))
+    levelled_patches = levelled(truth * off[:, None, None], data.patterns, data.lit)
+    ratio = np.abs(levelled_patches).sum(axis=(1, 2)) / np.abs(truth).sum(axis=(1, 2))
+    np.testing.assert_allclose(ratio / np.median(ratio), 1.0, rtol=1e-4)
+    assert np.std(np.log(off)) > 0.3  # the patches really were off
 
 
 def test_the_patch_loss_ignores_each_patch_constant_phase():

@@ -27,6 +27,7 @@ from .nn.ptycho import (
     STITCH_FLOOR,
     FineTuning,
     fine_tune,
+    levelled,
     normalised,
     patch_offset,
     predict_patches,
@@ -95,6 +96,9 @@ class NetworkInput:
     corners: np.ndarray  # (N, 2) scan coordinates of each predicted patch's top-left corner
     weight: np.ndarray  # (patch, patch) probe-intensity weights for the loss
     stitch_weight: np.ndarray  # the same for stitching, with a lower floor
+    # the probe intensity under the patch (peak 1), for levelling; None without a probe or
+    # with a mask per frame (then the counts of two frames do not compare)
+    lit: np.ndarray | None
     grid: ObjectGrid  # the ePIE grid of this scan, which stitched results share
 
 
@@ -114,6 +118,7 @@ def network_input(
     if scan.stack.mask is not None:
         intensities = np.where(scan.stack.mask, intensities, 0)
     patterns = binned(intensities, factor)
+    per_frame_mask = scan.stack.mask is not None and np.ndim(scan.stack.mask) == 3
     probe = probe if probe is not None else scan.probe
     patch = patch or size
     return NetworkInput(
@@ -122,6 +127,7 @@ def network_input(
         corners=positions + patch_offset(frame, patch),
         weight=probe_weight(probe, frame, patch),
         stitch_weight=probe_weight(probe, frame, patch, STITCH_FLOOR),
+        lit=None if probe is None or per_frame_mask else probe_weight(probe, frame, patch, 0.0),
         grid=ObjectGrid.around(positions, (frame, frame)),
     )
 
@@ -148,12 +154,18 @@ def network_steps(
     for lo, batch in predict_patches(fast, data.patterns, data.scale, torch_device):
         patches[lo : lo + len(batch)] = batch
         yield lo + len(batch), len(data.patterns) + 1
+    if data.lit is not None:
+        patches = levelled(patches, data.patterns, data.lit)
     image = stitch(patches, data.corners, data.stitch_weight, data.grid.origin, data.grid.shape)
     provenance = Provenance(
         method=LABELS["nn"],
         model_name=card.get("name"),
         model_version=card.get("version"),
-        parameters={"model_path": str(path), "binning": scan.stack.frame_shape[-1] // net.size},
+        parameters={
+            "model_path": str(path),
+            "binning": scan.stack.frame_shape[-1] // net.size,
+            "levelled_to_counts": data.lit is not None,
+        },
         wall_time_s=time.perf_counter() - start,
         source=scan.meta.source,
     )
