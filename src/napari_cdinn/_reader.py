@@ -46,8 +46,12 @@ def get_reader(path: str | list[str]) -> ReaderFunction | None:
 
 
 def read_layers(path: str | list[str]) -> list[LayerData]:
-    """Read one or several files into layers; raises :class:`InputError` naming a bad file."""
+    """Read one or several files into layers; raises :class:`InputError` naming a bad file.
+    Several PNG or TIFF frames given together (napari's *Open Files as Stack*, or a drop with
+    Shift held) become one stack, in the order given, as ``io.read`` reads a list of them."""
     paths = [path] if isinstance(path, str | Path) else list(path)
+    if len(paths) > 1 and {io.file_kind(p) for p in paths} in ({"png"}, {"tiff"}):
+        return _stack_layers(io.read(paths))
     layers: list[LayerData] = []
     for p in paths:
         if io.is_results(p):
@@ -58,10 +62,15 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             if not layers:
                 raise InputError(p, "results file holds no image results to show")
         else:
-            data = io.read(p)
-            layers += layers_for_dataset(data)
-            if _settings.invert_on_open():
-                layers += network_layers(data)
+            layers += _stack_layers(io.read(p))
+    return layers
+
+
+def _stack_layers(data: object) -> list[LayerData]:
+    """A dataset's layers, and the network's with "invert on open"."""
+    layers = layers_for_dataset(data)
+    if _settings.invert_on_open():
+        layers += network_layers(data)
     return layers
 
 

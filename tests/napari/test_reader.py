@@ -152,6 +152,21 @@ def test_wideangle_barke_png(viewer, real_data):
     assert meta["summary"]["files"] == ["barke5.png"]
 
 
+def test_png_shots_opened_as_a_stack_are_one_layer(viewer, real_data):
+    """napari's Open Files as Stack (or a drop with Shift) hands the reader the list: one
+    stack of shots in the order given, which the Wide-angle dock then predicts for at once."""
+    paths = [str(real_data(f"wideangle/barke{n}.png")) for n in (6, 5)]
+    layers = viewer.open(paths, stack=True, plugin="napari-cdinn")
+    assert len(layers) == 1
+    assert layers[0].data.shape == (2, 128, 128)
+    first = iio.imread(paths[0])
+    np.testing.assert_allclose(
+        layers[0].data[0], (first if first.ndim == 2 else first[..., 0]) / 255.0, rtol=1e-6
+    )
+    assert cdinn_meta(layers[0])["summary"]["files"] == ["barke6.png", "barke5.png"]
+    assert len(viewer.open(paths, plugin="napari-cdinn")) == 2  # without stacking: one each
+
+
 # -- files written here ------------------------------------------------------------------------
 def test_hdf5_without_numeric_data_is_declined(tmp_path):
     path = tmp_path / "no_frames.h5"
