@@ -365,7 +365,9 @@ def main() -> None:
     parser.add_argument(
         "--model", type=Path, default=ptycho.default_model(), help="base model (the bundled)"
     )
-    parser.add_argument("--only", choices=("simulated", "tike"), help="one section, without the speed section")
+    parser.add_argument(
+        "--only", choices=("simulated", "tike"), help="one section, without the speed section"
+    )
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "ptycho_tike.png")
     args = parser.parse_args()
     if args.quick:
