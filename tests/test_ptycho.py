@@ -212,6 +212,23 @@ def test_levelling_gives_each_patch_the_transmission_its_counts_measure(small_sc
     assert np.std(np.log(off)) > 0.3  # the patches really were off
 
 
+def test_the_network_weighs_by_the_probe_given_or_the_scan_own(small_scan):
+    """Levelling needs a probe: the one given (ePIE's, in the dock), else the scan's; without
+    either the patches are only stitched; a probe of another size is refused by name."""
+    bare = PtychoScan(small_scan.stack, small_scan.positions, None)
+    model = list_models("ptycho")[0]
+    for scan, probe, expected in (
+        (bare, None, (None, False)),
+        (bare, small_scan.probe, ("given", True)),
+        (small_scan, None, ("scan's", True)),
+    ):
+        result = run_to_end(ptycho.network_steps(scan, model, "cpu", probe=probe))
+        used = result.provenance.parameters
+        assert (used["probe"], used["levelled_to_counts"]) == expected
+    with pytest.raises(InputError, match="not a probe of this scan"):
+        run_to_end(ptycho.network_steps(bare, model, "cpu", probe=small_scan.probe[:32, :32]))
+
+
 def test_the_patch_loss_ignores_each_patch_constant_phase():
     generator = torch.Generator().manual_seed(0)
     target = torch.polar(torch.rand(3, 8, 8, generator=generator) + 0.5,

@@ -76,6 +76,8 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
     network = viewer.layers[f"{NAME} amplitude (NN)"]
     assert network.data.shape == amplitude.data.shape
     assert tuple(network.translate) == pytest.approx(tuple(amplitude.translate))
+    used = network.metadata["cdinn_result"].provenance.parameters
+    assert used["probe"] == "given" and used["levelled_to_counts"]  # ePIE's probe weighs it
 
     draw_left_half(viewer, pdock)
     pdock.reference_combo.setCurrentText(f"{NAME} amplitude (ePIE)")

@@ -259,9 +259,12 @@ class PtychoDock(WorkerDock):
             show_error("No ptychography model: load one or retrain.")
             return
         name, scan = chosen
+        epie = stitched_result(self._layer(f"{name} amplitude (ePIE)"))
         worker = create_worker(
-            ptycho.network_steps, scan, path, _settings.device_choice(), _ignore_errors=True
-        )
+            ptycho.network_steps, scan, path, _settings.device_choice(),
+            probe=None if epie is None else epie.probe,  # the retrieved one, as retraining's
+            _ignore_errors=True,
+        )  # fmt: skip
         self.start_work(
             worker, f"Network on {name}", lambda result: self._show_result(name, result)
         )

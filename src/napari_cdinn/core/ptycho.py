@@ -119,6 +119,12 @@ def network_input(
         intensities = np.where(scan.stack.mask, intensities, 0)
     patterns = binned(intensities, factor)
     per_frame_mask = scan.stack.mask is not None and np.ndim(scan.stack.mask) == 3
+    if probe is not None and np.shape(probe)[-2:] != (frame, frame):
+        raise InputError(
+            scan.meta.source,
+            f"the probe given is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the "
+            f"scan's frames {frame} x {frame}: not a probe of this scan",
+        )
     probe = probe if probe is not None else scan.probe
     patch = patch or size
     return NetworkInput(
@@ -137,8 +143,11 @@ def network_steps(
     model: Path | str | None = None,
     device: str = "auto",
     loaded: tuple[torch.nn.Module, dict] | None = None,
+    probe: np.ndarray | None = None,
 ) -> Steps:
-    """Every pattern through the network, the patches stitched on the ePIE grid of the scan."""
+    """Every pattern through the network, the patches levelled to their counts and stitched on
+    the ePIE grid of the scan, both weighted by ``probe`` (e.g. the one ePIE retrieved, which
+    retraining prefers too), else by the scan's own probe, else by a Gaussian (no levelling)."""
     start = time.perf_counter()
     torch_device = resolve_device(device)
     if loaded is not None:
@@ -148,7 +157,7 @@ def network_steps(
         net, card = load_model(path, torch_device)
     if card.get("mode") != "ptycho":
         raise InputError(path, f"a {card.get('mode')} model, not a ptychography one")
-    data = network_input(scan, net.size, net.patch)
+    data = network_input(scan, net.size, net.patch, probe)
     fast = inference_model(net)
     patches = np.empty((len(data.patterns), net.patch, net.patch), np.complex64)
     for lo, batch in predict_patches(fast, data.patterns, data.scale, torch_device):
@@ -164,6 +173,7 @@ def network_steps(
         parameters={
             "model_path": str(path),
             "binning": scan.stack.frame_shape[-1] // net.size,
+            "probe": "given" if probe is not None else "scan's" if scan.probe is not None else None,
             "levelled_to_counts": data.lit is not None,
         },
         wall_time_s=time.perf_counter() - start,
@@ -329,6 +339,13 @@ def retrain_steps(
     training goes, so a stopped run still holds its best model."""
     start = time.perf_counter()
     probe = reference.probe if reference.probe is not None else scan.probe
+    frame = scan.stack.frame_shape[-1]
+    if probe is not None and np.shape(probe)[-2:] != (frame, frame):
+        raise InputError(
+            reference.provenance.source,
+            f"its probe is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the scan's "
+            f"frames {frame} x {frame}: not a probe of this scan",
+        )
     data = network_input(scan, run.model.size, run.model.patch, probe)
     if (
         reference.origin is None
@@ -351,13 +368,6 @@ def retrain_steps(
         raise InputError(
             reference.provenance.source,
             f"the reference has {bad} non-finite (NaN or infinite) pixels inside the region",
-        )
-    frame = scan.stack.frame_shape[-1]
-    if probe is not None and np.shape(probe)[-2:] != (frame, frame):
-        raise InputError(
-            reference.provenance.source,
-            f"its probe is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the scan's "
-            f"frames {frame} x {frame}: not a probe of this scan",
         )
     torch_device = resolve_device(device)
     teacher = normalised(reference.objects, region)
