@@ -297,6 +297,29 @@ def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_sc
     assert torch.isfinite(amplitude).all()
 
 
+def test_the_retrained_model_is_averaged_with_its_base_unless_the_probe_was_new(small_scan):
+    reference = epie_like_reference(small_scan)
+    region = np.ones(ObjectGrid.around(small_scan.positions, (64, 64)).shape, bool)
+    model = tiny_model()
+    start = {name: value.clone() for name, value in model.state_dict().items()}
+    run = FineTuning(model)
+    run_to_end(ptycho.retrain_steps(small_scan, reference, region, run, 60, "cpu", 1, 0))
+    assert run.share == 0.5 and run.source["fine_tuned_share"] == 0.5
+    weight = "amplitude_decoder.1.0.weight"
+    final = run.best_model().state_dict()[weight]
+    expected = (start[weight] + run.best_state[weight]) / 2
+    torch.testing.assert_close(final, expected)
+    assert not torch.allclose(run.best_state[weight], start[weight])  # it did learn
+
+    # an untrained network knows no probe: batch statistics adapt and nothing is averaged
+    new_probe = FineTuning(tiny_model())
+    run_to_end(ptycho.retrain_steps(small_scan, reference, region, new_probe, 60, "cpu", 1, 64))
+    assert new_probe.source["adapted_batch_statistics"] and new_probe.share == 1
+    torch.testing.assert_close(
+        new_probe.best_model().state_dict()[weight], new_probe.best_state[weight]
+    )
+
+
 def test_pairs_simulated_from_a_reference_are_its_own_patterns_turned():
     """Few-shot retraining adds pairs simulated from the reference and its probe: at a scan
     position, unturned, they are the scan's own pattern and patch; a turned window's target is

@@ -421,7 +421,8 @@ def save_fine_tuned(
         "fine_tuned_from": {"name": base_card.get("name"), "version": base_card.get("version")},
         "training": {
             "recipe": "few-shot: the region's pairs and pairs simulated from the reference, "
-            "probe-weighted MAE, Adam 1e-3 halved on plateau, 90/10 split",
+            "probe-weighted MAE, Adam 1e-3 halved on plateau, 90/10 split; the best weights "
+            "averaged with the base model's (fine_tuned_share of them the fine-tuned)",
             **run.source,
             "region": region,
             "best_validation": run.best_validation,
