@@ -103,10 +103,15 @@ class NetworkInput:
 
 
 def network_input(
-    scan: PtychoScan, size: int, patch: int | None = None, probe: np.ndarray | None = None
+    scan: PtychoScan,
+    size: int,
+    patch: int | None = None,
+    probe: np.ndarray | None = None,
+    probe_source: object = None,
 ) -> NetworkInput:
     """Bin the scan's patterns for a network taking ``size`` x ``size`` patterns and giving
-    ``patch`` x ``patch`` patches (default ``size``)."""
+    ``patch`` x ``patch`` patches (default ``size``); ``probe`` (default the scan's) weighs
+    them, refused, naming ``probe_source`` (default the scan), when it is of another size."""
     intensities, positions = checked_scan(scan)
     frame = intensities.shape[-1]
     if intensities.shape[-2] != frame:
@@ -121,9 +126,9 @@ def network_input(
     per_frame_mask = scan.stack.mask is not None and np.ndim(scan.stack.mask) == 3
     if probe is not None and np.shape(probe)[-2:] != (frame, frame):
         raise InputError(
-            scan.meta.source,
-            f"the probe given is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the "
-            f"scan's frames {frame} x {frame}: not a probe of this scan",
+            scan.meta.source if probe_source is None else probe_source,
+            f"its probe is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the scan's "
+            f"frames {frame} x {frame}: not a probe of this scan",
         )
     probe = probe if probe is not None else scan.probe
     patch = patch or size
@@ -339,14 +344,8 @@ def retrain_steps(
     training goes, so a stopped run still holds its best model."""
     start = time.perf_counter()
     probe = reference.probe if reference.probe is not None else scan.probe
-    frame = scan.stack.frame_shape[-1]
-    if probe is not None and np.shape(probe)[-2:] != (frame, frame):
-        raise InputError(
-            reference.provenance.source,
-            f"its probe is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the scan's "
-            f"frames {frame} x {frame}: not a probe of this scan",
-        )
-    data = network_input(scan, run.model.size, run.model.patch, probe)
+    source = reference.provenance.source  # named if its probe is not one of this scan
+    data = network_input(scan, run.model.size, run.model.patch, probe, source)
     if (
         reference.origin is None
         or reference.objects.shape != data.grid.shape
