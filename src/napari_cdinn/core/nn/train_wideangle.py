@@ -30,7 +30,13 @@ from ..simulate.wideangle import (
     simulate_shots,
 )
 from .registry import save_model, user_dir
-from .training import Log, resume, train_within_budget, training_record
+from .training import (
+    Log,
+    resume,
+    train_within_budget,
+    training_precision,
+    training_record,
+)
 from .wideangle import augment, image_transforms, loss, parameter_errors, predict
 from .wideangle_net import WideAngleNet
 
@@ -96,6 +102,7 @@ def evaluate(model: WideAngleNet, n: int = 1000) -> dict:
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
     torch.set_num_threads(args.threads)
+    args.precision = training_precision(args.precision)
     args.out = args.out or user_dir()
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = Log(args.log or args.workdir / "train_wideangle.log")
@@ -120,7 +127,8 @@ def train(args: argparse.Namespace) -> Path:
         x = augment(images[index].float()[:, None] / 255, generator)
         apply, turn = transforms[int(torch.randint(8, (1,), generator=generator))]
         q = torch.as_tensor(icosahedral.multiply(turn, orientations[index].numpy()))
-        predicted_q, predicted_r = model(apply(x).contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bfloat16"):
+            predicted_q, predicted_r = model(apply(x).contiguous(memory_format=torch.channels_last))
         return loss(predicted_q, predicted_r, q.float(), radii[index])
 
     def validation_loss() -> float:

@@ -102,7 +102,10 @@ class WideAngleNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.equalise:
             x = equalised(x).contiguous(memory_format=torch.channels_last)
-        out = self.head(self.features(x))
+        features = self.features(x)
+        # the answer in full precision, when the features are trained in bfloat16
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            out = self.head(features.float())
         quaternion = nn.functional.normalize(out[:, :4], dim=1)
         low, high = RADII
         radius = (low + high) / 2 + (high - low) / 2 * out[:, 4]
