@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ptycho.py            # the issue's figures (about 3 min on 2 cores)
     python benchmarks/bench_ptycho.py --quick    # a smaller simulated scan, fewer epochs
+    python benchmarks/bench_ptycho.py --only speed   # section (4) alone (about 1 min)
 
 Sections: (1) a simulated scan of a held-out object (>= 2000 positions, 50 % overlap, 1e6
 photons per pattern): ePIE on all of it, retraining on a region of 800 positions with ePIE's
@@ -149,12 +150,18 @@ def few_shot(
     return run, path, elapsed
 
 
-def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float]:
+def held_out_scan(args: argparse.Namespace) -> PtychoScan:
+    """The simulated scan of a held-out object (a smaller one with ``--quick``)."""
     side = 300 if args.quick else 520
-    scan = simulate_ptycho(
+    return simulate_ptycho(
         (side, side), frame=64, step=10.0, photons=1e6, seed=HELD_OUT_SEED,
         textures=HELD_OUT_TEXTURES,
     )  # fmt: skip
+
+
+def simulated(args: argparse.Namespace) -> tuple[PtychoScan, ObjectResult, float]:
+    scan = held_out_scan(args)
+    side = scan.truth.shape[0]
     n = len(scan.positions)
     print(f"\n(1) simulated held-out scan: {n} positions, step 10 px (probe ~20 px: 50 % overlap), "
           f"{side} x {side} object, 1e6 photons per pattern")  # fmt: skip
@@ -366,8 +373,10 @@ def main() -> None:
         "--model", type=Path, default=ptycho.default_model(), help="base model (the bundled)"
     )
     parser.add_argument(
-        "--only", choices=("simulated", "tike"), help="one section, without the speed section"
-    )
+        "--only", choices=("simulated", "tike", "speed"),
+        help="one section (simulated, tike: without the speed section; speed: after ePIE on the "
+        "simulated scan, for the whole-scan comparison)",
+    )  # fmt: skip
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "ptycho_tike.png")
     args = parser.parse_args()
     if args.quick:
@@ -377,6 +386,11 @@ def main() -> None:
           f"CPU {cpu_model()}")  # fmt: skip
     if args.only == "tike":
         tike(args, args.figure)
+        return
+    if args.only == "speed":
+        scan = held_out_scan(args)
+        _, t_epie = timed(ptycho.epie_steps(scan, EpieRecipe(epochs=args.epochs), device="cpu"))
+        speed(scan, t_epie, args)
         return
     scan, _, t_epie = simulated(args)
     if args.only == "simulated":

@@ -168,15 +168,18 @@ def _smooth_rows(n: int, knots: int = 4) -> torch.Tensor:
     return rows[:, 0, :, 0].T.contiguous()
 
 
-def inference_network(net: WideAngleNet) -> torch.nn.Module:
+def inference_network(net: WideAngleNet, features: torch.dtype = torch.float32) -> torch.nn.Module:
     """The network for answering: batch norm fused into the convolutions, channels-last, and
     its input ranking (``equalise``) left to :func:`predict`, which ranks each image once
     instead of once per flip (the ranks of a flipped image are the flipped ranks: a flip only
-    permutes the pixels)."""
+    permutes the pixels).  ``features=torch.bfloat16``: the convolutions in bfloat16, as a
+    network trained with ``--precision bfloat16`` learnt them (the head stays float32)."""
     plain = copy.deepcopy(net)
     plain.equalise = False
-    fast = inference_model(plain)
+    fast = inference_model(plain).to(features)
+    fast.head.float()  # its input is cast to float32 by the network's forward
     fast.ranks_input = net.equalise
+    fast.input_dtype = features
     return fast
 
 
@@ -207,6 +210,7 @@ def predict(
         x = torch.as_tensor(np.asarray(images[lo : lo + shots], np.float32))[:, None]
         x = equalised(x.to(device)) if ranked_here else x.to(device)
         batch = torch.cat([apply(x) for apply, _ in transforms])
+        batch = batch.to(getattr(model, "input_dtype", torch.float32))
         q, r = model(batch.contiguous(memory_format=torch.channels_last))
         q = q.cpu().numpy().astype(float).reshape(len(transforms), len(x), 4)
         back = icosahedral.multiply(undo[:, None], q)  # (flips, images, 4)
