@@ -40,7 +40,9 @@ PIXELS = 128  # the network's and the simulator's detector grid
 # fewer of the network's eight flips agreeing than this: an unsure answer (on the benchmark's
 # held-out shots the median misorientation is 2.7 deg at 6 of 8 agreeing, 3.7 at 5, 5.2 at 4)
 UNSURE_BELOW = 6
-# a fit's provenance parameters that hold one value per shot fitted
+# a fit's provenance parameters that hold one value per shot fitted (in this order in
+# ``fit_steps``): the shot's index, 1 - its misfit, the beam's offset (rows, columns) and the
+# detector blur that fitted best, both in pixels of the 128-pixel detector
 PER_SHOT = ("shots", "similarity", "beam_offsets_px", "blur_sigmas_px")
 BLURS = (0.0, 0.5, 1.0, 2.0)  # Gaussian sigmas (binned pixels) the fit tries for the detector
 Steps = Generator[tuple[int, int], None, OrientationResult]
@@ -271,17 +273,14 @@ def fit_steps(
         blurs.append(fit.best_blur * PIXELS / recipe.pixels)
         evaluations += fit.evaluations
     method = "refine" if start is not None else "fit"
+    similarity = [round(1 - m, 5) for m in misfits]
+    per_shot = dict(zip(PER_SHOT, (shots.tolist(), similarity, offsets, blurs), strict=True))
     provenance = Provenance(
         method=LABELS[method],
-        parameters={
-            **vars(recipe), "starts": starts, "shots": shots.tolist(),
-            "simulations": evaluations, "similarity": [round(1 - m, 5) for m in misfits],
-            "beam_offsets_px": offsets,  # (rows, columns) on the 128-pixel detector
-            "blur_sigmas_px": blurs,  # the detector blur that fitted best, same pixels
-        },
+        parameters={**vars(recipe), "starts": starts, "simulations": evaluations, **per_shot},
         wall_time_s=time.perf_counter() - began,
         source=data.meta.source,
-    )  # fmt: skip
+    )
     return OrientationResult(np.array(quaternions), np.array(radii), provenance)
 
 
