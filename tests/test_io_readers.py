@@ -469,6 +469,9 @@ def test_several_png_or_tiff_files_read_as_one_stack_in_the_order_given(tmp_path
     stack = cio.read([tiffs[k] for k in order])
     np.testing.assert_array_equal(stack.frames(), np.stack([images[k] for k in order]))
     assert_shots(cio.read([pngs[1]]), images[1][None] / 255.0)  # a list of one: that file
+    assert cio.one_stack_of_frames(pngs) and cio.one_stack_of_frames(tiffs)
+    for mixed in ([pngs[0], tiffs[1]], [pngs[0]], [tmp_path, pngs[0]]):
+        assert not cio.one_stack_of_frames(mixed)
 
 
 def test_png_rgb_with_equal_channels_is_accepted(tmp_path):

@@ -50,7 +50,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     Several PNG or TIFF frames given together (napari's *Open Files as Stack*, or a drop with
     Shift held) become one stack, in the order given, as ``io.read`` reads a list of them."""
     paths = [path] if isinstance(path, str | Path) else list(path)
-    if len(paths) > 1 and {io.file_kind(p) for p in paths} in ({"png"}, {"tiff"}):
+    if io.one_stack_of_frames(paths):
         return _stack_layers(io.read(paths))
     layers: list[LayerData] = []
     for p in paths:

@@ -27,6 +27,7 @@ __all__ = [
     "describe",
     "file_kind",
     "list_datasets",
+    "one_stack_of_frames",
     "read",
     "read_results",
     "write_results",
@@ -53,6 +54,13 @@ def file_kind(path: str | Path) -> str | None:
         if name.endswith(suffixes):
             return kind
     return None
+
+
+def one_stack_of_frames(paths: list) -> bool:
+    """Whether several paths are all PNG or all TIFF files: what :func:`read` reads as one
+    stack (a list of anything else it refuses, naming the first file that does not fit)."""
+    kinds = {file_kind(p) if Path(p).is_file() else None for p in paths}
+    return len(paths) > 1 and len(kinds) == 1 and kinds <= {"png", "tiff"}
 
 
 def read(
