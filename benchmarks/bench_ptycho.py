@@ -109,11 +109,7 @@ def synchronisation_ceiling(scan: PtychoScan, model: Path, truth: np.ndarray, wh
     synchronisation would give, so what is left is the patches' own error."""
     net, _ = load_model(model)
     data = ptycho.network_input(scan, net.size, net.patch)
-    patches = np.concatenate(
-        [batch for _, batch in predict_patches(inference_model(net), data.patterns, data.scale)]
-    )
-    if data.lit is not None:  # as network_steps does
-        patches = ptycho.levelled(patches, data.patterns, data.lit)
+    patches = run_to_end(ptycho.network_patches(net, data))  # as network_steps has them
     true_patches = sample_patches(scan.truth, (0.0, 0.0), data.corners, net.patch)
     turns = np.sum(data.weight * true_patches * patches.conj(), axis=(1, 2))
     patches = patches * (turns / np.maximum(np.abs(turns), 1e-30))[:, None, None]

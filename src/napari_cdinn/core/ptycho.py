@@ -163,13 +163,7 @@ def network_steps(
     if card.get("mode") != "ptycho":
         raise InputError(path, f"a {card.get('mode')} model, not a ptychography one")
     data = network_input(scan, net.size, net.patch, probe)
-    fast = inference_model(net)
-    patches = np.empty((len(data.patterns), net.patch, net.patch), np.complex64)
-    for lo, batch in predict_patches(fast, data.patterns, data.scale, torch_device):
-        patches[lo : lo + len(batch)] = batch
-        yield lo + len(batch), len(data.patterns) + 1
-    if data.lit is not None:
-        patches = levelled(patches, data.patterns, data.lit)
+    patches = yield from network_patches(net, data, torch_device)
     image = stitch(patches, data.corners, data.stitch_weight, data.grid.origin, data.grid.shape)
     provenance = Provenance(
         method=LABELS["nn"],
@@ -186,6 +180,19 @@ def network_steps(
     )
     yield len(data.patterns) + 1, len(data.patterns) + 1
     return ObjectResult(image, provenance, origin=data.grid.origin)
+
+
+def network_patches(
+    net: torch.nn.Module, data: NetworkInput, device: torch.device | str = "cpu"
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """The network's patch for each of ``data``'s patterns, levelled to its counts where the
+    probe is known (``data.lit``), before stitching; yields (patterns done, patterns + 1)."""
+    fast = inference_model(net)
+    patches = np.empty((len(data.patterns), net.patch, net.patch), np.complex64)
+    for lo, batch in predict_patches(fast, data.patterns, data.scale, device):
+        patches[lo : lo + len(batch)] = batch
+        yield lo + len(batch), len(data.patterns) + 1
+    return patches if data.lit is None else levelled(patches, data.patterns, data.lit)
 
 
 def refine_steps(
