@@ -53,6 +53,43 @@ def test_epie_reconstructs_a_small_noiseless_scan(small_scan):
     assert result.provenance.method == "ePIE"
 
 
+def test_epie_honours_a_mask_per_frame(small_scan):
+    """Each frame with dead pixels of its own, holding garbage: ePIE leaves out exactly those
+    (fitted with another frame's mask it would fit the garbage) and reconstructs as well as
+    without them."""
+    rng = np.random.default_rng(5)
+    frames = small_scan.stack.frames().copy()
+    dead = rng.random(frames.shape) < 0.03
+    frames[dead] = 10 * frames.max()
+    stack = DiffractionStack(frames, ~dead, small_scan.stack.meta)
+    scan = PtychoScan(stack, small_scan.positions, small_scan.probe, truth=small_scan.truth)
+    result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=40), device="cpu"))
+    truth, seen = truth_on_grid(result, small_scan)
+    amplitude, phase = metrics.object_ssim(result.objects, truth, seen)
+    assert amplitude > 0.9 and phase > 0.9
+
+
+@pytest.mark.parametrize("numba_loops", [True, False])
+def test_modulus_step_takes_each_frames_own_mask(monkeypatch, numba_loops):
+    """A batch of frames 2 and 0 of a stack with a mask per frame: each spectrum takes its
+    frame's measured modulus where that frame's mask holds and keeps its value elsewhere, in
+    the numba loops (CPU) and in torch (GPU)."""
+    if not numba_loops:
+        monkeypatch.setattr(projections, "fused", lambda tensor: False)
+    rng = np.random.default_rng(0)
+    magnitudes = torch.as_tensor(rng.uniform(1, 2, (3, 8, 8)).astype(np.float32))
+    valid = torch.as_tensor(rng.random((3, 8, 8)) < 0.5)
+    waves = rng.normal(size=(2, 8, 8)) + 1j * rng.normal(size=(2, 8, 8))
+    spectrum = torch.as_tensor(waves.astype(np.complex64))
+    before = spectrum.clone()
+    frames = torch.tensor([2, 0])
+    projections.set_modulus_(spectrum, magnitudes, valid, frames=frames)
+    for b, frame in enumerate(frames.tolist()):
+        measured = valid[frame]
+        assert torch.equal(spectrum[b][~measured], before[b][~measured])
+        assert torch.allclose(spectrum[b].abs()[measured], magnitudes[frame][measured], rtol=1e-5)
+
+
 def test_probe_update_recovers_from_a_wrong_probe(small_scan):
     wrong = focused_probe(64, np.random.default_rng(123), defocus=4.0)
     scan = PtychoScan(small_scan.stack, small_scan.positions, wrong, truth=small_scan.truth)
@@ -318,6 +355,19 @@ def test_the_retrained_model_is_averaged_with_its_base_unless_the_probe_was_new(
     torch.testing.assert_close(
         new_probe.best_model().state_dict()[weight], new_probe.best_state[weight]
     )
+
+
+def test_retraining_takes_a_scan_with_a_mask_per_frame(small_scan):
+    """Dead pixels of its own in each frame: the simulated pairs are masked where any frame is
+    dead, and retraining runs (it broadcast the stack's mask onto the pairs and failed)."""
+    dead = np.random.default_rng(2).random(small_scan.stack.shape) < 0.02
+    stack = DiffractionStack(small_scan.stack.frames(), ~dead, small_scan.stack.meta)
+    scan = PtychoScan(stack, small_scan.positions, small_scan.probe, truth=small_scan.truth)
+    region = np.ones(ObjectGrid.around(scan.positions, (64, 64)).shape, bool)
+    run = FineTuning(tiny_model())
+    reference = epie_like_reference(small_scan)
+    run_to_end(ptycho.retrain_steps(scan, reference, region, run, 60, "cpu", 1, 64))
+    assert run.source["simulated_pairs"] == 64 and len(run.history) == 1
 
 
 def test_pairs_simulated_from_a_reference_are_its_own_patterns_turned():

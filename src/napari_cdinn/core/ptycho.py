@@ -325,8 +325,8 @@ def resimulated_pairs(
         n = min(chunk, count - start)
         corners = candidates[rng.integers(len(candidates), size=n)]
         intensity, target = windowed_pairs(teacher, probe, corners, rng.integers(8, size=n), patch)
-        if mask is not None:
-            intensity = np.where(mask, intensity, 0)
+        if mask is not None:  # one per frame: the pixels every frame measures
+            intensity = np.where(mask if mask.ndim == 2 else mask.all(axis=0), intensity, 0)
         intensity *= counts / max(float(intensity.sum(axis=(-2, -1)).mean()), 1e-30)
         patterns.append(binned(rng.poisson(intensity).astype(np.float32), factor))
         targets.append(target)

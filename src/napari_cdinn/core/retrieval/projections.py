@@ -34,12 +34,13 @@ def _set_modulus_cpu(spectrum, magnitudes, frames, subtract, errors) -> None:
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _set_modulus_where_measured_cpu(spectrum, magnitudes, frames, valid, subtract, errors) -> None:
-    """The same where ``valid`` (one mask for all frames or one per frame: (1 or B, P)) holds;
-    unmeasured pixels keep their value (or become 0, the change, with ``subtract`` 1).
-    Branch-free, so that it vectorises too."""
+    """The same where ``valid`` (one mask for all frames, (1, P), or one per frame of
+    ``magnitudes``, indexed like them) holds; unmeasured pixels keep their value (or become 0,
+    the change, with ``subtract`` 1).  Branch-free, so that it vectorises too."""
     minus = np.float32(subtract)
     for b in numba.prange(spectrum.shape[0]):
-        z, target, mask = spectrum[b], magnitudes[frames[b]], valid[b % valid.shape[0]]
+        z, target = spectrum[b], magnitudes[frames[b]]
+        mask = valid[frames[b]] if valid.shape[0] > 1 else valid[0]
         error = np.float32(0)
         for i in range(z.size):
             measured = np.float32(mask[i])
@@ -84,9 +85,9 @@ def set_modulus_(
     frames: torch.Tensor | None = None,
 ) -> float | None:
     """In place: |spectrum| := magnitudes where ``valid`` (True = measured pixel; None = all;
-    one (H, W) mask or one per frame), phase kept; unmeasured pixels are left free.  With
-    ``frames``, frame b's magnitudes are ``magnitudes[frames[b]]`` (a batch of a larger stack,
-    without copying it out).  With ``correction`` the spectrum becomes the change instead (new
+    one (H, W) mask or one per frame of ``magnitudes``), phase kept; unmeasured pixels are left
+    free.  With ``frames``, frame b's magnitudes (and mask) are ``magnitudes[frames[b]]`` (a
+    batch of a larger stack, without copying it out).  With ``correction`` the spectrum becomes the change instead (new
     minus old, zero where unmeasured), whose inverse FFT is the exit-wave update ptychography
     needs.  With ``with_error``, returns the sum over measured pixels of (|spectrum| -
     magnitude)^2 before the change (free on the CPU; on a GPU it costs a synchronisation, hence
@@ -105,6 +106,8 @@ def set_modulus_(
         return float(errors.sum(dtype=np.float64)) if with_error else None
     if frames is not None:
         magnitudes = magnitudes[frames]
+        if valid is not None and valid.dim() == 3 and len(valid) > 1:
+            valid = valid[frames]
     modulus = intensity(spectrum).clamp_min_(float(_TINY)).sqrt_()
     error = None
     if with_error:

@@ -151,9 +151,10 @@ def run_epie(
     mask = scan.stack.mask
     measured_counts = intensities if mask is None else np.where(mask, intensities, 0)
     power = float(np.mean(np.sum(measured_counts, axis=(-2, -1))))
-    valid = None  # the detector mask in FFT order
+    valid = None  # the detector mask (one, or one per frame) in FFT order
     if mask is not None:
-        valid = torch.fft.ifftshift(torch.as_tensor(mask, device=torch_device)).contiguous()
+        valid = torch.fft.ifftshift(torch.as_tensor(mask, device=torch_device), dim=(-2, -1))
+        valid = valid.contiguous()
 
     guess = scan.probe if scan.probe is not None else initial_probe(intensities)
     guess = np.asarray(guess, np.complex64)
