@@ -215,6 +215,20 @@ def test_nan_pixels_combine_with_the_cxi_mask(tmp_path, write_cxi):
     assert int((~mask).sum()) == 3
 
 
+def test_a_cxi_mask_stack_must_hold_one_mask_or_one_per_frame(tmp_path, write_cxi):
+    frames = RNG.uniform(1, 100, (3, 8, 8))
+    one = np.zeros((1, 8, 8), np.uint32)
+    one[0, 0, 0] = 1
+    stack = cio.read(write_cxi(tmp_path / "one.cxi", frames, bit_mask=one))
+    assert stack.mask.shape == (8, 8) and not stack.mask[0, 0]  # every frame's mask
+    assert stack.subset([0, 2]).mask.shape == (8, 8)
+    two = np.zeros((2, 8, 8), np.uint32)
+    path = write_cxi(tmp_path / "two.cxi", frames, bit_mask=two)
+    with pytest.raises(InputError, match="2 masks for 3 frames") as error:
+        cio.read(path)
+    assert "two.cxi" in str(error.value)
+
+
 def test_nan_in_same_pixel_of_every_frame(tmp_path):
     array = RNG.uniform(1, 10, (4, 8, 8)).astype(np.float32)
     array[:, 2, 6] = np.nan  # a detector gap

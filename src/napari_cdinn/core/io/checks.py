@@ -83,12 +83,19 @@ def repair_intensities(
     return intensities, mask
 
 
-def check_mask(mask: np.ndarray, frame_shape: tuple[int, ...], source: object) -> np.ndarray:
-    """A boolean validity mask of shape ``(H, W)`` or ``(N, H, W)`` matching the frames."""
+def check_mask(mask: np.ndarray, stack_shape: tuple[int, ...], source: object) -> np.ndarray:
+    """A boolean validity mask of shape ``(H, W)`` or ``(N, H, W)`` matching the stack of
+    frames ``(N, H, W)``; a stack of one mask, ``(1, H, W)``, is the mask of every frame."""
     mask = np.asarray(mask)
-    if tuple(mask.shape[-2:]) != tuple(frame_shape[-2:]) or mask.ndim not in (2, 3):
+    if tuple(mask.shape[-2:]) != tuple(stack_shape[-2:]) or mask.ndim not in (2, 3):
         raise InputError(
-            source, f"mask shape {mask.shape} does not match frames of shape {frame_shape[-2:]}"
+            source, f"mask shape {mask.shape} does not match frames of shape {stack_shape[-2:]}"
+        )
+    if mask.ndim == 3 and len(mask) == 1:
+        mask = mask[0]
+    if mask.ndim == 3 and len(stack_shape) == 3 and len(mask) != stack_shape[0]:
+        raise InputError(
+            source, f"{len(mask)} masks for {stack_shape[0]} frames: one mask, or one per frame"
         )
     return mask.astype(bool)
 
