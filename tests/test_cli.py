@@ -44,6 +44,14 @@ def test_missing_file_is_one_clear_line(capsys):
     assert err == ["napari-cdinn: error: /no/such/file.h5: file not found"]
 
 
+def test_an_output_in_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
+    """The output path is checked first: the input (which does not exist either) is not read."""
+    out = tmp_path / "no_such_folder" / "out.h5"
+    assert main(["invert", str(tmp_path / "missing.cxi"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_folder" in err and "does not exist" in err and "missing.cxi" not in err
+
+
 def test_corrupt_file_is_one_clear_line(tmp_path, capsys):
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)

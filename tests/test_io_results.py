@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import h5py
@@ -200,6 +201,21 @@ def test_write_to_missing_folder_is_refused(tmp_path):
         cio.write_results(target, [object_result()])
     assert str(target) in str(info.value)
     assert not (tmp_path / "no").exists()
+
+
+def test_written_files_get_the_users_permissions_not_owner_only(tmp_path):
+    """The temporary file a result is written to is owner-only; the result is not: a new file
+    gets what the umask allows, a replaced one keeps its old permissions."""
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "out.h5"
+        cio.write_results(target, [object_result()])
+        assert target.stat().st_mode & 0o777 == 0o644
+        target.chmod(0o640)
+        cio.write_results(target, [object_result()])
+        assert target.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_write_onto_a_folder_or_nothing_is_refused(tmp_path):

@@ -370,6 +370,13 @@ def test_retraining_takes_a_scan_with_a_mask_per_frame(small_scan):
     assert run.source["simulated_pairs"] == 48 and len(run.history) == 1  # 48: not the frames' 64
 
 
+def test_a_model_name_with_dots_keeps_them_when_saved(tmp_path):
+    from napari_cdinn.core.nn.registry import weights_path
+
+    assert weights_path(tmp_path / "scan_v1.2_retrained").name == "scan_v1.2_retrained.safetensors"
+    assert weights_path(tmp_path / "mine.safetensors").name == "mine.safetensors"
+
+
 def test_pairs_simulated_from_a_reference_are_its_own_patterns_turned():
     """Few-shot retraining adds pairs simulated from the reference and its probe: at a scan
     position, unturned, they are the scan's own pattern and patch; a turned window's target is

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -297,7 +298,9 @@ def _train_ptycho(args: argparse.Namespace) -> int:
         scan, reference, region, run, args.seconds, args.device, simulated=args.simulated
     )
     run_to_end(steps)
-    output = args.output or user_dir() / f"{Path(args.scan).stem}_retrained.safetensors"
+    output = args.output or user_dir() / (
+        f"{Path(args.scan).stem}_retrained_{time.strftime('%Y%m%d_%H%M%S')}.safetensors"
+    )
     path = ptycho.save_fine_tuned(run, output, card, args.region)
     last = run.history[-1]
     print(
@@ -447,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _print_warning
     sys.stdout = _QuietWhenUnread(sys.stdout)
     try:
+        if getattr(args, "output", None) is not None:
+            from .core.io.results import check_output
+
+            check_output(args.output)  # before the work, not after it
         return int(args.func(args) or 0)
     except CdinnError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

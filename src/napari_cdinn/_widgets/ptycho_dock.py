@@ -31,7 +31,14 @@ from .. import _settings
 from .._layers import dataset_of, layers_for_result, source_name
 from ..core import ptycho
 from ..core.data import ObjectResult, Provenance, PtychoScan
-from ..core.nn.registry import list_models, load_model, read_card, save_model, user_dir
+from ..core.nn.registry import (
+    list_models,
+    load_model,
+    read_card,
+    save_model,
+    user_dir,
+    weights_path,
+)
 from ..core.retrieval.ptycho import EpieRecipe
 from . import WorkerDock, report_error
 
@@ -408,6 +415,6 @@ class PtychoDock(WorkerDock):
 
     def save_model_as(self, current: Path, target: Path) -> Path:
         model, card = load_model(current)
-        saved = save_model(model, target.with_suffix(".safetensors"), card)
+        saved = save_model(model, weights_path(target), card)
         self._refresh_models(select=saved)
         return saved

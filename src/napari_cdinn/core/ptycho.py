@@ -414,7 +414,7 @@ def save_fine_tuned(
     run: FineTuning, path: Path | str, base_card: dict, region: str, name: str | None = None
 ) -> Path:
     """Write the run's best model and a card naming the scan, reference and region it learnt."""
-    path = Path(path).with_suffix(".safetensors")
+    path = registry.weights_path(path)
     model = run.best_model()
     card = {
         "name": name or path.stem,

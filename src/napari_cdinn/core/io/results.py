@@ -37,17 +37,35 @@ from ..errors import CdinnError, InputError
 from .hdf5 import open_h5
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
+def check_output(target: str | Path) -> Path:
+    """``target`` as a file that can be written: not a folder, in a folder that exists (the
+    command line checks it before the work, so a mistyped path costs no minutes of computing)."""
     target = Path(target)
     if target.is_dir():
         raise CdinnError(f"{target}: is a folder; give a file name for the output")
     if not target.parent.exists():
         raise CdinnError(f"{target}: the folder {target.parent} does not exist")
+    return target
+
+
+def _new_file_mode(target: Path) -> int:
+    """The permissions the written file gets: the old file's when it replaces one, else those
+    of a newly created file under the user's umask (a temporary file is made owner-only)."""
+    if target.exists():
+        return target.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
+    target = check_output(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(_new_file_mode(target))
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, InputWarning
+from ..io.results import atomic_path
 from .cdi_net import CDINet
 from .ptycho_net import PtychoNet
 from .wideangle_net import WideAngleNet
@@ -83,13 +84,22 @@ def read_card(weights: str | Path) -> dict[str, Any]:
     return card
 
 
+def weights_path(path: str | Path) -> Path:
+    """``path`` ending in .safetensors: added, not put in place of what follows a dot in the
+    name (``scan_v1.2_retrained`` must not become ``scan_v1.safetensors``)."""
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+
+
 def save_model(model: nn.Module, weights: str | Path, card: dict[str, Any]) -> Path:
-    """Write weights (safetensors) and card (JSON) side by side."""
+    """Write weights (safetensors) and card (JSON) side by side, each whole or not at all."""
     weights = Path(weights)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(weights))
-    card_path(weights).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(card_path(weights)) as tmp:
+        tmp.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return weights
 
 
