@@ -137,6 +137,24 @@ def test_many_results_keep_their_order(tmp_path):
         assert result.objects[0, 0, 0] == k + 1j * k
 
 
+@pytest.mark.parametrize("damage", ["no data", "bad parameters", "foreign group"])
+def test_a_damaged_results_file_is_refused_by_name(tmp_path, damage):
+    path = cio.write_results(tmp_path / "out.h5", [object_result()])
+    with h5py.File(path, "r+") as h5:
+        if damage == "no data":
+            del h5["entry_1/image_1/data"]
+        elif damage == "bad parameters":
+            h5["entry_1/image_1/process_1"].attrs["parameters"] = "{not json"
+        else:
+            h5.create_group("entry_1/notes")  # not one of ours: left alone
+    if damage == "foreign group":
+        assert len(cio.read_results(path)) == 1
+        return
+    with pytest.raises(InputError, match="damaged") as info:
+        cio.read_results(path)
+    assert str(path) in str(info.value)
+
+
 def test_results_file_is_not_mistaken_for_data(tmp_path):
     path = cio.write_results(tmp_path / "out.h5", [object_result()])
     not_results = tmp_path / "data.h5"

@@ -34,7 +34,7 @@ import tifffile
 from ... import __version__
 from ..data import ObjectResult, OrientationResult, Provenance, Result
 from ..errors import CdinnError, InputError
-from .hdf5 import open_h5
+from .hdf5 import damaged_as_input_error, open_h5
 
 
 def check_output(target: str | Path) -> Path:
@@ -160,14 +160,22 @@ def is_results_file(h5: h5py.File) -> bool:
     return (kind.decode() if isinstance(kind, bytes) else str(kind)) == "results"
 
 
+def _in_order(name: str) -> tuple[str, int]:
+    """image_2 before image_10; a group of another name (not one of ours) last of its kind."""
+    kind, _, number = name.rpartition("_")
+    return kind, int(number) if number.isdigit() else -1
+
+
+@damaged_as_input_error
 def read_results(path: str | Path) -> list[Result]:
-    """Read every result from a file written by :func:`write_results`."""
+    """Read every result from a file written by :func:`write_results`; a damaged one (a
+    dataset missing or truncated, unreadable parameters) is refused by name."""
     results: list[Result] = []
     with open_h5(path) as h5:
         if not is_results_file(h5) or "entry_1" not in h5:
             raise InputError(path, "not a napari-cdinn results file")
         entry = h5["entry_1"]
-        for name in sorted(entry, key=lambda n: (n.split("_")[0], int(n.split("_")[1]))):
+        for name in sorted(entry, key=_in_order):
             group = entry[name]
             if name.startswith("image_"):
                 results.append(
