@@ -52,6 +52,23 @@ def test_an_output_in_a_missing_folder_is_refused_before_the_work(tmp_path, caps
     assert "no_such_folder" in err and "does not exist" in err and "missing.cxi" not in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["invert", "x.cxi", "-o", "out.h5", "--iterations", "0"],
+        ["invert", "x.cxi", "-o", "out.h5", "--iterations", "-5"],
+        ["simulate", "ptycho", "-o", "s.cxi", "--step", "0"],
+        ["simulate", "ptycho", "-o", "s.cxi", "--every", "nan"],
+        ["train", "ptycho", "x.cxi", "--seconds", "-1"],
+    ],
+)
+def test_zero_or_negative_counts_are_refused_up_front(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and ("must be at least" in err or "is not a number" in err)
+
+
 def test_corrupt_file_is_one_clear_line(tmp_path, capsys):
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)

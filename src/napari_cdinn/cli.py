@@ -311,6 +311,25 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(low: float, kind: type = int):
+    """An argparse type: a number of ``kind`` not below ``low`` (0 or negative epochs, sizes or
+    steps are refused up front instead of quietly doing nothing or taking the default)."""
+
+    def number(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {low:g}")
+        return value
+
+    return number
+
+
+POSITIVE = _at_least(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -351,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invert.add_argument(
         "--iterations",
-        type=int,
+        type=POSITIVE,
         help="cdi refine: ER/HIO iterations (50); ptycho epie: epochs (100), refine: epochs "
         "(10); wideangle fit: simulations per start (150)",
     )
@@ -374,14 +393,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("-o", "--output", type=Path, required=True)
     simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("--size", type=int, default=64, help="pattern / frame size in pixels")
     simulate.add_argument(
-        "--photons", type=float, help="counts per pattern (Poisson); default none"
+        "--size", type=POSITIVE, default=64, help="pattern / frame size in pixels"
     )
-    simulate.add_argument("--object-size", type=int, help="ptycho: object side (default: fits n)")
-    simulate.add_argument("--step", type=float, default=10.0, help="ptycho: scan step (pixels)")
+    simulate.add_argument(
+        "--photons", type=_at_least(1e-9, float), help="counts per pattern (Poisson); default none"
+    )
+    simulate.add_argument(
+        "--object-size", type=POSITIVE, help="ptycho: object side (default: fits n)"
+    )
+    simulate.add_argument(
+        "--step", type=_at_least(0.1, float), default=10.0, help="ptycho: scan step (pixels)"
+    )
     simulate.add_argument("--scan", choices=("raster", "spiral"), default="raster")
-    simulate.add_argument("--every", type=int, default=1, help="ptycho: keep every k-th position")
+    simulate.add_argument(
+        "--every", type=POSITIVE, default=1, help="ptycho: keep every k-th position"
+    )
     simulate.set_defaults(func=cmd_simulate)
 
     from .core.nn.train_options import add_cdi_arguments
@@ -401,10 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     few_shot.add_argument("-o", "--output", type=Path, help="model file to write")
     few_shot.add_argument("--model", type=Path, help="start from this model (default: bundled)")
-    few_shot.add_argument("--seconds", type=float, default=55.0, help="training time budget")
+    few_shot.add_argument(
+        "--seconds", type=_at_least(1, float), default=55.0, help="training time budget"
+    )
     few_shot.add_argument(
         "--simulated",
-        type=int,
+        type=_at_least(0),
         default=3000,
         help="training pairs simulated from the reference and its probe, added to the region's "
         "(0: none); a probe unlike the pretraining's needs them, and some 3 minutes",
