@@ -121,6 +121,12 @@ def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, caps
     assert network.provenance.model_name == "mine"
     assert main(["train", "ptycho", scan, "--reference", str(epie), "--region", "5:1,0:9"]) == 1
     assert "empty" in capsys.readouterr().err
+    cdi_model = Path(__file__).resolve().parents[1] / "src/napari_cdinn/weights/cdi_nn.safetensors"
+    argv = ["train", "ptycho", scan, "--reference", str(epie), "--region", "0:90,0:90",
+            "--model", str(cdi_model)]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "cdi_nn.safetensors" in err and "not a ptychography one" in err
 
 
 def test_ptycho_refine_runs_epie_from_the_network_image(tmp_path, capsys):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .core.errors import CdinnError
+from .core.errors import CdinnError, InputError
 
 PROG = "napari-cdinn"
 MODES = ("cdi", "ptycho", "wideangle")
@@ -291,6 +291,8 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     reference = stitched[0]
     base = args.model or ptycho.default_model()
     model, card = load_model(base)
+    if card.get("mode") != "ptycho":
+        raise InputError(base, f"a {card.get('mode')} model, not a ptychography one")
     grid = ptycho.network_input(scan, model.size).grid
     region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
     run = FineTuning(model)

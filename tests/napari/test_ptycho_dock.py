@@ -141,6 +141,10 @@ def test_model_files_load_save_and_a_wrong_file_is_refused(pdock, tmp_path, erro
     pdock.load_model_path(broken)
     assert any("broken.safetensors" in m for m in error_messages())
     assert pdock.model_path() == copy
+    gone = tmp_path / "gone.safetensors"  # picked once, deleted since: a message, no traceback
+    assert pdock.save_model_as(gone, tmp_path / "again") is None
+    assert any("gone.safetensors" in m for m in error_messages())
+    assert pdock.model_path() == copy
 
 
 def test_region_from_shapes_follows_the_layer_transform(viewer, pdock):

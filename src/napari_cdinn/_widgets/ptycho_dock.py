@@ -342,7 +342,11 @@ class PtychoDock(WorkerDock):
             return
         grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
         region = region_from_shapes(region_layer, grid)
-        model, card = load_model(base)
+        try:  # the file may have gone or been damaged since the list was made
+            model, card = load_model(base)
+        except Exception as err:
+            report_error(err)
+            return
         self.run = ptycho.FineTuning(model)
         self._base_card = card
         self._trained = (name, scan)
@@ -377,7 +381,11 @@ class PtychoDock(WorkerDock):
         self._plot_losses()
         stem = f"{source_name(scan, 'scan')}_retrained_{time.strftime('%Y%m%d_%H%M%S')}"
         region = f"shapes of layer '{name} training region'"
-        path = ptycho.save_fine_tuned(run, user_dir() / stem, self._base_card, region)
+        try:
+            path = ptycho.save_fine_tuned(run, user_dir() / stem, self._base_card, region)
+        except Exception as err:  # the user models folder not writable, the disk full
+            report_error(err)
+            return
         self._refresh_models(select=path)
         last = run.history[-1]
         self.training_status.setText(
@@ -413,8 +421,12 @@ class PtychoDock(WorkerDock):
         if target:
             self.save_model_as(current, Path(target))
 
-    def save_model_as(self, current: Path, target: Path) -> Path:
-        model, card = load_model(current)
-        saved = save_model(model, weights_path(target), card)
+    def save_model_as(self, current: Path, target: Path) -> Path | None:
+        try:  # a model file gone since, a folder not writable: a message, not a traceback
+            model, card = load_model(current)
+            saved = save_model(model, weights_path(target), card)
+        except Exception as err:
+            report_error(err)
+            return None
         self._refresh_models(select=saved)
         return saved
