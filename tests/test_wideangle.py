@@ -267,6 +267,31 @@ def test_unsure_shots_and_one_shot_of_a_fit():
     assert second.provenance.method == "NN + simplex"
 
 
+def test_a_long_fit_yields_between_pieces_so_cancel_is_quick(monkeypatch):
+    """A start of many simulations runs in pieces, yielding between them (the worker's Cancel
+    acts at a yield); the pieces resume each other, so the fit still finds the cluster."""
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.data import OrientationResult, Provenance
+
+    monkeypatch.setattr(wideangle, "SIMULATIONS_BETWEEN_YIELDS", 25)
+    rng = np.random.default_rng(21)
+    q, r = ico.random_orientations(1, rng), np.array([80.0])
+    image = wa.log_image(wa.Simulator().intensity(r[0], q[0]))[None]
+    radii = r
+    start = OrientationResult(q, r + 4, Provenance("test"))
+    recipe = wideangle.FitRecipe(starts=1, evaluations=150)
+    steps = wideangle.fit_steps(_shots(image), recipe, start=start)
+    yields = 0
+    try:
+        while True:
+            next(steps)
+            yields += 1
+    except StopIteration as done:
+        refined = done.value
+    assert yields >= 4  # 150 simulations in pieces of 25 (fewer if it converged early)
+    assert abs(refined.radii_nm[0] - radii[0]) < 2.0
+
+
 def test_patchify_stem_sees_detail_that_binning_erases():
     """A checkerboard of single pixels averages away in 2 x 2 bins: the pooling stem cannot
     tell it from a flat image, the full-resolution (patchify) stem can."""

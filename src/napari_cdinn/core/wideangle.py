@@ -216,10 +216,21 @@ def _turned(base: np.ndarray, rotation_vector: np.ndarray) -> np.ndarray:
     return icosahedral.multiply(base, icosahedral.from_rotation_vector(rotation_vector))
 
 
+SIMULATIONS_BETWEEN_YIELDS = 500  # a Cancel waits at most this many simulations
+
+
 def _simplex_search(
-    fit: ShotFit, orientation: np.ndarray, radius: float, scale: tuple[float, float], limit: int
-) -> tuple[np.ndarray, float, float]:
-    """One Nelder-Mead run from (orientation, radius); returns the best found and its misfit."""
+    fit: ShotFit,
+    orientation: np.ndarray,
+    radius: float,
+    scale: tuple[float, float],
+    limit: int,
+    progress: tuple[int, int],
+) -> Generator[tuple[int, int], None, tuple[np.ndarray, float, float]]:
+    """One Nelder-Mead run from (orientation, radius); returns the best found and its misfit.
+    A long run goes in pieces of ``SIMULATIONS_BETWEEN_YIELDS``, each resuming from the last
+    one's simplex, yielding ``progress`` between them so that Cancel works within seconds (a
+    run of the default length is one piece)."""
     low, high = RADII
 
     def objective(x: np.ndarray) -> float:
@@ -228,12 +239,22 @@ def _simplex_search(
     angle, size = scale
     start = np.array([0.0, 0.0, 0.0, radius])
     simplex = np.vstack([start, start + np.diag([angle, angle, angle, size])])
-    found = minimize(
-        objective, start, method="Nelder-Mead",
-        options={"initial_simplex": simplex, "maxfev": limit, "xatol": 1e-4, "fatol": 1e-6},
-    )  # fmt: skip
-    best = icosahedral.reduced(_turned(orientation, found.x[:3]))
-    return best, float(np.clip(found.x[3], low, high)), float(found.fun)
+    used, x, misfit = 0, start, np.inf
+    while used < limit:
+        found = minimize(
+            objective, simplex[0], method="Nelder-Mead",
+            options={"initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-6,
+                     "maxfev": min(SIMULATIONS_BETWEEN_YIELDS, limit - used)},
+        )  # fmt: skip
+        used += found.nfev
+        if found.fun < misfit:
+            x, misfit = found.x, float(found.fun)
+        if found.success:  # converged
+            break
+        simplex = found.final_simplex[0]
+        yield progress
+    best = icosahedral.reduced(_turned(orientation, x[:3]))
+    return best, float(np.clip(x[3], low, high)), misfit
 
 
 def fit_steps(
@@ -262,7 +283,9 @@ def fit_steps(
             else:
                 q0 = icosahedral.random_orientations(1, rng)[0]
                 r0, scale = float(rng.uniform(*RADII)), (0.3, 15.0)
-            found = _simplex_search(fit, q0, r0, scale, recipe.evaluations)
+            found = yield from _simplex_search(
+                fit, q0, r0, scale, recipe.evaluations, (n * starts + k, total)
+            )
             if found[2] < best[2]:
                 best = found
             yield n * starts + k + 1, total
