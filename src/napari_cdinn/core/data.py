@@ -118,11 +118,13 @@ class PtychoScan:
 
 @dataclass
 class ShotSet:
-    """Single-shot wide-angle scattering images ``(N, H, W)`` as log10 intensity (float32)."""
+    """Single-shot wide-angle scattering images ``(N, H, W)`` on the network's log scale, [0, 1]
+    for log10(I / max I) from -5 to 0 (``simulate.wideangle.log_image``; 8-bit display images
+    are taken as that scale / 255), float32."""
 
     images: np.ndarray
     meta: Metadata = field(default_factory=Metadata)
-    scaling: str = "log10 intensity"  # how pixel values relate to intensity; readers say
+    scaling: str = field(kw_only=True)  # how the file's pixel values became these; readers say
 
 
 Dataset = DiffractionStack | PtychoScan | ShotSet

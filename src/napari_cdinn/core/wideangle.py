@@ -58,8 +58,6 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     source = data.meta.source
     if isinstance(data, ShotSet):
         images = np.asarray(data.images, np.float32)
-        if data.scaling.startswith("log10"):  # log10 intensity: onto the [0, 1] scale
-            images = log_image(10.0 ** np.nan_to_num(images, nan=-np.inf))
     elif isinstance(data, DiffractionStack):
         frames = data.frames()
         if data.mask is not None:
