@@ -205,3 +205,14 @@ def test_corrupt_or_mismatched_model_files_are_refused(tmp_path):
         )
     )
     assert model.width == 8
+
+
+def test_nan_pixels_of_a_lazily_read_stack_are_masked_when_it_is_loaded():
+    import dask.array as da
+
+    frames = simulate_cdi(2, seed=3).intensities.copy()
+    frames[1, 5, 7] = np.inf
+    stack = DiffractionStack(da.from_array(frames), None, Metadata("big.h5"))
+    with pytest.warns(InputWarning, match=r"big\.h5: 1 NaN/Inf"):
+        intensities, mask = cdi.checked_patterns(stack)
+    assert np.isfinite(intensities).all() and not mask[1, 5, 7] and mask.sum() == mask.size - 1

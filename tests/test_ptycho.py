@@ -53,6 +53,26 @@ def test_epie_reconstructs_a_small_noiseless_scan(small_scan):
     assert result.provenance.method == "ePIE"
 
 
+def test_nan_pixels_of_a_lazily_read_scan_are_masked_when_it_is_loaded(small_scan):
+    """A large stack stays lazy (dask) when read, unrepaired; its NaN pixels are masked, with
+    a warning naming the file, when ePIE or the network loads it (they made all-NaN images)."""
+    import dask.array as da
+
+    from napari_cdinn.core.data import Metadata
+    from napari_cdinn.core.errors import InputWarning
+
+    frames = small_scan.stack.frames().copy()
+    frames[3, 10, 12] = np.nan
+    stack = DiffractionStack(da.from_array(frames, chunks=(8, 64, 64)), None, Metadata("big.h5"))
+    scan = PtychoScan(stack, small_scan.positions, small_scan.probe)
+    with pytest.warns(InputWarning, match=r"big\.h5: 1 NaN"):
+        result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=2), device="cpu"))
+    assert np.isfinite(result.objects).all()
+    with pytest.warns(InputWarning, match="1 NaN"):
+        data = ptycho.network_input(scan, 64)
+    assert np.isfinite(data.patterns).all() and data.patterns[3, 10, 12] == 0
+
+
 def test_epie_honours_a_mask_per_frame(small_scan):
     """Each frame with dead pixels of its own, holding garbage: ePIE leaves out exactly those
     (fitted with another frame's mask it would fit the garbage) and reconstructs as well as

@@ -18,6 +18,7 @@ from . import postprocess
 from .data import DiffractionStack, ObjectResult, Provenance
 from .device import resolve_device
 from .errors import InputError, InputWarning
+from .io.checks import repair_intensities
 from .metrics import chi2
 from .nn import registry
 from .nn.cdi import inference_model, predict
@@ -34,11 +35,13 @@ def default_model() -> Path:
 
 
 def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | None]:
-    """The stack's frames in memory and its mask; refuses empty or all-zero patterns."""
+    """The stack's frames in memory and its mask; refuses empty or all-zero patterns; NaN/Inf
+    pixels of a lazily read stack (repaired only now that it is in memory) masked."""
     intensities = stack.frames()
     if intensities.size == 0:
         raise InputError(stack.meta.source, "empty stack: no patterns to invert")
-    valid = stack.mask if stack.mask is not None else np.ones(intensities.shape[-2:], bool)
+    intensities, mask = repair_intensities(intensities, stack.mask, stack.meta.source)
+    valid = mask if mask is not None else np.ones(intensities.shape[-2:], bool)
     measured = np.where(valid, intensities, 0).sum(axis=(-2, -1))
     empty = np.flatnonzero(measured <= 0)
     if len(empty):
@@ -47,7 +50,7 @@ def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | 
             f"pattern(s) {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} hold no signal "
             "(all zero); nothing to invert",
         )
-    return intensities, stack.mask
+    return intensities, mask
 
 
 def fit_to_network(

@@ -112,7 +112,7 @@ def network_input(
     """Bin the scan's patterns for a network taking ``size`` x ``size`` patterns and giving
     ``patch`` x ``patch`` patches (default ``size``); ``probe`` (default the scan's) weighs
     them, refused, naming ``probe_source`` (default the scan), when it is of another size."""
-    intensities, positions = checked_scan(scan)
+    intensities, positions, mask = checked_scan(scan)
     frame = intensities.shape[-1]
     if intensities.shape[-2] != frame:
         raise InputError(
@@ -120,10 +120,10 @@ def network_input(
             f"patterns are {intensities.shape[-2:]}; ptychography needs square ones",
         )
     factor = binning(frame, size, scan.meta.source)
-    if scan.stack.mask is not None:
-        intensities = np.where(scan.stack.mask, intensities, 0)
+    if mask is not None:
+        intensities = np.where(mask, intensities, 0)
     patterns = binned(intensities, factor)
-    per_frame_mask = scan.stack.mask is not None and np.ndim(scan.stack.mask) == 3
+    per_frame_mask = mask is not None and np.ndim(mask) == 3
     if probe is not None and np.shape(probe)[-2:] != (frame, frame):
         raise InputError(
             scan.meta.source if probe_source is None else probe_source,

@@ -24,6 +24,7 @@ import torch
 from ..data import PtychoScan
 from ..device import resolve_device
 from ..errors import InputError
+from ..io.checks import repair_intensities
 from .patches import exit_waves, probe_sum_workers, update_
 from .projections import intensity, set_modulus_
 
@@ -97,13 +98,15 @@ def initial_probe(intensities: np.ndarray) -> np.ndarray:
     return guess.astype(np.complex64)
 
 
-def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray]:
-    """The scan's frames in memory and its positions, refusing what ePIE cannot use."""
+def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The scan's frames in memory, its positions and its mask, refusing what ePIE cannot use;
+    NaN/Inf pixels of a lazily read stack (repaired only now that it is in memory) masked."""
     source = scan.meta.source
     intensities = np.asarray(scan.stack.frames(), np.float32)
     positions = np.asarray(scan.positions, float)
     if intensities.ndim != 3 or len(intensities) == 0:
         raise InputError(source, "empty scan: no diffraction patterns")
+    intensities, mask = repair_intensities(intensities, scan.stack.mask, source)
     if positions.shape != (len(intensities), 2):
         raise InputError(
             source,
@@ -118,7 +121,7 @@ def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray]:
             source,
             f"probe is {scan.probe.shape[-2:]} but patterns are {intensities.shape[-2:]}",
         )
-    return intensities, positions
+    return intensities, positions, mask
 
 
 def run_epie(
@@ -138,7 +141,7 @@ def run_epie(
     the probe, and the mean Fourier error per epoch.
     """
     recipe = recipe or EpieRecipe()
-    intensities, positions = checked_scan(scan)
+    intensities, positions, mask = checked_scan(scan)
     torch_device = resolve_device(device)
     n, h, w = intensities.shape
     grid = ObjectGrid.around(positions, (h, w))
@@ -148,7 +151,6 @@ def run_epie(
     magnitudes = torch.fft.ifftshift(
         torch.as_tensor(np.sqrt(np.maximum(intensities, 0)), device=torch_device), dim=(-2, -1)
     )
-    mask = scan.stack.mask
     measured_counts = intensities if mask is None else np.where(mask, intensities, 0)
     power = float(np.mean(np.sum(measured_counts, axis=(-2, -1))))
     valid = None  # the detector mask (one, or one per frame) in FFT order
