@@ -108,6 +108,9 @@ def test_tiff_folder_with_mismatched_frame_shapes(tmp_path):
     tifffile.imwrite(folder / "f1.tif", np.zeros((8, 8), np.float32))
     tifffile.imwrite(folder / "f2.tif", np.zeros((8, 9), np.float32))
     refused(folder, "differs")
+    stack = cio.read(folder, lazy=True)  # opened from the first file's header alone
+    with pytest.raises(InputError, match=r"f2\.tif.*differs"):
+        stack.frames()
 
 
 def test_corrupt_npz_and_bz2(tmp_path):

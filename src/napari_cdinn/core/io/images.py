@@ -54,6 +54,15 @@ def _read_tiff_file(path: Path, page: int | None = None) -> np.ndarray:
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
 
 
+def _read_tiff_frame(path: Path, page: int | None, frame: tuple[int, ...]) -> np.ndarray:
+    """One frame of a lazily read stack, refused by name when it is not of the first one's
+    shape (only the first file's header is read when the stack is opened)."""
+    image = _read_tiff_file(path, page)
+    if image.shape != frame:
+        raise InputError(path, f"frame shape {image.shape} differs from the first frame {frame}")
+    return image
+
+
 def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with tifffile.TiffFile(path) as tif:
@@ -82,7 +91,9 @@ def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> Diffra
         per_file = int(np.prod(first_shape[:-2]))  # frames in each file (multi-page files too)
         reads = [(f, i if per_file > 1 else None) for f in files for i in range(per_file)]
         frame = shape[-2:]
-        parts = [da.from_delayed(dask.delayed(_read_tiff_file)(*r), frame, dtype) for r in reads]
+        parts = [
+            da.from_delayed(dask.delayed(_read_tiff_frame)(*r, frame), frame, dtype) for r in reads
+        ]
         return DiffractionStack(da.stack(parts).astype(np.float32), None, meta)
     arrays = [_read_tiff_file(f) for f in files]
     for f, a in zip(files, arrays, strict=True):
