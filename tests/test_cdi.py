@@ -161,6 +161,18 @@ def test_bad_input_single_pattern_and_odd_non_square_sizes():
     assert any(issubclass(w.category, InputWarning) and "48x64" in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize("shape", [(129, 129), (128, 128), (65, 64), (64, 71), (63, 63), (40, 41)])
+def test_fitting_a_pattern_to_the_network_keeps_its_zero_frequency_in_the_middle(shape):
+    """Cropped or padded, odd or even, square or not: the zero frequency (pixel n // 2 of n)
+    lands on the network's middle pixel (32 of 64); one pixel off is a phase ramp of 2 pi."""
+    pattern = np.zeros((1, *shape), np.float32)
+    pattern[0, shape[0] // 2, shape[1] // 2] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)  # non-square: cropped, with a warning
+        fitted, _ = cdi.fit_to_network(pattern, None, 64, "test")
+    assert np.unravel_index(fitted[0].argmax(), fitted[0].shape) == (32, 32)
+
+
 def test_bad_input_all_zero_pattern_is_refused():
     intensities = far_field_intensity(simulate_cdi(3, seed=7).truth)
     intensities[1] = 0

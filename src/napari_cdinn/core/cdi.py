@@ -71,10 +71,11 @@ def fit_to_network(
             InputWarning,
             stacklevel=3,
         )
-    y0, x0 = (h - side) // 2 + (h - side) % 2, (w - side) // 2 + (w - side) % 2
+    # the zero frequency of n pixels lies at n // 2; a crop of m keeps it at m // 2
+    y0, x0 = h // 2 - side // 2, w // 2 - side // 2
     square = intensities[:, y0 : y0 + side, x0 : x0 + side]
     if side >= size:
-        lo = (side - size) // 2 + (side - size) % 2  # keeps the zero frequency at size // 2
+        lo = side // 2 - size // 2
         return np.ascontiguousarray(square[:, lo : lo + size, lo : lo + size]), side / size
     padded = np.zeros((len(square), size, size), np.float32)
     lo = size // 2 - side // 2
