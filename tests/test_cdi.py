@@ -12,6 +12,7 @@ import torch
 from napari_cdinn.core import cdi, metrics, postprocess
 from napari_cdinn.core.data import DiffractionStack, Metadata
 from napari_cdinn.core.errors import InputError, InputWarning
+from napari_cdinn.core.nn.registry import default_model as registry_default
 from napari_cdinn.core.nn.registry import load_model, save_model
 from napari_cdinn.core.progress import run_to_end
 from napari_cdinn.core.retrieval import projections
@@ -217,6 +218,18 @@ def test_corrupt_or_mismatched_model_files_are_refused(tmp_path):
         )
     )
     assert model.width == 8
+    ptycho_model = registry_default("ptycho")
+    with pytest.raises(InputError, match=r"ptycho_nn\.safetensors: a ptycho model, not a CDI"):
+        run_to_end(cdi.network_steps(simulate_cdi(1, seed=2), ptycho_model, device="cpu"))
+
+
+def test_refine_of_resampled_patterns_is_refused_before_the_iterative_run():
+    """128 x 128 patterns: the network sees them binned to 64, so refine cannot start from its
+    objects; that is said right after the network, not after the 620 iterations."""
+    stack = DiffractionStack(np.ones((1, 128, 128), np.float32), meta=Metadata(source="big.h5"))
+    steps = cdi.invert_steps(stack, ["nn", "iterative", "refine"], device="cpu")
+    with pytest.raises(InputError, match=r"big\.h5: refine needs the network's objects"):
+        run_to_end(steps)
 
 
 def test_nan_pixels_of_a_lazily_read_stack_are_masked_when_it_is_loaded():

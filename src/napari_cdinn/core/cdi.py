@@ -93,6 +93,8 @@ def network_steps(
     torch_device = resolve_device(device)
     model_path = Path(model_path) if model_path else default_model()
     model, card = load_model(model_path, torch_device)
+    if card.get("mode") != "cdi":
+        raise InputError(model_path, f"a {card.get('mode')} model, not a CDI one")
     size = card["arguments"]["size"]
     fitted, scale = fit_to_network(intensities, mask, size, stack.meta.source)
     fast = inference_model(model)
@@ -194,9 +196,16 @@ def invert_steps(
         network = yield from network_steps(stack, model_path, device)
         if "nn" in methods:
             results["nn"] = network
+    on_pattern_grid = network is not None and network.objects.shape[1:] == stack.frame_shape
+    if "refine" in methods and not on_pattern_grid:  # said now, not after the iterative run
+        raise InputError(
+            stack.meta.source,
+            f"refine needs the network's objects on the pattern grid {stack.frame_shape}; the "
+            f"network saw resampled {network.objects.shape[1:]} patterns (choose Iterative)",
+        )
     if "iterative" in methods:
         recipe = scaled_recipe(iterations, shrinkwrap_threshold)
-        reference = network.objects if network is not None else None
+        reference = network.objects if on_pattern_grid else None  # for twin and phase offset
         results["iterative"] = yield from iterative_steps(stack, recipe, device, reference)
     if "refine" in methods:
         results["refine"] = yield from refine_steps(
