@@ -153,6 +153,16 @@ def test_invert_cdi_network_writes_documented_layout(tmp_path, capsys):
     assert result.chi2.shape == (4,)
 
 
+def test_invert_cdi_iterative_takes_the_iterations_given(tmp_path):
+    out = tmp_path / "it.h5"
+    argv = ["invert", str(SAMPLES / "cdi_crystals.cxi"), "--method", "iterative",
+            "--iterations", "40", "--frames", "0", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (result,) = io.read_results(out)
+    schedule = result.provenance.parameters["schedule"]
+    assert sum(n for _, n in schedule) == pytest.approx(40, abs=4)  # 620 by default
+
+
 def test_invert_bad_frames_and_method_are_refused(tmp_path, capsys):
     sample = str(SAMPLES / "cdi_crystals.cxi")
     assert main(["invert", sample, "--frames", "99", "-o", str(tmp_path / "a.h5")]) == 1

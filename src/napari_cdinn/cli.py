@@ -163,8 +163,8 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
         stack.intensities = stack.frames() ** 2
     methods = ["nn", "refine"] if method == "refine" else [method]
     steps = cdi.invert_steps(
-        stack, methods, refine_iterations=args.iterations or 50, device=args.device,
-        model_path=args.model,
+        stack, methods, iterations=args.iterations if method == "iterative" else None,
+        refine_iterations=args.iterations or 50, device=args.device, model_path=args.model,
     )  # fmt: skip
     results = list(run_to_end(steps).values())
     for result in results:
@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     invert.add_argument(
         "--iterations",
         type=POSITIVE,
-        help="cdi refine: ER/HIO iterations (50); ptycho epie: epochs (100), refine: epochs "
+        help="cdi iterative: ER/HIO iterations in all (620), refine: RAAR/ER iterations (50); "
+        "ptycho epie: epochs (100), refine: epochs "
         "(10); wideangle fit: simulations per start (150)",
     )
     invert.add_argument("--frames", help="frames/positions: N, START:STOP[:STEP] or N,M,...")
