@@ -37,7 +37,11 @@ def log_display(intensities: Any) -> Any:
 
 
 def _contrast(frame: np.ndarray) -> tuple[float, float]:
-    low, high = float(np.min(frame)), float(np.max(frame))
+    """The frame's range over its finite pixels (a lazily read frame may hold NaN gaps)."""
+    finite = np.asarray(frame)[np.isfinite(frame)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
     return (low, high) if high > low else (low, low + 1.0)
 
 

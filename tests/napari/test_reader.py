@@ -168,6 +168,21 @@ def test_png_shots_opened_as_a_stack_are_one_layer(viewer, real_data):
 
 
 # -- files written here ------------------------------------------------------------------------
+def test_a_lazy_stack_with_nan_gaps_gets_finite_contrast_limits():
+    """A lazily read stack is not repaired when opened: its first frame's NaN gaps must not
+    make the contrast limits NaN (napari would show nothing)."""
+    import dask.array as da
+
+    from napari_cdinn._layers import layers_for_dataset
+
+    frames = np.random.default_rng(0).uniform(1, 100, (2, 8, 8)).astype(np.float32)
+    frames[0, 2, :] = np.nan
+    (_, kwargs, _), *_ = layers_for_dataset(DiffractionStack(da.from_array(frames)), "gaps")
+    low, high = kwargs["contrast_limits"]
+    assert np.isfinite([low, high]).all() and high > low
+    assert low == pytest.approx(np.log10(1 + np.nanmin(frames[0])))
+
+
 def test_hdf5_without_numeric_data_is_declined(tmp_path):
     path = tmp_path / "no_frames.h5"
     with h5py.File(path, "w") as h5:
