@@ -232,6 +232,20 @@ def test_nexus_signal_wins_over_larger_dataset(tmp_path, as_bytes):
     assert stack.meta.dataset == "entry/data/counts"
 
 
+def test_a_one_dimensional_nexus_plot_gives_way_to_the_frames(tmp_path):
+    path = tmp_path / "spectrum.nxs"
+    frames = counts((3, 8, 8), "float32")
+    with h5py.File(path, "w") as h5:
+        h5["raw/frames"] = frames
+        plot = h5.create_group("entry/plot")
+        plot.attrs["NX_class"] = "NXdata"
+        plot.attrs["signal"] = "spectrum"
+        plot["spectrum"] = np.arange(100.0)  # the default plot: 1-D, not frames
+    stack = cio.read(path)
+    assert_stack(stack, frames)
+    assert stack.meta.dataset == "raw/frames"
+
+
 def test_hdf5_four_d_scan_grid_is_flattened(tmp_path):
     path = tmp_path / "grid.hdf5"
     grid = counts((2, 3, 8, 8), "float32")

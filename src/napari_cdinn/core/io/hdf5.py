@@ -75,20 +75,26 @@ def numeric_datasets(h5: h5py.File) -> list[tuple[str, tuple[int, ...], str]]:
     found: list[tuple[str, tuple[int, ...], str]] = []
 
     def visit(name: str, obj: Any) -> None:
-        if (
-            isinstance(obj, h5py.Dataset)
-            and 2 <= obj.ndim <= 4
-            and obj.dtype.kind in "biuf"
-            and obj.size > 0
-        ):
+        if _frames_like(obj):
             found.append((name, tuple(obj.shape), str(obj.dtype)))
 
     h5.visititems(visit)
     return sorted(found, key=lambda item: -int(np.prod(item[1])))
 
 
+def _frames_like(obj: Any) -> bool:
+    """A real numeric, non-empty dataset of 2 to 4 dimensions: what can hold frames."""
+    return (
+        isinstance(obj, h5py.Dataset)
+        and 2 <= obj.ndim <= 4
+        and obj.dtype.kind in "biuf"
+        and obj.size > 0
+    )
+
+
 def _nxdata_signal(h5: h5py.File) -> str | None:
-    """The path of the first NXdata group's ``signal`` dataset (NeXus default plottable data)."""
+    """The path of the first NXdata group's ``signal`` dataset (NeXus default plottable data)
+    that can hold frames (a 1-D default plot is passed over)."""
     found: list[str] = []
 
     def visit(name: str, obj: Any) -> None:
@@ -96,7 +102,7 @@ def _nxdata_signal(h5: h5py.File) -> str | None:
             return
         if _attr_str(obj.attrs.get("NX_class")) == "NXdata" and "signal" in obj.attrs:
             signal = _attr_str(obj.attrs["signal"])
-            if signal in obj and isinstance(obj[signal], h5py.Dataset):
+            if signal in obj and _frames_like(obj[signal]):
                 found.append(f"{name}/{signal}")
 
     h5.visititems(visit)
