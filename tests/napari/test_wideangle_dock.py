@@ -73,6 +73,9 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     fitted = wdock.fits[(f"{NAME} diffraction", 3, "fit")]
     assert icosahedral.misorientation(fitted.quaternions, result.quaternions[3:4]).shape == (1,)
 
+    viewer.layers.remove(f"{NAME} diffraction")  # its answers go with it: a layer opened
+    assert not wdock.network and not wdock.fits  # again under its name starts afresh
+
 
 def test_refine_unsure_refines_the_shots_few_flips_agree_on(viewer, wdock, qtbot, error_messages):
     wdock.predict()

@@ -123,6 +123,10 @@ class WideAngleDock(WorkerDock):
         self.shots_combo.clear()
         names = [layer.name for layer in self.viewer.layers if shots_of(layer) is not None]
         self.shots_combo.addItems(names)
+        # answers for a layer that is gone go with it: a new layer of the same name (the same
+        # file re-simulated and opened again) must not show them, nor refine from them
+        self.network = {name: result for name, result in self.network.items() if name in names}
+        self.fits = {key: result for key, result in self.fits.items() if key[0] in names}
         if current in names:
             self.shots_combo.setCurrentText(current)
 
