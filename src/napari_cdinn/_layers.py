@@ -96,11 +96,16 @@ def layers_for_dataset(data: Dataset, name: str | None = None) -> list[LayerData
 def layers_for_result(
     result: ObjectResult, name: str | None = None, amplitude_word: str = "amplitude"
 ) -> list[LayerData]:
-    """Amplitude (or "shape") and phase layers of a complex result (phase in twilight, (-pi, pi])."""
+    """Amplitude (or "shape") and phase layers of a complex result (phase in twilight, (-pi, pi]),
+    placed over its data: a stitched object at its origin on the scan, a network's objects of
+    resampled patterns at their pixel scale (``object_pixel_scale``) beside the iterative ones."""
     name = name or source_name(result, "result")
     label = result.provenance.method
     common = {"cdinn_result": result}
     placed = {} if result.origin is None else {"translate": result.origin}  # over the scan
+    scale = result.provenance.parameters.get("object_pixel_scale")
+    if scale is not None:
+        placed["scale"] = (1,) * (result.objects.ndim - 2) + (scale, scale)
     amplitude = result.amplitude
     return [
         (

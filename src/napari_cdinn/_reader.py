@@ -51,7 +51,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     Shift held) become one stack, in the order given, as ``io.read`` reads a list of them."""
     paths = [path] if isinstance(path, str | Path) else list(path)
     if io.one_stack_of_frames(paths):
-        return _stack_layers(io.read(paths))
+        return stack_layers(io.read(paths))
     layers: list[LayerData] = []
     for p in paths:
         if io.is_results(p):
@@ -62,11 +62,11 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             if not layers:
                 raise InputError(p, "results file holds no image results to show")
         else:
-            layers += _stack_layers(io.read(p))
+            layers += stack_layers(io.read(p))
     return layers
 
 
-def _stack_layers(data: object) -> list[LayerData]:
+def stack_layers(data: object) -> list[LayerData]:
     """A dataset's layers, and the network's with "invert on open"."""
     layers = layers_for_dataset(data)
     if _settings.invert_on_open():

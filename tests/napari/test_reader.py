@@ -183,6 +183,20 @@ def test_a_lazy_stack_with_nan_gaps_gets_finite_contrast_limits():
     assert low == pytest.approx(np.log10(1 + np.nanmin(frames[0])))
 
 
+def test_a_network_result_of_resampled_patterns_is_placed_at_its_pixel_scale():
+    """128-pixel patterns binned for the network: its objects' pixels are twice as large, and
+    every path that shows them (dock, invert on open, a reopened results file) scales them."""
+    from napari_cdinn._layers import layers_for_result
+    from napari_cdinn.core.data import ObjectResult, Provenance
+
+    objects = np.ones((2, 64, 64), np.complex64)
+    network = ObjectResult(objects, Provenance("NN", parameters={"object_pixel_scale": 2.0}))
+    for _, kwargs, _ in layers_for_result(network):
+        assert kwargs["scale"] == (1, 2.0, 2.0)
+    iterative = ObjectResult(objects, Provenance("ER/HIO"))
+    assert all("scale" not in kwargs for _, kwargs, _ in layers_for_result(iterative))
+
+
 def test_hdf5_without_numeric_data_is_declined(tmp_path):
     path = tmp_path / "no_frames.h5"
     with h5py.File(path, "w") as h5:

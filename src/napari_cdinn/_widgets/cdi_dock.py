@@ -136,9 +136,7 @@ class CDIDock(WorkerDock):
     def _show(self, layer: Layer, results: dict[str, ObjectResult]) -> None:
         source = layer.name.removesuffix(" diffraction")
         for result in results.values():
-            scale = result.provenance.parameters.get("object_pixel_scale", 1.0)
             for data, kwargs, kind in layers_for_result(result, source, amplitude_word="shape"):
-                kwargs["scale"] = (1, scale, scale)
                 name = kwargs["name"]
                 if name in self.viewer.layers:
                     self.viewer.layers.remove(name)

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _settings
-from .._layers import layers_for_dataset
+from .._reader import stack_layers
 from ..core import io
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import CdinnError
@@ -108,7 +108,7 @@ class DataDock(QWidget):
         self.path_edit.setText(str(path))
         self.open_button.setEnabled(False)
         self.worker = create_worker(
-            lambda: layers_for_dataset(io.read(path, dataset=dataset)),
+            lambda: stack_layers(io.read(path, dataset=dataset)),  # as a drop: invert on open
             _progress={"desc": f"Opening {path.name}"},
             _ignore_errors=True,  # report_error shows them; re-raising would make them "unhandled"
         )
