@@ -170,7 +170,7 @@ def test_fitting_a_pattern_to_the_network_keeps_its_zero_frequency_in_the_middle
     pattern[0, shape[0] // 2, shape[1] // 2] = 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)  # non-square: cropped, with a warning
-        fitted, _ = cdi.fit_to_network(pattern, None, 64, "test")
+        fitted, _, _ = cdi.fit_to_network(pattern, None, 64, "test")
     assert np.unravel_index(fitted[0].argmax(), fitted[0].shape) == (32, 32)
 
 
@@ -241,3 +241,16 @@ def test_nan_pixels_of_a_lazily_read_stack_are_masked_when_it_is_loaded():
     with pytest.warns(InputWarning, match=r"big\.h5: 1 NaN/Inf"):
         intensities, mask = cdi.checked_patterns(stack)
     assert np.isfinite(intensities).all() and not mask[1, 5, 7] and mask.sum() == mask.size - 1
+
+
+def test_the_networks_chi2_leaves_out_masked_pixels_as_the_iterative_one_does():
+    """A beam stop masked: the network's chi2 is taken over the measured pixels only (it was
+    counting the masked ones as measured zeros), the same measure the iterative methods use."""
+    stack = simulate_cdi(4, seed=11)
+    mask = np.ones((64, 64), bool)
+    mask[28:36, 28:36] = False
+    masked = DiffractionStack(stack.intensities, mask, Metadata("stop.cxi"))
+    result = run_to_end(cdi.network_steps(masked, device="cpu"))
+    expected = metrics.chi2(result.objects, stack.intensities, mask)
+    np.testing.assert_allclose(result.chi2, expected, rtol=1e-5)
+    assert not np.allclose(expected, metrics.chi2(result.objects, stack.intensities))

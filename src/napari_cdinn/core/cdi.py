@@ -55,8 +55,9 @@ def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | 
 
 def fit_to_network(
     intensities: np.ndarray, mask: np.ndarray | None, size: int, source: object
-) -> tuple[np.ndarray, float]:
-    """Patterns made ``size`` x ``size`` for the network, and the object-pixel scale this implies.
+) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """Patterns made ``size`` x ``size`` for the network, the object-pixel scale this implies,
+    and the measured pixels on that grid (None: all; padding is not measured).
 
     A larger pattern is centre-cropped (object pixels grow by side/size), a smaller one
     zero-padded; a non-square one is first cropped to a square.  Masked pixels become 0.
@@ -71,16 +72,27 @@ def fit_to_network(
             InputWarning,
             stacklevel=3,
         )
-    # the zero frequency of n pixels lies at n // 2; a crop of m keeps it at m // 2
+    fitted = _on_network_grid(intensities, side, size)
+    valid = None
+    if mask is not None or side < size:
+        measured = np.ones((h, w), bool) if mask is None else np.asarray(mask, bool)
+        valid = _on_network_grid(measured.reshape(-1, h, w), side, size)
+    return fitted, side / size, valid
+
+
+def _on_network_grid(array: np.ndarray, side: int, size: int) -> np.ndarray:
+    """(N, H, W) -> (N, size, size): the central ``side`` square, then centre-cropped or
+    zero-padded to ``size``; the zero frequency of n pixels lies at n // 2 and stays there."""
+    h, w = array.shape[-2:]
     y0, x0 = h // 2 - side // 2, w // 2 - side // 2
-    square = intensities[:, y0 : y0 + side, x0 : x0 + side]
+    square = array[:, y0 : y0 + side, x0 : x0 + side]
     if side >= size:
         lo = side // 2 - size // 2
-        return np.ascontiguousarray(square[:, lo : lo + size, lo : lo + size]), side / size
-    padded = np.zeros((len(square), size, size), np.float32)
+        return np.ascontiguousarray(square[:, lo : lo + size, lo : lo + size])
+    padded = np.zeros((len(square), size, size), array.dtype)
     lo = size // 2 - side // 2
     padded[:, lo : lo + side, lo : lo + side] = square
-    return padded, side / size
+    return padded
 
 
 def network_steps(
@@ -96,7 +108,7 @@ def network_steps(
     if card.get("mode") != "cdi":
         raise InputError(model_path, f"a {card.get('mode')} model, not a CDI one")
     size = card["arguments"]["size"]
-    fitted, scale = fit_to_network(intensities, mask, size, stack.meta.source)
+    fitted, scale, valid = fit_to_network(intensities, mask, size, stack.meta.source)
     fast = inference_model(model)
     objects = np.empty((len(fitted), size, size), np.complex64)
     for lo in range(0, len(fitted), batch_size):
@@ -110,7 +122,7 @@ def network_steps(
         parameters={"device": str(torch_device), "threshold": threshold, "object_pixel_scale": scale},
         wall_time_s=time.perf_counter() - start, source=stack.meta.source,
     )  # fmt: skip
-    return ObjectResult(objects, provenance, chi2=chi2(objects, fitted))
+    return ObjectResult(objects, provenance, chi2=chi2(objects, fitted, valid))
 
 
 def iterative_steps(
