@@ -136,7 +136,7 @@ def iterative_steps(
     objects, supports, errors = yield from run_retrieval(
         intensities, mask, recipe=recipe, device=device, seed=seed
     )
-    objects = postprocess.canonical(objects, reference, threshold)
+    objects, supports = postprocess.canonical_with(objects, supports, reference, threshold)
     return _iterative_result("iterative", objects, supports, errors, recipe, device, start, stack)
 
 
@@ -157,7 +157,7 @@ def refine_steps(
     objects, supports, errors = yield from run_retrieval(
         intensities, mask, start=start_objects, recipe=recipe, device=device
     )
-    objects = postprocess.canonical(objects, start_objects, threshold)
+    objects, supports = postprocess.canonical_with(objects, supports, start_objects, threshold)
     return _iterative_result("refine", objects, supports, errors, recipe, device, start, stack)
 
 

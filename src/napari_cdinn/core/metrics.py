@@ -59,21 +59,30 @@ def _best_shift(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat[np.arange(len(a)), index], np.stack(np.unravel_index(index, a.shape[-2:]), -1)
 
 
-def register(objects: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``objects`` moved onto ``reference``: best of object/twin, integer shift, global phase."""
+def register(
+    objects: np.ndarray, reference: np.ndarray, alongside: np.ndarray | None = None
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``objects`` moved onto ``reference``: best of object/twin, integer shift, global phase.
+    With ``alongside`` (real arrays of the objects' shape, such as supports) also those, given
+    the same twin flip and shift."""
     objects, reference = _stack(objects), _stack(reference)
     out = np.empty(np.broadcast_shapes(objects.shape, reference.shape), np.complex64)
+    moved_alongside = None if alongside is None else np.empty_like(_stack(alongside))
     direct_score, direct_shift = _best_shift(reference, objects)
     twins = twin(objects)
     twin_score, twin_shift = _best_shift(reference, twins)
     for i in range(len(out)):
         use_twin = twin_score[i] > direct_score[i]
         candidate = twins[i] if use_twin else objects[i]
-        shift = twin_shift[i] if use_twin else direct_shift[i]
-        moved = np.roll(candidate, tuple(shift), axis=(-2, -1))
+        shift = tuple(twin_shift[i] if use_twin else direct_shift[i])
+        moved = np.roll(candidate, shift, axis=(-2, -1))
         offset = np.vdot(moved, reference[i])  # phase that best aligns moved onto reference
         out[i] = moved * np.exp(1j * np.angle(offset))
-    return out
+        if moved_alongside is not None:
+            other = _stack(alongside)[i]
+            other = np.flip(other, axis=(-2, -1)) if use_twin else other  # twin: centro-inverted
+            moved_alongside[i] = np.roll(other, shift, axis=(-2, -1))
+    return out if moved_alongside is None else (out, moved_alongside)
 
 
 def registered_correlation(objects: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -27,9 +27,12 @@ def center_of_mass_shift(objects: np.ndarray) -> np.ndarray:
 
 def center(objects: np.ndarray) -> np.ndarray:
     """Objects rolled so their centre of mass sits at the array centre."""
-    shifts = center_of_mass_shift(objects)
+    return _rolled(objects, center_of_mass_shift(objects))
+
+
+def _rolled(arrays: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return np.stack(
-        [np.roll(o, tuple(s), axis=(0, 1)) for o, s in zip(objects, shifts, strict=True)]
+        [np.roll(a, tuple(s), axis=(-2, -1)) for a, s in zip(arrays, shifts, strict=True)]
     )
 
 
@@ -51,13 +54,32 @@ def canonical(
 ) -> np.ndarray:
     """Centre of mass to the middle, then twin and global phase chosen against ``reference`` (if
     given, else the mean phase is zeroed), then the phase zeroed outside the support."""
+    return canonical_with(objects, None, reference, threshold)[0]
+
+
+def canonical_with(
+    objects: np.ndarray,
+    supports: np.ndarray | None,
+    reference: np.ndarray | None = None,
+    threshold: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`canonical`, and ``supports`` (N, H, W) moved as the objects were (the same
+    centring shift, twin flip and registration shift), so that they still outline them."""
     objects = np.asarray(objects, np.complex64)
     single = objects.ndim == 2
-    objects = center(objects[None] if single else objects)
+    objects = objects[None] if single else objects
+    shifts = center_of_mass_shift(objects)
+    objects = _rolled(objects, shifts)
+    if supports is not None:
+        supports = _rolled(np.asarray(supports), shifts)
     if reference is None:
         objects = remove_global_phase(objects)
     else:
         reference = np.asarray(reference)
-        objects = register(objects, reference[None] if reference.ndim == 2 else reference)
+        reference = reference[None] if reference.ndim == 2 else reference
+        if supports is None:
+            objects = register(objects, reference)
+        else:
+            objects, supports = register(objects, reference, supports)
     objects = zero_phase_outside(objects, threshold).astype(np.complex64)
-    return objects[0] if single else objects
+    return (objects[0] if single else objects), supports
