@@ -77,7 +77,8 @@ class CDINet(EncoderDecoders):
 
 
 def preprocess(intensities: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) intensities -> (B, 1, H, W) network input: log10 of I / max(I), floored at 1e-6.
+    """(B, H, W) intensities -> (B, 1, H, W) network input: log10 of I / max(I), floored at 1e-6,
+    mapped from [-6, 0] to [-1, 1] (log10 / 3 + 1).
 
     Scale-free, so counts from any detector or simulation look alike to the network.
     """
