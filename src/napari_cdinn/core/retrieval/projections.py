@@ -87,9 +87,9 @@ def set_modulus_(
     """In place: |spectrum| := magnitudes where ``valid`` (True = measured pixel; None = all;
     one (H, W) mask or one per frame of ``magnitudes``), phase kept; unmeasured pixels are left
     free.  With ``frames``, frame b's magnitudes (and mask) are ``magnitudes[frames[b]]`` (a
-    batch of a larger stack, without copying it out).  With ``correction`` the spectrum becomes the change instead (new
-    minus old, zero where unmeasured), whose inverse FFT is the exit-wave update ptychography
-    needs.  With ``with_error``, returns the sum over measured pixels of (|spectrum| -
+    batch of a larger stack, without copying it out).  With ``correction`` the spectrum becomes
+    the change instead (new minus old, zero where unmeasured), whose inverse FFT is the
+    exit-wave update ptychography needs.  With ``with_error``, returns the sum over measured pixels of (|spectrum| -
     magnitude)^2 before the change (free on the CPU; on a GPU it costs a synchronisation, hence
     optional)."""
     subtract = 1.0 if correction else 0.0
