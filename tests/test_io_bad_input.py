@@ -439,3 +439,24 @@ def test_damaged_bytes_only_ever_raise_input_error(tmp_path_factory, suffix):
     path.write_bytes(VALID[suffix])
     cio.read(path)  # the undamaged file itself reads
     check()
+
+
+def test_a_file_that_fails_to_read_is_closed(tmp_path):
+    """A refused HDF5 file is closed at once, even while its error is kept (napari keeps it in
+    a notification, and with it the reader's frames): an open file cannot be replaced or
+    deleted on Windows."""
+    import gc
+
+    import h5py
+
+    path = tmp_path / "masks.cxi"
+    with h5py.File(path, "w") as h5:
+        h5["cxi_version"] = 160
+        h5["entry_1/data_1/data"] = np.ones((3, 8, 8), np.float32)
+        h5["entry_1/instrument_1/detector_1/mask"] = np.zeros((2, 8, 8), np.uint32)
+    with pytest.raises(InputError, match="2 masks for 3 frames") as kept:
+        cio.read(path)
+    gc.collect()
+    open_files = [obj for obj in gc.get_objects() if isinstance(obj, h5py.File) and obj.id.valid]
+    assert not [f for f in open_files if Path(f.filename) == path]
+    assert kept.tb is not None  # the error, with its frames, is still alive here

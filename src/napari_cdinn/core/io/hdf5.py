@@ -6,8 +6,9 @@ can page through a stack bigger than memory.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,17 @@ def damaged_as_input_error(reader: _Reader) -> _Reader:
             raise InputError(path, f"damaged HDF5 file (corrupt structure?): {detail}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _closed_on_error(h5: h5py.File) -> Iterator[h5py.File]:
+    """The open file, closed if reading it fails; left open otherwise, for a lazy stack that
+    reads its frames from it later (an eager reader closes it itself)."""
+    try:
+        yield h5
+    except BaseException:
+        h5.close()
+        raise
 
 
 def open_h5(path: str | Path) -> h5py.File:
@@ -161,55 +173,55 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
     with the far-field object pixel lambda*z/(N*p).
     """
     source = str(path)
-    h5 = open_h5(path)
-    entry, frames_path = _pick_cxi_frames(h5, dataset, source)
-    detector = f"{entry}/instrument_1/detector_1"
-    energy_j = _scalar(h5, f"{entry}/instrument_1/source_1/energy")
-    wavelength = _scalar(h5, f"{entry}/instrument_1/source_1/wavelength")
-    energy_ev = energy_j / JOULE_PER_EV if energy_j else None
-    if energy_ev is None and wavelength:
-        energy_ev = PLANCK_EV_M / wavelength
-    x_pixel = _scalar(h5, f"{detector}/x_pixel_size")
-    y_pixel = _scalar(h5, f"{detector}/y_pixel_size") or x_pixel
-    meta = Metadata(
-        source=source,
-        reader="cxi",
-        dataset=frames_path,
-        energy_ev=energy_ev,
-        distance_m=_scalar(h5, f"{detector}/distance"),
-        pixel_size_m=(y_pixel, x_pixel or y_pixel) if y_pixel else None,
-        extra={"entries": _entries(h5)},
-    )
-    if f"{entry}/sample_1/orientation" in h5:  # wide-angle shots (cxi_writer.write_shots)
-        meta.extra["mode"] = "wideangle"
-    frames = _frames(h5[frames_path], source, lazy)
-    mask = None
-    for mask_path in (f"{detector}/mask", f"{entry}/data_1/mask"):
-        if mask_path in h5:
-            mask = np.asarray(h5[mask_path][()]) == 0  # CXI bit mask: 0 = good pixel
-            break
-    stack = _finish(frames, mask, meta)
-    truth_path = f"{entry}/sample_1/true_object"  # simulated files (see cxi_writer)
-    truth = np.asarray(h5[truth_path][()], np.complex64) if truth_path in h5 else None
-    translation = None
-    for tr_path in (f"{entry}/sample_1/geometry_1/translation", f"{entry}/data_1/translation"):
-        if tr_path in h5:
-            translation = np.asarray(h5[tr_path][()], dtype=np.float64)
-            break
-    if translation is None:
-        stack.truth = truth
+    with _closed_on_error(open_h5(path)) as h5:
+        entry, frames_path = _pick_cxi_frames(h5, dataset, source)
+        detector = f"{entry}/instrument_1/detector_1"
+        energy_j = _scalar(h5, f"{entry}/instrument_1/source_1/energy")
+        wavelength = _scalar(h5, f"{entry}/instrument_1/source_1/wavelength")
+        energy_ev = energy_j / JOULE_PER_EV if energy_j else None
+        if energy_ev is None and wavelength:
+            energy_ev = PLANCK_EV_M / wavelength
+        x_pixel = _scalar(h5, f"{detector}/x_pixel_size")
+        y_pixel = _scalar(h5, f"{detector}/y_pixel_size") or x_pixel
+        meta = Metadata(
+            source=source,
+            reader="cxi",
+            dataset=frames_path,
+            energy_ev=energy_ev,
+            distance_m=_scalar(h5, f"{detector}/distance"),
+            pixel_size_m=(y_pixel, x_pixel or y_pixel) if y_pixel else None,
+            extra={"entries": _entries(h5)},
+        )
+        if f"{entry}/sample_1/orientation" in h5:  # wide-angle shots (cxi_writer.write_shots)
+            meta.extra["mode"] = "wideangle"
+        frames = _frames(h5[frames_path], source, lazy)
+        mask = None
+        for mask_path in (f"{detector}/mask", f"{entry}/data_1/mask"):
+            if mask_path in h5:
+                mask = np.asarray(h5[mask_path][()]) == 0  # CXI bit mask: 0 = good pixel
+                break
+        stack = _finish(frames, mask, meta)
+        truth_path = f"{entry}/sample_1/true_object"  # simulated files (see cxi_writer)
+        truth = np.asarray(h5[truth_path][()], np.complex64) if truth_path in h5 else None
+        translation = None
+        for tr_path in (f"{entry}/sample_1/geometry_1/translation", f"{entry}/data_1/translation"):
+            if tr_path in h5:
+                translation = np.asarray(h5[tr_path][()], dtype=np.float64)
+                break
+        if translation is None:
+            stack.truth = truth
+            if not stack.is_lazy:
+                h5.close()
+            return stack
+        probe = None
+        probe_path = f"{entry}/instrument_1/source_1/illumination"
+        if probe_path in h5:
+            probe = np.asarray(h5[probe_path][()]).astype(np.complex64)
         if not stack.is_lazy:
             h5.close()
-        return stack
-    probe = None
-    probe_path = f"{entry}/instrument_1/source_1/illumination"
-    if probe_path in h5:
-        probe = np.asarray(h5[probe_path][()]).astype(np.complex64)
-    if not stack.is_lazy:
-        h5.close()
-    scan = _scan_from_translation(stack, translation, probe, source)
-    scan.truth = truth
-    return scan
+        scan = _scan_from_translation(stack, translation, probe, source)
+        scan.truth = truth
+        return scan
 
 
 def _pick_cxi_frames(h5: h5py.File, dataset: str | None, source: str) -> tuple[str, str]:
@@ -250,24 +262,24 @@ def read_hdf5(path: str | Path, dataset: str | None = None, lazy: bool | None = 
     """Read plain HDF5 or NeXus: ``dataset`` if given, else the NXdata signal, else the largest
     2-4-D numeric dataset.  CXI-structured files are handed to :func:`read_cxi`."""
     source = str(path)
-    h5 = open_h5(path)
-    if is_cxi(h5) and (dataset is None or not dataset.strip("/").startswith("data")):
-        h5.close()
-        return read_cxi(path, dataset, lazy)
-    if dataset:
-        name = dataset.strip("/")
-        if name not in h5 or not isinstance(h5[name], h5py.Dataset):
-            choices = ", ".join(p for p, _, _ in numeric_datasets(h5)[:8]) or "none"
-            raise InputError(source, f"no dataset '{dataset}' (numeric datasets: {choices})")
-    else:
-        name = _nxdata_signal(h5)
-        if name is None:
-            candidates = numeric_datasets(h5)
-            if not candidates:
-                raise InputError(source, "no numeric dataset of 2 to 4 dimensions in the file")
-            name = candidates[0][0]
-    meta = Metadata(source=source, reader="hdf5", dataset=name)
-    stack = _finish(_frames(h5[name], source, lazy), None, meta)
-    if not stack.is_lazy:
-        h5.close()
-    return stack
+    with _closed_on_error(open_h5(path)) as h5:
+        if is_cxi(h5) and (dataset is None or not dataset.strip("/").startswith("data")):
+            h5.close()
+            return read_cxi(path, dataset, lazy)
+        if dataset:
+            name = dataset.strip("/")
+            if name not in h5 or not isinstance(h5[name], h5py.Dataset):
+                choices = ", ".join(p for p, _, _ in numeric_datasets(h5)[:8]) or "none"
+                raise InputError(source, f"no dataset '{dataset}' (numeric datasets: {choices})")
+        else:
+            name = _nxdata_signal(h5)
+            if name is None:
+                candidates = numeric_datasets(h5)
+                if not candidates:
+                    raise InputError(source, "no numeric dataset of 2 to 4 dimensions in the file")
+                name = candidates[0][0]
+        meta = Metadata(source=source, reader="hdf5", dataset=name)
+        stack = _finish(_frames(h5[name], source, lazy), None, meta)
+        if not stack.is_lazy:
+            h5.close()
+        return stack
