@@ -147,6 +147,31 @@ def test_model_files_load_save_and_a_wrong_file_is_refused(pdock, tmp_path, erro
     assert pdock.model_path() == copy
 
 
+def test_a_reconstruction_of_a_scan_named_phase_is_offered_as_reference(viewer, pdock):
+    from napari.layers import Layer
+
+    from napari_cdinn._layers import layers_for_result
+    from napari_cdinn.core.data import ObjectResult, Provenance
+
+    result = ObjectResult(np.ones((40, 40), np.complex64), Provenance("ePIE"), origin=(0.0, 0.0))
+    for data, kwargs, kind in layers_for_result(result, "phase_grating"):
+        viewer.add_layer(Layer.create(data, kwargs, kind))
+    offered = [pdock.reference_combo.itemText(i) for i in range(pdock.reference_combo.count())]
+    assert "phase_grating amplitude (ePIE)" in offered
+    assert "phase_grating phase (ePIE)" not in offered
+
+
+def test_an_ellipse_region_is_the_ellipse_and_a_line_encloses_nothing(viewer, pdock):
+    scan = ptycho_dock.scan_of(viewer.layers[f"{NAME} diffraction"])
+    grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+    centre = np.array(grid.origin) + np.array(grid.shape) / 2
+    shapes = viewer.add_shapes()
+    shapes.add_ellipses(np.array([centre, [20, 30]]))  # centre and half-axes (y, x)
+    shapes.add_lines(np.array([centre - 10, centre + 10]))
+    region = ptycho_dock.region_from_shapes(shapes, grid)
+    assert region.sum() == pytest.approx(np.pi * 20 * 30, rel=0.05)  # not the box's 2400
+
+
 def test_region_from_shapes_follows_the_layer_transform(viewer, pdock):
     scan = ptycho_dock.scan_of(viewer.layers[f"{NAME} diffraction"])
     grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)

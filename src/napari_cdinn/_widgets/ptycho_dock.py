@@ -63,13 +63,27 @@ def stitched_result(layer: Layer | None) -> ObjectResult | None:
 
 
 def region_from_shapes(layer: Shapes, grid: ptycho.ObjectGrid) -> np.ndarray:
-    """The union of the layer's shapes as a mask on ``grid``; vertices go through the layer's
-    own transform (scale, translate, ...) to world = scan coordinates."""
+    """The union of the layer's areas (rectangles, polygons, ellipses; lines and paths enclose
+    none) as a mask on ``grid``; vertices go through the layer's own transform (scale,
+    translate, ...) to world = scan coordinates."""
     region = np.zeros(grid.shape, bool)
-    for vertices in layer.data:
+    for vertices, kind in zip(layer.data, layer.shape_type, strict=True):
+        if kind in ("line", "path"):
+            continue
+        if kind == "ellipse":  # napari keeps an ellipse as the corners of its bounding box
+            vertices = ellipse_outline(np.asarray(vertices))
         world = np.array([layer.data_to_world(v) for v in vertices])[:, -2:]
         region |= ptycho.region_mask(grid, polygon=world)
     return region
+
+
+def ellipse_outline(corners: np.ndarray, points: int = 90) -> np.ndarray:
+    """The ellipse inscribed in a (rotated) box given by its four corners in order, as a
+    polygon of ``points`` vertices (in the corners' coordinates)."""
+    centre = corners.mean(axis=0)
+    half_a, half_b = (corners[1] - corners[0]) / 2, (corners[3] - corners[0]) / 2
+    angle = np.linspace(0, 2 * np.pi, points, endpoint=False)[:, None]
+    return centre + np.cos(angle) * half_a + np.sin(angle) * half_b
 
 
 class PtychoDock(WorkerDock):
@@ -171,7 +185,7 @@ class PtychoDock(WorkerDock):
             combo.clear()
             names = [layer.name for layer in self.viewer.layers if test(layer) is not None]
             if combo is self.reference_combo:  # one entry per result: its amplitude layer
-                names = [n for n in names if "phase" not in n]
+                names = [n for n in names if self._layer(n).metadata.get("component") != "phase"]
             combo.addItems(names)
             if current in names:
                 combo.setCurrentText(current)
@@ -284,11 +298,16 @@ class PtychoDock(WorkerDock):
             result.provenance.method != "ePIE"
             and reference is not None
             and reference.objects.shape == result.objects.shape
+            and reference.origin == result.origin  # an ePIE layer of another scan of this name
         ):
             result = ptycho.matched_to(result, reference)  # same phase offset and scale
         for data, kwargs, kind in layers_for_result(result, name):
             existing = self._layer(kwargs["name"])
-            if existing is not None and existing.data.shape == data.shape:
+            if (
+                existing is not None
+                and existing.data.shape == data.shape
+                and tuple(existing.translate) == tuple(kwargs.get("translate", (0, 0)))
+            ):
                 existing.data = data
                 existing.metadata = kwargs["metadata"]
                 if kwargs["metadata"]["component"] == "amplitude":
