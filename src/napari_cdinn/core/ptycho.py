@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import maximum_filter
 from skimage.draw import polygon2mask
 
 from . import metrics
@@ -307,14 +308,16 @@ def resimulated_pairs(
     factor = frame // data.patterns.shape[-1]
     offset = round(patch_offset(frame, patch))
     windows = np.round(data.corners[chosen] - offset - np.asarray(data.grid.origin)).astype(int)
+    # the median step between positions in scan order: a raster's step; larger for spirals
+    # and other orders, whose windows then reach further (within the region all the same)
     step = np.median(np.abs(np.diff(windows, axis=0)).max(axis=1)) if len(windows) > 1 else 2
     reach = max(1, int(step // 2))
-    # every whole-pixel window near the region's positions whose patch lies inside the region
+    # every whole-pixel window near the region's positions whose patch lies inside the region,
+    # marked on the grid of window corners (memory of the grid's size whatever the reach)
     inside = sliding_window_view(region, (patch, patch)).all(axis=(-2, -1))
-    low, high = 0, np.asarray(teacher.shape) - frame
-    shifts = np.stack(np.mgrid[-reach : reach + 1, -reach : reach + 1], axis=-1).reshape(-1, 2)
-    near = np.clip((windows[:, None] + shifts[None]).reshape(-1, 2), low, high)
-    near = np.unique(near, axis=0)
+    corners = np.zeros(np.asarray(teacher.shape) - frame + 1, np.uint8)
+    corners[tuple(np.clip(windows, 0, np.asarray(corners.shape) - 1).T)] = 1
+    near = np.argwhere(maximum_filter(corners, size=2 * reach + 1, mode="constant") > 0)
     candidates = near[inside[near[:, 0] + offset, near[:, 1] + offset]]
     if not len(candidates):
         return data.patterns[:0], np.zeros((0, patch, patch), np.complex64)
