@@ -461,6 +461,16 @@ def test_odd_frames_work_in_epie_and_are_refused_by_the_network():
         ptycho.network_input(scan, 64)
 
 
+def test_the_scanned_region_of_oblong_frames_follows_each_axis():
+    """Frames 16 high and 8 wide at one position: the well-scanned pixels are their central
+    half along each axis, 8 x 4 (a square of the height's half reached beyond the frame)."""
+    region = ptycho.scanned_region(np.array([[0.0, 0.0]]), (16, 8), (0.0, 0.0), (20, 20))
+    rows, columns = np.nonzero(region)
+    assert (rows.min(), rows.max(), columns.min(), columns.max()) == (4, 11, 2, 5)
+    square = ptycho.scanned_region(np.array([[0.0, 0.0]]), 8, (0.0, 0.0), (20, 20))
+    assert square.sum() == 16
+
+
 def test_a_reference_of_another_scan_is_refused(small_scan):
     other = simulate_ptycho((160, 160), frame=64, step=8, photons=None, seed=5)
     with pytest.raises(InputError, match="not a reconstruction of this scan"):

@@ -164,7 +164,7 @@ def run_epie(
         guess = guess[0]  # the dominant mode of a multi-mode probe
     probe = torch.tensor(guess, device=torch_device)  # a copy: the scan's probe stays as read
     probe *= math.sqrt(power / max(float(intensity(probe).sum()), 1e-30))
-    obj = torch.as_tensor(_starting_object(start, grid, positions, h), device=torch_device)
+    obj = torch.as_tensor(_starting_object(start, grid, positions, (h, w)), device=torch_device)
     ramps = _shift_ramps((h, w), torch_device)
     bank, bank_power, peak = _bank_and_power(probe, ramps)
     centre = _spectrum_centre(intensity(torch.fft.fft2(probe)))  # kept: see _without_phase_ramp
@@ -203,13 +203,13 @@ def run_epie(
             preview(obj.cpu().numpy(), probe.cpu().numpy(), epoch + 1)
         yield (epoch + 1) * n, total
     whole_pixel_positions = corner_array + np.asarray(grid.origin)  # where the frames were used
-    seen = scanned_region(whole_pixel_positions, h, grid.origin, grid.shape)
+    seen = scanned_region(whole_pixel_positions, (h, w), grid.origin, grid.shape)
     probe, obj = _flattened(probe, obj, seen)
     return obj.cpu().numpy(), probe.cpu().numpy(), grid, errors
 
 
 def _starting_object(
-    start: np.ndarray | None, grid: ObjectGrid, positions: np.ndarray, frame: int
+    start: np.ndarray | None, grid: ObjectGrid, positions: np.ndarray, frame: tuple[int, int]
 ) -> np.ndarray:
     """The first object guess: flat, or ``start`` scaled to rms amplitude 1 where scanned
     (non-finite pixels and a shape off the grid refused)."""
@@ -296,12 +296,18 @@ def _ramp_moved(
 
 
 def scanned_region(
-    positions: np.ndarray, frame: int, origin: tuple[float, float], shape: tuple[int, int]
+    positions: np.ndarray,
+    frame: int | tuple[int, int],
+    origin: tuple[float, float],
+    shape: tuple[int, int],
 ) -> np.ndarray:
-    """Pixels of a result grid inside the central half of some frame: where the scan measured
-    the object well (the probe's outskirts see too little to judge a reconstruction)."""
+    """Pixels of a result grid inside the central half of some frame (``frame``: its side, or
+    its (height, width)): where the scan measured the object well (the probe's outskirts see
+    too little to judge a reconstruction)."""
+    height, width = (frame, frame) if isinstance(frame, int) else frame
     region = np.zeros(shape, bool)
-    corners = np.round(np.asarray(positions) - np.asarray(origin)).astype(int) + frame // 4
+    corners = np.round(np.asarray(positions) - np.asarray(origin)).astype(int)
+    corners += (height // 4, width // 4)
     for y, x in corners:
-        region[max(y, 0) : y + frame // 2, max(x, 0) : x + frame // 2] = True
+        region[max(y, 0) : y + height // 2, max(x, 0) : x + width // 2] = True
     return region
