@@ -457,6 +457,6 @@ def test_a_file_that_fails_to_read_is_closed(tmp_path):
     with pytest.raises(InputError, match="2 masks for 3 frames") as kept:
         cio.read(path)
     gc.collect()
-    open_files = [obj for obj in gc.get_objects() if isinstance(obj, h5py.File) and obj.id.valid]
+    open_files = [obj for obj in gc.get_objects() if type(obj) is h5py.File and obj.id.valid]
     assert not [f for f in open_files if Path(f.filename) == path]
     assert kept.tb is not None  # the error, with its frames, is still alive here
