@@ -169,6 +169,10 @@ def test_invert_bad_frames_and_method_are_refused(tmp_path, capsys):
     assert "the stack has 32 frames" in capsys.readouterr().err
     assert main(["invert", sample, "--method", "magic", "-o", str(tmp_path / "b.h5")]) == 1
     assert "not one of nn, iterative, refine" in capsys.readouterr().err
+    for spec, message in (("1:2:3:4", "use N, START:STOP"), ("10:5", "selects none"),
+                          ("100:", "selects none"), ("0:9:0", "use N, START:STOP")):  # fmt: skip
+        assert main(["invert", sample, "--frames", spec, "-o", str(tmp_path / "c.h5")]) == 1
+        assert message in capsys.readouterr().err
 
 
 def test_simulate_cdi_roundtrip(tmp_path):

@@ -488,6 +488,15 @@ def test_several_png_or_tiff_files_read_as_one_stack_in_the_order_given(tmp_path
         assert not cio.one_stack_of_frames(mixed)
 
 
+def test_png_shots_of_mixed_bit_depth_are_refused_by_name(tmp_path):
+    """8-bit and 16-bit shots in one stack cannot share one scale (the 16-bit one divided by
+    255 saturates, the 8-bit ones by 65535 go black)."""
+    Image.fromarray(np.full((16, 16), 200, np.uint8), mode="L").save(tmp_path / "a.png")
+    iio.imwrite(tmp_path / "b.png", np.full((16, 16), 50_000, np.uint16))
+    with pytest.raises(InputError, match=r"b\.png.*uint16 image among uint8"):
+        cio.read([tmp_path / "a.png", tmp_path / "b.png"])
+
+
 def test_png_rgb_with_equal_channels_is_accepted(tmp_path):
     grey = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
     path = tmp_path / "grey_as_rgb.png"

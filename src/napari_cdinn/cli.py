@@ -117,10 +117,13 @@ def parse_frames(spec: str | None, n: int) -> np.ndarray:
     try:
         if ":" in spec:
             parts = [int(p) if p else None for p in spec.split(":")]
-            return np.arange(n)[slice(*parts)]
-        indices = np.array([int(p) for p in spec.split(",")])
-    except ValueError:
+            indices = np.arange(n)[slice(*parts)]  # 4 parts: TypeError; step 0: ValueError
+        else:
+            indices = np.array([int(p) for p in spec.split(",")])
+    except (ValueError, TypeError):
         raise CdinnError(f"--frames '{spec}': use N, START:STOP[:STEP] or N,M,...") from None
+    if not len(indices):
+        raise CdinnError(f"--frames '{spec}': selects none of the stack's {n} frames")
     if indices.min() < -n or indices.max() >= n:
         raise CdinnError(f"--frames '{spec}': the stack has {n} frames")
     return indices

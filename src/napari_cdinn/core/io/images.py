@@ -135,6 +135,10 @@ def read_png(path: str | Path | list[Path]) -> ShotSet:
     for f, image in zip(files, images, strict=True):
         if image.shape != images[0].shape:
             raise InputError(f, f"image shape {image.shape} differs from {images[0].shape}")
+        if image.dtype != images[0].dtype:  # one scale for the stack: 8 bits or 16, not both
+            raise InputError(
+                f, f"a {image.dtype} image among {images[0].dtype} ones ({files[0].name})"
+            )
     depth = float(np.iinfo(images[0].dtype).max) if images[0].dtype.kind in "ui" else 1.0
     stack = np.stack(images).astype(np.float32) / depth
     meta = Metadata(source=source, reader="png", extra={"files": [f.name for f in files]})
