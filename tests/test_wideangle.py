@@ -334,6 +334,20 @@ def test_bad_shots_are_refused_with_the_file_and_the_problem():
     assert cleaned[2, 0, 0] == 0
 
 
+def test_a_shot_of_too_few_photons_is_refused_by_the_fit():
+    """Isolated photons only: nothing is left with signal after the fit's 3 x 3 median filter,
+    and a correlation over no pixels made every candidate fit equally (the random start came
+    back as the answer, similarity 0)."""
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.errors import InputError
+    from napari_cdinn.core.progress import run_to_end
+
+    sparse = np.zeros((1, 128, 128), np.float32)
+    sparse[0, ::7, ::7] = 0.5
+    with pytest.raises(InputError, match=r"sparse\.npy: shot 0: 0 binned pixels with signal"):
+        run_to_end(wideangle.fit_steps(_shots(sparse, "sparse.npy")))
+
+
 def test_colour_png_is_refused(tmp_path):
     import imageio.v3 as iio
 

@@ -44,6 +44,7 @@ UNSURE_BELOW = 6
 # ``fit_steps``): the shot's index, 1 - its misfit, the beam's offset (rows, columns) and the
 # detector blur that fitted best, both in pixels of the 128-pixel detector
 PER_SHOT = ("shots", "similarity", "beam_offsets_px", "blur_sigmas_px")
+MIN_FIT_PIXELS = 20  # binned pixels with signal a fit needs (it has five parameters)
 BLURS = (0.0, 0.5, 1.0, 2.0)  # Gaussian sigmas (binned pixels) the fit tries for the detector
 Steps = Generator[tuple[int, int], None, OrientationResult]
 
@@ -273,6 +274,12 @@ def fit_steps(
     quaternions, radii, misfits, offsets, blurs, evaluations = [], [], [], [], [], 0
     for n, shot in enumerate(shots):
         fit = ShotFit(images[shot], recipe.pixels)
+        if fit.valid.sum() < MIN_FIT_PIXELS:  # a correlation over nothing: any answer fits
+            raise InputError(
+                data.meta.source,
+                f"shot {shot}: {int(fit.valid.sum())} binned pixels with signal, too few to fit "
+                f"(at least {MIN_FIT_PIXELS}; a shot of very few photons?)",
+            )
         best = (None, None, np.inf)
         for k in range(starts):
             if start is not None:
