@@ -239,6 +239,12 @@ def test_simulate_and_invert_wideangle_shots(tmp_path, capsys):
     assert network.provenance.model_name == "wideangle_nn"
     assert np.median(icosahedral.misorientation(refined.quaternions, truth[:2])) < 20
     assert np.all(np.abs(refined.radii_nm - radii[:2]) < 20)
+    # a selection further in: printed and saved with the file's frame numbers, not 0, 1
+    assert main([*argv[:-4], "--method", "nn", "--frames", "1:3", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "shot 1: radius" in printed and "shot 2: radius" in printed
+    (network,) = io.read_results(out)
+    assert network.provenance.parameters["file_frames"] == [1, 2]
 
 
 def test_invert_wideangle_refuses_an_all_zero_shot(tmp_path, capsys):

@@ -221,9 +221,11 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(wideangle.METHODS)}")
     if isinstance(data, ShotSet):
         images = data.images if data.images.ndim == 3 else data.images[None]
-        data = replace(data, images=images[parse_frames(args.frames, len(images))])
+        frames = parse_frames(args.frames, len(images))
+        data = replace(data, images=images[frames])
     else:
-        data = data.subset(parse_frames(args.frames, data.n_frames))
+        frames = parse_frames(args.frames, data.n_frames)
+        data = data.subset(frames)
     results = []
     if method in ("nn", "refine"):
         results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
@@ -235,8 +237,10 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         results.append(run_to_end(wideangle.fit_steps(data, recipe, start=results[0], shots=shots)))
     elif method == "fit":
         results.append(run_to_end(wideangle.fit_steps(data, recipe)))
-    for result in results:
+    for k, result in enumerate(results):  # which of the file's frames each answer is for
         p = result.provenance
+        results[k] = replace(result, provenance=replace(p, parameters={
+            **p.parameters, "file_frames": frames.tolist()}))  # fmt: skip
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
         numbers = p.parameters.get("shots", range(len(result.radii_nm)))  # a fit's: its shots
         for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
@@ -244,7 +248,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
             if result.flips_agreeing is not None:
                 agree = f", {result.flips_agreeing[n]} of 8 flips agree"
             print(
-                f"  shot {numbers[n]}: radius {r:.1f} nm, quaternion "
+                f"  shot {frames[numbers[n]]}: radius {r:.1f} nm, quaternion "
                 f"{np.round(q, 4).tolist()}{agree}"
             )
     return results
