@@ -24,7 +24,8 @@ if [[ $with_tests == 1 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; the
   fi
 fi
 
-[[ -x .venv/bin/python ]] || python3 -m venv .venv
+# a venv whose creation failed half-way (python but no pip: python3-venv missing) is made again
+[[ -x .venv/bin/pip ]] || python3 -m venv --clear .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
 # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
