@@ -102,6 +102,12 @@ def test_corrupt_tiff_in_folder_names_the_bad_frame(tmp_path):
     assert "f1.tif" in str(error)
 
 
+def test_colour_tiff_is_refused(tmp_path):
+    path = tmp_path / "photo.tif"
+    tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    refused(path, "colour")
+
+
 def test_tiff_folder_with_mismatched_frame_shapes(tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -67,11 +67,15 @@ def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return tuple(series.shape), np.dtype(series.dtype)
+            colour = "S" in series.axes  # samples per pixel: RGB(A), not one intensity
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except Exception as err:
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
+    if colour:
+        raise InputError(path, "a colour (RGB) TIFF; diffraction frames are greyscale intensities")
+    return shape, dtype
 
 
 def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> DiffractionStack:
