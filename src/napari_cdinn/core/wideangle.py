@@ -177,7 +177,7 @@ class ShotFit:
         border[max_shift : pixels - max_shift, max_shift : pixels - max_shift] = True
         self.valid = valid & border  # a shifted simulation still covers every valid pixel
         centred = blocks.mean(axis=(1, 3))[self.valid]
-        centred -= centred.mean()
+        centred -= centred.mean() if centred.size else 0.0  # none: fit_steps refuses the shot
         self.measured = centred / max(np.linalg.norm(centred), 1e-30)  # for the correlation
         self.max_shift = max_shift
         self.simulator = Simulator(Detector(pixels=pixels))
