@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .core.errors import CdinnError, InputError
+from .core.errors import CdinnError
 
 PROG = "napari-cdinn"
 MODES = ("cdi", "ptycho", "wideangle")
@@ -282,7 +282,7 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     from .core import io, ptycho
     from .core.data import ObjectResult, PtychoScan
     from .core.nn.ptycho import FineTuning
-    from .core.nn.registry import load_model, user_dir
+    from .core.nn.registry import load_model, require_mode, user_dir
     from .core.progress import run_to_end
 
     if not (args.scan and args.reference and args.region):
@@ -298,8 +298,7 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     reference = stitched[0]
     base = args.model or ptycho.default_model()
     model, card = load_model(base)
-    if card.get("mode") != "ptycho":
-        raise InputError(base, f"a {card.get('mode')} model, not a ptychography one")
+    require_mode(card, "ptycho", base)
     grid = ptycho.network_input(scan, model.size).grid
     region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
     run = FineTuning(model)

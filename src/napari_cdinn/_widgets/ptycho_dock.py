@@ -35,6 +35,7 @@ from ..core.nn.registry import (
     list_models,
     load_model,
     read_card,
+    require_mode,
     save_model,
     user_dir,
     weights_path,
@@ -422,9 +423,7 @@ class PtychoDock(WorkerDock):
 
     def load_model_path(self, path: Path) -> None:
         try:
-            card = read_card(path)
-            if card.get("mode") != "ptycho":
-                raise ValueError(f"{path.name} is a {card.get('mode')} model")
+            require_mode(read_card(path), "ptycho", path)
             load_model(path)  # refuse a broken file now, not at inversion time
         except Exception as err:
             report_error(err)

@@ -105,8 +105,7 @@ def network_steps(
     torch_device = resolve_device(device)
     model_path = Path(model_path) if model_path else default_model()
     model, card = load_model(model_path, torch_device)
-    if card.get("mode") != "cdi":
-        raise InputError(model_path, f"a {card.get('mode')} model, not a CDI one")
+    registry.require_mode(card, "cdi", model_path)
     size = card["arguments"]["size"]
     fitted, scale, valid = fit_to_network(intensities, mask, size, stack.meta.source)
     fast = inference_model(model)

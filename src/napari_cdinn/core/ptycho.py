@@ -161,8 +161,7 @@ def network_steps(
     else:
         path = Path(model) if model is not None else default_model()
         net, card = load_model(path, torch_device)
-    if card.get("mode") != "ptycho":
-        raise InputError(path, f"a {card.get('mode')} model, not a ptychography one")
+    registry.require_mode(card, "ptycho", path)
     data = network_input(scan, net.size, net.patch, probe)
     patches = yield from network_patches(net, data, torch_device)
     image = stitch(patches, data.corners, data.stitch_weight, data.grid.origin, data.grid.shape)

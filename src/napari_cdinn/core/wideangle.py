@@ -109,8 +109,7 @@ def network_steps(
     path = Path(model) if model is not None else default_model()
     torch_device = resolve_device(device)
     net, card = load_model(path, torch_device)
-    if card.get("mode") != "wideangle":
-        raise InputError(path, f"a {card.get('mode')} model, not a wide-angle one")
+    registry.require_mode(card, "wideangle", path)
     net = inference_network(net)
     quaternions, radii, agreeing = [], [], []
     for lo in range(0, len(images), batch_size):

@@ -103,6 +103,15 @@ def save_model(model: nn.Module, weights: str | Path, card: dict[str, Any]) -> P
     return weights
 
 
+MODE_NAMES = {"cdi": "CDI", "ptycho": "ptychography", "wideangle": "wide-angle"}
+
+
+def require_mode(card: dict[str, Any], mode: str, source: object) -> None:
+    """Refuse, naming ``source``, a model whose card says it is for another mode."""
+    if card.get("mode") != mode:
+        raise InputError(source, f"a {card.get('mode')} model, not a {MODE_NAMES[mode]} one")
+
+
 def load_model(weights: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Build the card's architecture and load the weights; a bad file gets a clear InputError."""
     weights = Path(weights)
