@@ -40,7 +40,9 @@ def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | 
     intensities = stack.frames()
     if intensities.size == 0:
         raise InputError(stack.meta.source, "empty stack: no patterns to invert")
-    intensities, mask = repair_intensities(intensities, stack.mask, stack.meta.source)
+    mask = stack.mask
+    if stack.is_lazy:  # an eager stack was repaired when it was read
+        intensities, mask = repair_intensities(intensities, mask, stack.meta.source)
     valid = mask if mask is not None else np.ones(intensities.shape[-2:], bool)
     measured = np.where(valid, intensities, 0).sum(axis=(-2, -1))
     empty = np.flatnonzero(measured <= 0)

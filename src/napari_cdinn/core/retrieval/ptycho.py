@@ -106,7 +106,9 @@ def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     positions = np.asarray(scan.positions, float)
     if intensities.ndim != 3 or len(intensities) == 0:
         raise InputError(source, "empty scan: no diffraction patterns")
-    intensities, mask = repair_intensities(intensities, scan.stack.mask, source)
+    mask = scan.stack.mask
+    if scan.stack.is_lazy:  # an eager stack was repaired when it was read
+        intensities, mask = repair_intensities(intensities, mask, source)
     if positions.shape != (len(intensities), 2):
         raise InputError(
             source,
