@@ -26,6 +26,28 @@ def real_file(relative: str) -> Path:
     return path
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where the core tests run the networks and iterative methods (cuda: on a GPU "
+        "machine, to check the torch paths that the CPU's numba loops stand in for)",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> str:
+    """The device the tests compute on: "cpu" unless ``pytest --device cuda``."""
+    chosen = request.config.getoption("--device")
+    if chosen == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.fail("--device cuda, but torch sees no CUDA device")
+    return chosen
+
+
 @pytest.fixture(scope="session")
 def real_path():
     """``real_path("cxi/x.cxi")``: a path in the shared real-data folder, skipping when absent."""

@@ -63,16 +63,16 @@ def test_chi2_is_zero_for_truth_and_scale_free():
     assert np.all(metrics.chi2(np.abs(stack.truth), stack.intensities) > 1e-3)  # phase lost
 
 
-def test_er_hio_recovers_a_simple_object():
+def test_er_hio_recovers_a_simple_object(device):
     truth = simple_object()[None]
     stack = DiffractionStack(far_field_intensity(truth), meta=Metadata(source="simple"))
-    result = run_to_end(cdi.iterative_steps(stack, device="cpu"))
+    result = run_to_end(cdi.iterative_steps(stack, device=device))
     assert metrics.registered_correlation(result.objects, truth)[0] > 0.99
     assert result.chi2[0] < 1e-3
     assert result.provenance.method == "ER/HIO"
 
 
-def test_masked_pixels_are_ignored():
+def test_masked_pixels_are_ignored(device):
     truth = simple_object()[None]
     intensities = far_field_intensity(truth)
     mask = np.ones((64, 64), bool)
@@ -81,7 +81,7 @@ def test_masked_pixels_are_ignored():
     corrupted = intensities.copy()
     corrupted[:, ~mask] = 1e9  # garbage where the detector did not measure
     recipe = RetrievalRecipe(n_starts=2)
-    objects, _, errors = run_to_end(run_retrieval(corrupted, mask, recipe=recipe, device="cpu"))
+    objects, _, errors = run_to_end(run_retrieval(corrupted, mask, recipe=recipe, device=device))
     assert metrics.registered_correlation(objects, truth)[0] > 0.98
     assert errors[0] < 1e-2
 
@@ -101,7 +101,7 @@ def test_fused_cpu_projections_match_the_torch_ones(algorithm, monkeypatch):
 
     def project(valid):
         projected = spectrum.clone()
-        error = projections.set_modulus_(projected, magnitudes, valid, with_error=True)
+        error = float(projections.set_modulus_(projected, magnitudes, valid, with_error=True))
         return projected, error, projections.mix_(projected.clone(), previous, support, a, b)
 
     fused = [project(valid) for valid in (None, measured)]
@@ -117,12 +117,12 @@ def test_fused_cpu_projections_match_the_torch_ones(algorithm, monkeypatch):
         assert torch.equal(mixed_f[support], spectrum_f[support])
 
 
-def test_refinement_from_a_perturbed_start_improves_it():
+def test_refinement_from_a_perturbed_start_improves_it(device):
     stack = simulate_cdi(4, seed=21)
     rng = np.random.default_rng(0)
     start = stack.truth * np.exp(0.6j * rng.standard_normal(stack.truth.shape))
     start = postprocess.zero_phase_outside(start).astype(np.complex64)
-    result = run_to_end(cdi.refine_steps(stack, start, iterations=50, device="cpu"))
+    result = run_to_end(cdi.refine_steps(stack, start, iterations=50, device=device))
     before = metrics.registered_correlation(start, stack.truth)
     after = metrics.registered_correlation(result.objects, stack.truth)
     assert np.median(after) > np.median(before)
@@ -137,27 +137,27 @@ def test_postprocess_centres_and_zeroes_phase_outside():
     assert np.all(np.angle(clean)[np.abs(clean) <= 0.1] == 0)
 
 
-def test_bundled_model_loads_and_scores_on_fresh_patterns():
+def test_bundled_model_loads_and_scores_on_fresh_patterns(device):
     stack = simulate_cdi(64, seed=123_456)
-    result = run_to_end(cdi.network_steps(stack, device="cpu"))
+    result = run_to_end(cdi.network_steps(stack, device=device))
     assert result.objects.shape == (64, 64, 64)
     correlation = metrics.registered_correlation(result.objects, stack.truth)
     assert np.median(correlation) > 0.85
     assert result.provenance.model_name == "cdi_nn"
 
 
-def test_bad_input_single_pattern_and_odd_non_square_sizes():
+def test_bad_input_single_pattern_and_odd_non_square_sizes(device):
     truth = simulate_cdi(1, size=72, seed=5).truth
     pattern = far_field_intensity(truth)[0, :71, 1:72]  # 71 x 71, odd: cropped by one
     single = DiffractionStack(pattern[None], meta=Metadata(source="odd.npy"))
-    result = run_to_end(cdi.network_steps(single, device="cpu"))
+    result = run_to_end(cdi.network_steps(single, device=device))
     assert result.objects.shape == (1, 64, 64)
     assert result.provenance.parameters["object_pixel_scale"] == pytest.approx(71 / 64)
     wide = DiffractionStack(far_field_intensity(simulate_cdi(1, size=64, seed=6).truth)[:, 8:56, :])
     wide.meta.source = "wide.h5"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = run_to_end(cdi.network_steps(wide, device="cpu"))
+        out = run_to_end(cdi.network_steps(wide, device=device))
     assert out.objects.shape == (1, 64, 64)
     assert any(issubclass(w.category, InputWarning) and "48x64" in str(w.message) for w in caught)
 
@@ -174,17 +174,17 @@ def test_fitting_a_pattern_to_the_network_keeps_its_zero_frequency_in_the_middle
     assert np.unravel_index(fitted[0].argmax(), fitted[0].shape) == (32, 32)
 
 
-def test_bad_input_all_zero_pattern_is_refused():
+def test_bad_input_all_zero_pattern_is_refused(device):
     intensities = far_field_intensity(simulate_cdi(3, seed=7).truth)
     intensities[1] = 0
     stack = DiffractionStack(intensities, meta=Metadata(source="zeros.cxi"))
     with pytest.raises(InputError, match=r"zeros.cxi: pattern\(s\) \[1\] hold no signal"):
-        run_to_end(cdi.network_steps(stack, device="cpu"))
+        run_to_end(cdi.network_steps(stack, device=device))
     with pytest.raises(InputError, match="hold no signal"):
-        run_to_end(cdi.iterative_steps(stack, device="cpu"))
+        run_to_end(cdi.iterative_steps(stack, device=device))
 
 
-def test_bad_input_nan_pixels_are_masked_by_the_reader(tmp_path):
+def test_bad_input_nan_pixels_are_masked_by_the_reader(tmp_path, device):
     from napari_cdinn.core import io
 
     intensities = far_field_intensity(simple_object()[None])
@@ -193,11 +193,11 @@ def test_bad_input_nan_pixels_are_masked_by_the_reader(tmp_path):
     with pytest.warns(InputWarning, match="1 NaN/Inf"):
         stack = io.read(tmp_path / "nan.npy")
     assert not stack.mask[10, 10]
-    result = run_to_end(cdi.network_steps(stack, device="cpu"))
+    result = run_to_end(cdi.network_steps(stack, device=device))
     assert np.isfinite(result.objects).all()
 
 
-def test_corrupt_or_mismatched_model_files_are_refused(tmp_path):
+def test_corrupt_or_mismatched_model_files_are_refused(tmp_path, device):
     from napari_cdinn.core.nn.cdi_net import CDINet
 
     weights = tmp_path / "bad.safetensors"
@@ -220,14 +220,14 @@ def test_corrupt_or_mismatched_model_files_are_refused(tmp_path):
     assert model.width == 8
     ptycho_model = registry_default("ptycho")
     with pytest.raises(InputError, match=r"ptycho_nn\.safetensors: a ptycho model, not a CDI"):
-        run_to_end(cdi.network_steps(simulate_cdi(1, seed=2), ptycho_model, device="cpu"))
+        run_to_end(cdi.network_steps(simulate_cdi(1, seed=2), ptycho_model, device=device))
 
 
-def test_refine_of_resampled_patterns_is_refused_before_the_iterative_run():
+def test_refine_of_resampled_patterns_is_refused_before_the_iterative_run(device):
     """128 x 128 patterns: the network sees them binned to 64, so refine cannot start from its
     objects; that is said right after the network, not after the 620 iterations."""
     stack = DiffractionStack(np.ones((1, 128, 128), np.float32), meta=Metadata(source="big.h5"))
-    steps = cdi.invert_steps(stack, ["nn", "iterative", "refine"], device="cpu")
+    steps = cdi.invert_steps(stack, ["nn", "iterative", "refine"], device=device)
     with pytest.raises(InputError, match=r"big\.h5: refine needs the network's objects"):
         run_to_end(steps)
 
@@ -243,24 +243,24 @@ def test_nan_pixels_of_a_lazily_read_stack_are_masked_when_it_is_loaded():
     assert np.isfinite(intensities).all() and not mask[1, 5, 7] and mask.sum() == mask.size - 1
 
 
-def test_the_networks_chi2_leaves_out_masked_pixels_as_the_iterative_one_does():
+def test_the_networks_chi2_leaves_out_masked_pixels_as_the_iterative_one_does(device):
     """A beam stop masked: the network's chi2 is taken over the measured pixels only (it was
     counting the masked ones as measured zeros), the same measure the iterative methods use."""
     stack = simulate_cdi(4, seed=11)
     mask = np.ones((64, 64), bool)
     mask[28:36, 28:36] = False
     masked = DiffractionStack(stack.intensities, mask, Metadata("stop.cxi"))
-    result = run_to_end(cdi.network_steps(masked, device="cpu"))
+    result = run_to_end(cdi.network_steps(masked, device=device))
     expected = metrics.chi2(result.objects, stack.intensities, mask)
     np.testing.assert_allclose(result.chi2, expected, rtol=1e-5)
     assert not np.allclose(expected, metrics.chi2(result.objects, stack.intensities))
 
 
-def test_iterative_supports_still_outline_their_objects_after_canonical_form():
+def test_iterative_supports_still_outline_their_objects_after_canonical_form(device):
     """The objects are centred, twinned and shifted onto the network's; their shrink-wrap
     supports are moved the same way (they were saved where retrieval left them)."""
     stack = simulate_cdi(6, seed=21)
-    result = run_to_end(cdi.iterative_steps(stack, cdi.scaled_recipe(120), device="cpu"))
+    result = run_to_end(cdi.iterative_steps(stack, cdi.scaled_recipe(120), device=device))
     power = np.abs(result.objects) ** 2
     inside = (power * result.support).sum(axis=(1, 2)) / power.sum(axis=(1, 2))
     assert (inside > 0.98).all(), inside  # 0.36 to 0.97 before

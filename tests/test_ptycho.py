@@ -43,8 +43,8 @@ def truth_on_grid(result, scan: PtychoScan) -> tuple[np.ndarray, np.ndarray]:
     return truth, seen
 
 
-def test_epie_reconstructs_a_small_noiseless_scan(small_scan):
-    result = run_to_end(ptycho.epie_steps(small_scan, EpieRecipe(epochs=40), device="cpu"))
+def test_epie_reconstructs_a_small_noiseless_scan(small_scan, device):
+    result = run_to_end(ptycho.epie_steps(small_scan, EpieRecipe(epochs=40), device=device))
     truth, seen = truth_on_grid(result, small_scan)
     amplitude, phase = metrics.object_ssim(result.objects, truth, seen)
     assert amplitude > 0.9 and phase > 0.9
@@ -53,7 +53,7 @@ def test_epie_reconstructs_a_small_noiseless_scan(small_scan):
     assert result.provenance.method == "ePIE"
 
 
-def test_nan_pixels_of_a_lazily_read_scan_are_masked_when_it_is_loaded(small_scan):
+def test_nan_pixels_of_a_lazily_read_scan_are_masked_when_it_is_loaded(small_scan, device):
     """A large stack stays lazy (dask) when read, unrepaired; its NaN pixels are masked, with
     a warning naming the file, when ePIE or the network loads it (they made all-NaN images)."""
     import dask.array as da
@@ -66,14 +66,14 @@ def test_nan_pixels_of_a_lazily_read_scan_are_masked_when_it_is_loaded(small_sca
     stack = DiffractionStack(da.from_array(frames, chunks=(8, 64, 64)), None, Metadata("big.h5"))
     scan = PtychoScan(stack, small_scan.positions, small_scan.probe)
     with pytest.warns(InputWarning, match=r"big\.h5: 1 NaN"):
-        result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=2), device="cpu"))
+        result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=2), device=device))
     assert np.isfinite(result.objects).all()
     with pytest.warns(InputWarning, match="1 NaN"):
         data = ptycho.network_input(scan, 64)
     assert np.isfinite(data.patterns).all() and data.patterns[3, 10, 12] == 0
 
 
-def test_epie_honours_a_mask_per_frame(small_scan):
+def test_epie_honours_a_mask_per_frame(small_scan, device):
     """Each frame with dead pixels of its own, holding garbage: ePIE leaves out exactly those
     (fitted with another frame's mask it would fit the garbage) and reconstructs as well as
     without them."""
@@ -83,7 +83,7 @@ def test_epie_honours_a_mask_per_frame(small_scan):
     frames[dead] = 10 * frames.max()
     stack = DiffractionStack(frames, ~dead, small_scan.stack.meta)
     scan = PtychoScan(stack, small_scan.positions, small_scan.probe, truth=small_scan.truth)
-    result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=40), device="cpu"))
+    result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=40), device=device))
     truth, seen = truth_on_grid(result, small_scan)
     amplitude, phase = metrics.object_ssim(result.objects, truth, seen)
     assert amplitude > 0.9 and phase > 0.9
@@ -110,11 +110,11 @@ def test_modulus_step_takes_each_frames_own_mask(monkeypatch, numba_loops):
         assert torch.allclose(spectrum[b].abs()[measured], magnitudes[frame][measured], rtol=1e-5)
 
 
-def test_probe_update_recovers_from_a_wrong_probe(small_scan):
+def test_probe_update_recovers_from_a_wrong_probe(small_scan, device):
     wrong = focused_probe(64, np.random.default_rng(123), defocus=4.0)
     scan = PtychoScan(small_scan.stack, small_scan.positions, wrong, truth=small_scan.truth)
-    fixed = run_to_end(ptycho.epie_steps(scan, EpieRecipe(150, probe_update_from=None), "cpu"))
-    updated = run_to_end(ptycho.epie_steps(scan, EpieRecipe(150, probe_update_from=2), "cpu"))
+    fixed = run_to_end(ptycho.epie_steps(scan, EpieRecipe(150, probe_update_from=None), device))
+    updated = run_to_end(ptycho.epie_steps(scan, EpieRecipe(150, probe_update_from=2), device))
     truth, seen = truth_on_grid(updated, small_scan)
     assert metrics.object_ssim(updated.objects, truth, seen)[1] > 0.9
     assert metrics.object_ssim(fixed.objects, truth, seen)[1] < 0.8
@@ -122,11 +122,11 @@ def test_probe_update_recovers_from_a_wrong_probe(small_scan):
     assert errors[1] < 0.2 * errors[0]
 
 
-def test_epie_from_the_network_image_beats_a_flat_start_at_equal_epochs():
+def test_epie_from_the_network_image_beats_a_flat_start_at_equal_epochs(device):
     scan = simulate_ptycho((160, 160), 64, 10, photons=1e6, seed=7, textures=("camera", "coins"))
     recipe = EpieRecipe(epochs=3)
-    flat = run_to_end(ptycho.epie_steps(scan, recipe, device="cpu"))
-    refined = run_to_end(ptycho.refine_steps(scan, recipe=recipe, device="cpu"))
+    flat = run_to_end(ptycho.epie_steps(scan, recipe, device=device))
+    refined = run_to_end(ptycho.refine_steps(scan, recipe=recipe, device=device))
     truth, seen = truth_on_grid(refined, scan)
     flat_phase = metrics.object_ssim(flat.objects, truth, seen)[1]
     refined_phase = metrics.object_ssim(refined.objects, truth, seen)[1]
@@ -136,11 +136,11 @@ def test_epie_from_the_network_image_beats_a_flat_start_at_equal_epochs():
     assert len(refined.provenance.parameters["fourier_error"]) == 3
 
 
-def test_a_starting_object_off_the_grid_or_with_nan_is_refused(small_scan):
+def test_a_starting_object_off_the_grid_or_with_nan_is_refused(small_scan, device):
     grid = ObjectGrid.around(small_scan.positions, small_scan.stack.frame_shape)
     for start, message in ((np.ones((5, 5)), "grid"), (np.full(grid.shape, np.nan), "non-finite")):
         with pytest.raises(ValueError, match=message):
-            run_to_end(ptycho.epie_steps(small_scan, EpieRecipe(epochs=1), "cpu", start=start))
+            run_to_end(ptycho.epie_steps(small_scan, EpieRecipe(epochs=1), device, start=start))
 
 
 def test_grid_places_sub_pixel_positions():
@@ -176,7 +176,14 @@ def test_fused_cpu_steps_match_the_torch_ones(monkeypatch):
         change = torch.fft.ifft2(spectrum, norm="ortho")
         sums = (numerator, denominator)
         patches.update_(current, sums, corners, bank, power, bins, change, 0.1, float(power.max()))
-        return waves, torch.tensor(error), change, numerator.sum(0), denominator.sum(0), current
+        return (
+            waves,
+            torch.tensor(float(error)),
+            change,
+            numerator.sum(0),
+            denominator.sum(0),
+            current,
+        )
 
     fused = one_batch()
     for module in (patches, projections):
@@ -189,7 +196,7 @@ def test_fused_cpu_steps_match_the_torch_ones(monkeypatch):
     assert torch.equal(fused[-1][untouched], obj[untouched])
 
 
-def test_bad_scans_are_refused_with_the_reason(small_scan):
+def test_bad_scans_are_refused_with_the_reason(small_scan, device):
     stack, positions = small_scan.stack, small_scan.positions
     cases = {
         "positions for": PtychoScan(stack, positions[:-1], small_scan.probe),
@@ -199,7 +206,7 @@ def test_bad_scans_are_refused_with_the_reason(small_scan):
     }
     for words, scan in cases.items():
         with pytest.raises(InputError, match=words):
-            run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device="cpu"))
+            run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device=device))
 
 
 def stitching_case(scan: PtychoScan, size: int = 64):
@@ -269,7 +276,7 @@ def test_levelling_gives_each_patch_the_transmission_its_counts_measure(small_sc
     assert np.std(np.log(off)) > 0.3  # the patches really were off
 
 
-def test_the_network_weighs_by_the_probe_given_or_the_scan_own(small_scan):
+def test_the_network_weighs_by_the_probe_given_or_the_scan_own(small_scan, device):
     """Levelling needs a probe: the one given (ePIE's, in the dock), else the scan's; without
     either the patches are only stitched; a probe of another size is refused by name."""
     bare = PtychoScan(small_scan.stack, small_scan.positions, None)
@@ -279,11 +286,11 @@ def test_the_network_weighs_by_the_probe_given_or_the_scan_own(small_scan):
         (bare, small_scan.probe, ("given", True)),
         (small_scan, None, ("scan's", True)),
     ):
-        result = run_to_end(ptycho.network_steps(scan, model, "cpu", probe=probe))
+        result = run_to_end(ptycho.network_steps(scan, model, device, probe=probe))
         used = result.provenance.parameters
         assert (used["probe"], used["levelled_to_counts"]) == expected
     with pytest.raises(InputError, match="not a probe of this scan"):
-        run_to_end(ptycho.network_steps(bare, model, "cpu", probe=small_scan.probe[:32, :32]))
+        run_to_end(ptycho.network_steps(bare, model, device, probe=small_scan.probe[:32, :32]))
 
 
 def test_the_patch_loss_ignores_each_patch_constant_phase():
@@ -327,13 +334,13 @@ def epie_like_reference(scan: PtychoScan) -> ObjectResult:
     return ObjectResult(objects, Provenance("truth"), probe=scan.probe, origin=grid.origin)
 
 
-def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_scan):
+def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_scan, device):
     reference = epie_like_reference(small_scan)
     grid = ObjectGrid.around(small_scan.positions, (64, 64))
     region = np.ones(grid.shape, bool)
     run = FineTuning(load_model(ptycho.default_model())[0])  # as the dock does: from the bundled
     steps = ptycho.retrain_steps(
-        small_scan, reference, region, run, 600, "cpu", max_epochs=4, simulated=300
+        small_scan, reference, region, run, 600, device, max_epochs=4, simulated=300
     )
     run_to_end(steps)
     losses = [h["validation"] for h in run.history]
@@ -342,7 +349,7 @@ def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_sc
     assert run.source["simulated_pairs"] == 300
 
     stopped = FineTuning(tiny_model())
-    steps = ptycho.retrain_steps(small_scan, reference, region, stopped, seconds=60, device="cpu")
+    steps = ptycho.retrain_steps(small_scan, reference, region, stopped, seconds=60, device=device)
     started = time.perf_counter()
     while len(stopped.history) < 1:
         next(steps)
@@ -350,17 +357,17 @@ def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_sc
     steps.close()  # what Stop does (the worker quits at its next yield)
     assert time.perf_counter() - started < 30
     assert len(stopped.history) == 1 and stopped.best_state is not None
-    amplitude, _ = stopped.best_model()(torch.zeros(1, 1, 64, 64))
+    amplitude, _ = stopped.best_model()(torch.zeros(1, 1, 64, 64, device=device))
     assert torch.isfinite(amplitude).all()
 
 
-def test_the_retrained_model_is_averaged_with_its_base_unless_the_probe_was_new(small_scan):
+def test_the_retrained_model_is_averaged_with_its_base_unless_the_probe_was_new(small_scan, device):
     reference = epie_like_reference(small_scan)
     region = np.ones(ObjectGrid.around(small_scan.positions, (64, 64)).shape, bool)
     model = tiny_model()
-    start = {name: value.clone() for name, value in model.state_dict().items()}
+    start = {name: value.to(device, copy=True) for name, value in model.state_dict().items()}
     run = FineTuning(model)
-    run_to_end(ptycho.retrain_steps(small_scan, reference, region, run, 60, "cpu", 1, 0))
+    run_to_end(ptycho.retrain_steps(small_scan, reference, region, run, 60, device, 1, 0))
     assert run.share == 0.5 and run.source["fine_tuned_share"] == 0.5
     weight = "amplitude_decoder.1.0.weight"
     final = run.best_model().state_dict()[weight]
@@ -370,14 +377,14 @@ def test_the_retrained_model_is_averaged_with_its_base_unless_the_probe_was_new(
 
     # an untrained network knows no probe: batch statistics adapt and nothing is averaged
     new_probe = FineTuning(tiny_model())
-    run_to_end(ptycho.retrain_steps(small_scan, reference, region, new_probe, 60, "cpu", 1, 64))
+    run_to_end(ptycho.retrain_steps(small_scan, reference, region, new_probe, 60, device, 1, 64))
     assert new_probe.source["adapted_batch_statistics"] and new_probe.share == 1
     torch.testing.assert_close(
         new_probe.best_model().state_dict()[weight], new_probe.best_state[weight]
     )
 
 
-def test_retraining_takes_a_scan_with_a_mask_per_frame(small_scan):
+def test_retraining_takes_a_scan_with_a_mask_per_frame(small_scan, device):
     """Dead pixels of its own in each frame: the simulated pairs are masked where any frame is
     dead, and retraining runs (it broadcast the stack's mask onto the pairs and failed)."""
     dead = np.random.default_rng(2).random(small_scan.stack.shape) < 0.02
@@ -386,7 +393,7 @@ def test_retraining_takes_a_scan_with_a_mask_per_frame(small_scan):
     region = np.ones(ObjectGrid.around(scan.positions, (64, 64)).shape, bool)
     run = FineTuning(tiny_model())
     reference = epie_like_reference(small_scan)
-    run_to_end(ptycho.retrain_steps(scan, reference, region, run, 60, "cpu", 1, 48))
+    run_to_end(ptycho.retrain_steps(scan, reference, region, run, 60, device, 1, 48))
     assert run.source["simulated_pairs"] == 48 and len(run.history) == 1  # 48: not the frames' 64
 
 
@@ -436,7 +443,9 @@ def test_the_featureless_level_lies_between_the_right_answer_and_its_twin():
     assert float(patch_loss(twin.abs(), twin.angle(), targets, weight)) > level
 
 
-def test_saved_models_load_back_identical_and_damaged_ones_are_refused(tmp_path, small_scan):
+def test_saved_models_load_back_identical_and_damaged_ones_are_refused(
+    tmp_path, small_scan, device
+):
     run = FineTuning(tiny_model())
     card = {"name": "base", "version": "1", "architecture": "PtychoNet"}
     path = ptycho.save_fine_tuned(run, tmp_path / "mine", card, "y 0:10, x 0:10")
@@ -450,12 +459,12 @@ def test_saved_models_load_back_identical_and_damaged_ones_are_refused(tmp_path,
         load_model(path)
     cdi_model = sorted(p for p in list_models("cdi"))[0]
     with pytest.raises(InputError, match="not a ptychography"):
-        run_to_end(ptycho.network_steps(small_scan, cdi_model, device="cpu"))
+        run_to_end(ptycho.network_steps(small_scan, cdi_model, device=device))
 
 
-def test_odd_frames_work_in_epie_and_are_refused_by_the_network():
+def test_odd_frames_work_in_epie_and_are_refused_by_the_network(device):
     scan = simulate_ptycho((96, 96), frame=33, step=6, photons=None, seed=1)
-    result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=3), device="cpu"))
+    result = run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=3), device=device))
     assert np.isfinite(result.objects).all()
     with pytest.raises(InputError, match="33 pixels wide"):
         ptycho.network_input(scan, 64)
@@ -471,18 +480,18 @@ def test_the_scanned_region_of_oblong_frames_follows_each_axis():
     assert square.sum() == 16
 
 
-def test_a_reference_of_another_scan_is_refused(small_scan):
+def test_a_reference_of_another_scan_is_refused(small_scan, device):
     other = simulate_ptycho((160, 160), frame=64, step=8, photons=None, seed=5)
     with pytest.raises(InputError, match="not a reconstruction of this scan"):
         run_to_end(
             ptycho.retrain_steps(
                 small_scan, epie_like_reference(other), np.ones((10, 10), bool),
-                FineTuning(tiny_model()), device="cpu",
+                FineTuning(tiny_model()), device=device,
             )
         )  # fmt: skip
 
 
-def test_a_reference_with_nan_or_a_probe_of_another_size_is_refused(small_scan):
+def test_a_reference_with_nan_or_a_probe_of_another_size_is_refused(small_scan, device):
     grid = ObjectGrid.around(small_scan.positions, (64, 64))
     region = np.ones(grid.shape, bool)
     reference = epie_like_reference(small_scan)
@@ -494,7 +503,7 @@ def test_a_reference_with_nan_or_a_probe_of_another_size_is_refused(small_scan):
     ):
         with pytest.raises(InputError, match=problem):
             run_to_end(
-                ptycho.retrain_steps(small_scan, bad, region, FineTuning(tiny_model()), 5, "cpu")
+                ptycho.retrain_steps(small_scan, bad, region, FineTuning(tiny_model()), 5, device)
             )
 
 

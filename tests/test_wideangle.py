@@ -197,7 +197,7 @@ def test_equalised_images_ignore_the_display_scaling():
     assert not torch.allclose(equalised(shots.flip(-1)), ranks)
 
 
-def test_ranking_once_before_the_flips_gives_the_networks_own_answer():
+def test_ranking_once_before_the_flips_gives_the_networks_own_answer(device):
     """The inference network ranks each image once and then flips it (ranks of a flipped image
     are the flipped ranks); its answers are those of the network that ranks every flip."""
     import torch
@@ -207,10 +207,10 @@ def test_ranking_once_before_the_flips_gives_the_networks_own_answer():
 
     images, _, _ = wa.simulate_shots(3, seed=12)
     torch.manual_seed(0)
-    net = WideAngleNet(equalise=True).eval()
+    net = WideAngleNet(equalise=True).eval().to(device)
     for tta in (True, False):
-        q, r = predict(net, images, tta=tta)
-        q_fast, r_fast = predict(inference_network(net), images, tta=tta)
+        q, r = predict(net, images, device, tta=tta)
+        q_fast, r_fast = predict(inference_network(net), images, device, tta=tta)
         assert np.allclose(q_fast, q, atol=1e-4) and np.allclose(r_fast, r, atol=1e-3)
 
 
@@ -413,17 +413,18 @@ def test_cluster_mesh_is_the_turned_icosahedron():
     assert np.allclose(vertices, expected[:, ::-1], atol=1e-3)
 
 
-def test_bundled_model_orients_fresh_shots():
+def test_bundled_model_orients_fresh_shots(device):
     """The issue's check: 64 fresh noiseless shots (8-bit, as the training's), never seen in
-    training (seed), median misorientation < 3 degrees; radii within a few nm."""
+    training (seed), median misorientation < 3 degrees; radii within a few nm; answered as
+    ``wideangle.network_steps`` answers (the fused network, ranking on the device)."""
     from napari_cdinn.core import wideangle
     from napari_cdinn.core.nn.registry import load_model
-    from napari_cdinn.core.nn.wideangle import predict
+    from napari_cdinn.core.nn.wideangle import inference_network, predict
 
-    model, card = load_model(wideangle.default_model())
+    model, card = load_model(wideangle.default_model(), device)
     assert card["mode"] == "wideangle" and card["architecture"] == "WideAngleNet"
     images, orientations, radii = wa.simulate_shots(64, seed=424_242)
-    q, r = predict(model.eval(), np.round(images * 255) / 255)
+    q, r = predict(inference_network(model), np.round(images * 255) / 255, device)
     assert np.median(ico.misorientation(q, orientations)) < 3.0
     assert np.median(np.abs(r - radii)) < 1.5
     assert np.allclose(np.linalg.norm(q, axis=1), 1) and (q[:, 0] >= 0).all()
