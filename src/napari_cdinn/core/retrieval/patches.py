@@ -112,7 +112,9 @@ def update_(
     what counts): conj(patch) change and |patch|^2 per sub-pixel bin (cheaper to always add
     than to branch on).  Then the rPIE object step (Maiden et al. 2017) with overlaps summed:
     ``obj += sum conj(P) change / ((1 - alpha) sum |P|^2 + alpha peak)``, ``peak`` = max |P|^2
-    (given, as it changes only with the probe)."""
+    (given, as it changes only with the probe).  On a GPU the overlapping patches are summed
+    by ``index_add_`` on the flattened object (atomic adds); ``index_put_`` with accumulate
+    sorts the indices first, which made the GPU's ePIE slower than 16 CPU cores."""
     numerator, denominator = probe_sums
     if fused(obj):
         _update_cpu(
@@ -124,13 +126,11 @@ def update_(
     patches = obj[rows, cols]
     numerator[0].index_add_(0, bins, patches.conj() * change)
     denominator[0].index_add_(0, bins, patches.real.square() + patches.imag.square())
-    rows, cols = rows.expand(change.shape), cols.expand(change.shape)
-    object_sum = torch.zeros_like(obj).index_put_(
-        (rows, cols), bank[bins].conj() * change, accumulate=True
-    )
-    object_weight = torch.zeros(obj.shape, device=obj.device).index_put_(
-        (rows, cols), bank_power[bins], accumulate=True
-    )
+    flat = (rows * obj.shape[-1] + cols).expand(change.shape).reshape(-1)
+    object_sum = torch.zeros_like(obj)
+    object_sum.view(-1).index_add_(0, flat, (bank[bins].conj() * change).reshape(-1))
+    object_weight = torch.zeros(obj.shape, device=obj.device)
+    object_weight.view(-1).index_add_(0, flat, bank_power[bins].reshape(-1))
     step = object_sum / ((1 - alpha) * object_weight + alpha * peak).clamp_min(1e-30)
     obj += torch.where(object_weight > 0, step, 0)
 

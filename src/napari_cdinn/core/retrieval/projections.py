@@ -83,15 +83,15 @@ def set_modulus_(
     with_error: bool = False,
     correction: bool = False,
     frames: torch.Tensor | None = None,
-) -> float | None:
+) -> float | torch.Tensor | None:
     """In place: |spectrum| := magnitudes where ``valid`` (True = measured pixel; None = all;
     one (H, W) mask or one per frame of ``magnitudes``), phase kept; unmeasured pixels are left
     free.  With ``frames``, frame b's magnitudes (and mask) are ``magnitudes[frames[b]]`` (a
     batch of a larger stack, without copying it out).  With ``correction`` the spectrum becomes
     the change instead (new minus old, zero where unmeasured), whose inverse FFT is the
-    exit-wave update ptychography needs.  With ``with_error``, returns the sum over measured pixels of (|spectrum| -
-    magnitude)^2 before the change (free on the CPU; on a GPU it costs a synchronisation, hence
-    optional)."""
+    exit-wave update ptychography needs.  With ``with_error``, returns the sum over measured
+    pixels of (|spectrum| - magnitude)^2 before the change: a float on the CPU, where it is
+    free, a 0-d tensor on a GPU (reading it there would wait for the GPU at every batch)."""
     subtract = 1.0 if correction else 0.0
     if fused(spectrum):
         n, h, w = spectrum.shape
@@ -112,7 +112,8 @@ def set_modulus_(
     error = None
     if with_error:
         misfit = (modulus - magnitudes).square()
-        error = float((misfit if valid is None else misfit[valid.expand_as(misfit)]).sum())
+        measured = misfit if valid is None else torch.where(valid, misfit, 0.0)
+        error = measured.sum(dtype=torch.float64)  # stays on the device: no synchronisation
     scale = magnitudes / modulus
     if valid is not None:
         scale = torch.where(valid, scale, 1.0)

@@ -196,7 +196,7 @@ def run_epie(
             update_(obj, probe_sums, at, bank, bank_power, shift, change, recipe.object_alpha, peak)
             done += len(batch)
             yield done, total
-        errors.append(error / (power * n))
+        errors.append(float(error) / (power * n))  # a GPU's sum read once per epoch
         if update_probe:
             probe = _updated_probe(probe, *probe_sums, ramps, recipe)
             probe, obj = _without_phase_ramp(probe, obj, centre)
