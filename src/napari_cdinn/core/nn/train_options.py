@@ -67,6 +67,11 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
         "has it (weights, head, loss and data stay float32). 30 epochs in the 68 minutes "
         "instead of 19 did not give a better model in one run (README)",
     )  # fmt: skip
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where the network trains (auto: a CUDA GPU when there is one); the simulation "
+        "runs on the CPU, in --threads processes",
+    )  # fmt: skip
     _common(parser, "wideangle", width=16, batch=64, minutes=68.0)
 
 

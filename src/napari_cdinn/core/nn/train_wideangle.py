@@ -21,6 +21,7 @@ import torch
 
 from ... import __version__
 from .. import icosahedral
+from ..device import resolve_device
 from ..simulate.wideangle import (
     ABSORPTION_LENGTH,
     DYNAMIC_RANGE,
@@ -50,8 +51,11 @@ def _simulate_chunk(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.round(images * 255).astype(np.uint8), orientations, radii
 
 
-def training_data(n_shots: int, seed: int, workdir: Path, log: Log) -> dict[str, np.ndarray]:
-    """Simulate (in 2 single-threaded processes) or load the cached training shots."""
+def training_data(
+    n_shots: int, seed: int, workdir: Path, log: Log, processes: int = 2
+) -> dict[str, np.ndarray]:
+    """Simulate (in ``processes`` single-threaded processes) or load the cached training
+    shots."""
     cache = workdir / f"shots_n{n_shots}_seed{seed}.npz"
     if cache.exists():
         log(f"loading cached training shots {cache}")
@@ -61,7 +65,7 @@ def training_data(n_shots: int, seed: int, workdir: Path, log: Log) -> dict[str,
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[name] = "1"  # read by the spawned workers as they start
     seeds = [seed * 1_000_000 + i for i in range(-(-n_shots // CHUNK))]
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(_simulate_chunk, seeds)
     data = {
         "images": np.concatenate([p[0] for p in parts])[:n_shots],
@@ -85,10 +89,10 @@ def augmented_set(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarr
     return corrupted[:, 0], orientations, radii
 
 
-def evaluate(model: WideAngleNet, n: int = 1000) -> dict:
+def evaluate(model: WideAngleNet, n: int = 1000, device: torch.device | str = "cpu") -> dict:
     """Scores on ``n`` held-out augmented shots, with the consensus of the eight flips."""
     images, orientations, radii = augmented_set(n, HELD_OUT_SEED)
-    q, r = predict(model.eval(), images.numpy())
+    q, r = predict(model.eval(), images.numpy(), device)
     errors = parameter_errors(q, r, orientations, radii)
     return {
         "shots": n,
@@ -102,38 +106,46 @@ def evaluate(model: WideAngleNet, n: int = 1000) -> dict:
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
     torch.set_num_threads(args.threads)
-    args.precision = training_precision(args.precision)
+    device = resolve_device(args.device)
+    args.device = str(device)  # as recorded on the card
+    args.precision = training_precision(args.precision) if device.type == "cpu" else "float32"
     args.out = args.out or user_dir()
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = Log(args.log or args.workdir / "train_wideangle.log")
     log(f"start: {vars(args)}")
-    data = training_data(args.n_shots, args.seed, args.workdir, log)
-    images = torch.as_tensor(data["images"])
+    data = training_data(args.n_shots, args.seed, args.workdir, log, args.threads)
+    images = torch.as_tensor(data["images"]).to(device)
     orientations = torch.as_tensor(data["orientations"], dtype=torch.float32)
-    radii = torch.as_tensor(data["radii"], dtype=torch.float32)
+    radii = torch.as_tensor(data["radii"], dtype=torch.float32).to(device)
     val_images, val_q, val_r = augmented_set(args.n_val, VALIDATION_SEED)
-    val_q, val_r = torch.as_tensor(val_q, dtype=torch.float32), torch.as_tensor(val_r).float()
+    val_images = val_images.to(device)
+    val_q = torch.as_tensor(val_q, dtype=torch.float32).to(device)
+    val_r = torch.as_tensor(val_r).float().to(device)
     torch.manual_seed(args.seed)
     model = WideAngleNet(width=args.width, equalise=args.equalise, stem=args.stem).to(
-        memory_format=torch.channels_last
+        device, memory_format=torch.channels_last
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
     state = resume(checkpoint, model, optimizer, log)
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
+    # the augmentation draws on the data's device (the CPU's stream is the bundled recipe's)
+    on_device = generator
+    if device.type != "cpu":
+        on_device = torch.Generator(device).manual_seed(args.seed + state["epoch"])
     transforms = image_transforms()
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
-        x = augment(images[index].float()[:, None] / 255, generator)
+        x = augment(images[index.to(device)].float()[:, None] / 255, on_device)
         apply, turn = transforms[int(torch.randint(8, (1,), generator=generator))]
-        q = torch.as_tensor(icosahedral.multiply(turn, orientations[index].numpy()))
+        q = torch.as_tensor(icosahedral.multiply(turn, orientations[index].numpy())).to(device)
         with torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bfloat16"):
             predicted_q, predicted_r = model(apply(x).contiguous(memory_format=torch.channels_last))
-        return loss(predicted_q, predicted_r, q.float(), radii[index])
+        return loss(predicted_q, predicted_r, q.float(), radii[index.to(device)])
 
     def validation_loss() -> float:
         losses = []
-        for index in torch.arange(len(val_images)).split(500):
+        for index in torch.arange(len(val_images), device=device).split(500):
             q, r = model(val_images[index][:, None].contiguous(memory_format=torch.channels_last))
             losses.append(float(loss(q, r, val_q[index], val_r[index])) * len(index))
         return sum(losses) / len(val_images)
@@ -145,7 +157,7 @@ def train(args: argparse.Namespace) -> Path:
         clip_norm=args.clip_norm,
     )  # fmt: skip
 
-    held_out = evaluate(model)
+    held_out = evaluate(model, device=device)
     log(f"held-out: {held_out}")
     detector = Detector()
     card = {

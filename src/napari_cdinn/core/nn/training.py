@@ -41,8 +41,12 @@ def training_precision(choice: str) -> str:
     return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
-def machine() -> str:
-    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+def machine(device: str = "cpu") -> str:
+    """What trained a model, for its card: the CPU threads, or the GPU."""
+    where = f"{platform.machine()}, {torch.get_num_threads()} CPU threads"
+    if device.startswith("cuda"):
+        where += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return f"{where}, torch {torch.__version__}"
 
 
 def training_record(script: str, loss: str, args, state: dict) -> dict:
@@ -59,7 +63,7 @@ def training_record(script: str, loss: str, args, state: dict) -> dict:
         ),
         "epochs": state["epoch"],
         "minutes": round(state["elapsed_s"] / 60, 1),
-        "machine": machine(),
+        "machine": machine(getattr(args, "device", "cpu")),
         "history": state["history"],
     }
 
@@ -69,7 +73,7 @@ def resume(checkpoint: Path, model, optimizer, log: Log) -> dict:
     checkpoint of a network with other arguments (width, patch, ...) is refused by name."""
     state = {"epoch": 0, "elapsed_s": 0.0, "history": []}
     if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # GPU-made too
         if saved.get("arguments", model.arguments()) != model.arguments():
             raise InputError(
                 checkpoint,

@@ -101,24 +101,26 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     display images of unknown scaling), the finite detector (a centred rectangle of random
     size, 36 to 100 % of the frame each way, with cut corners), the beam stop's central hole,
     a gap between detector tiles and blind spots, and salt-and-pepper pixels.  Each sample
-    draws its own strengths."""
+    draws its own strengths.  ``generator`` is on the images' device (CPU or CUDA)."""
+    device = images.device
 
     def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-        return low + (high - low) * torch.rand(shape or (b,), generator=generator)
+        return low + (high - low) * torch.rand(shape or (b,), generator=generator, device=device)
 
     b, _, h, w = images.shape
     out = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    shifts = torch.randint(0, 9, (b, 2), generator=generator)
+    shifts = torch.randint(0, 9, (b, 2), generator=generator, device=device)
     out = torch.stack([out[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(shifts.tolist())])
     sigma = 5 * uniform(0, 1) ** 3
     rows = blur_rows(sigma, h)
     out = rows @ out @ (rows if w == h else blur_rows(sigma, w)).transpose(-2, -1)
-    gain = torch.randn((b, 1, 4, 4), generator=generator) * uniform(0, 0.025)[:, None, None, None]
-    out = out + _smooth_rows(h) @ gain @ _smooth_rows(w).T
+    gain = torch.randn((b, 1, 4, 4), generator=generator, device=device)
+    gain = gain * uniform(0, 0.025)[:, None, None, None]
+    out = out + _smooth_rows(h).to(device) @ gain @ _smooth_rows(w).to(device).T
     # one uniform draw per pixel serves the salt and pepper (below ``rate``) and, rescaled to
     # [0, 1), the noise of the other pixels (the salt and pepper overwrite theirs)
     rate = uniform(0, 0.01)[:, None, None, None]
-    draw = torch.rand(out.shape, generator=generator)
+    draw = torch.rand(out.shape, generator=generator, device=device)
     noise = ((draw - rate) / (1 - rate) - 0.5) * 2 * uniform(0, 0.04)[:, None, None, None]
     out = out + noise
     floor, gamma = uniform(0, 0.6)[:, None, None, None], uniform(0.7, 1.6)[:, None, None, None]
@@ -150,12 +152,12 @@ def blur_rows(sigma: torch.Tensor, n: int, reach: int = 12) -> torch.Tensor:
     """(B, 1, n, n) matrices that blur along one axis by a Gaussian of ``sigma`` (B,) pixels:
     a 2 ``reach`` + 1 tap kernel normalised to sum 1, zero beyond the edges, so that
     ``rows @ image @ columns.T`` is the separable 2D blur as one batched product."""
-    taps = torch.arange(-reach, reach + 1, dtype=torch.float32)
+    taps = torch.arange(-reach, reach + 1, dtype=torch.float32, device=sigma.device)
     kernel = torch.exp(-(taps**2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
     kernel = kernel / kernel.sum(-1, keepdim=True)
-    zeros = torch.zeros(len(sigma), n - 1, dtype=torch.float32)
+    zeros = torch.zeros(len(sigma), n - 1, dtype=torch.float32, device=sigma.device)
     padded = torch.cat([zeros, kernel, zeros], dim=1)  # tap d at column d + reach + n - 1
-    index = torch.arange(n)
+    index = torch.arange(n, device=sigma.device)
     return padded[:, index[:, None] - index[None, :] + reach + n - 1][:, None]
 
 
