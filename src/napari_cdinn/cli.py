@@ -447,7 +447,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="training pairs simulated from the reference and its probe, added to the region's "
         "(0: none); a probe unlike the pretraining's needs them, and some 3 minutes",
     )
-    few_shot.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     few_shot.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")
     train.set_defaults(func=cmd_train)
     return parser

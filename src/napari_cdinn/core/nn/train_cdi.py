@@ -19,6 +19,7 @@ import torch
 
 from ... import __version__
 from .. import metrics
+from ..device import resolve_device
 from ..simulate.cdi import simulate_cdi
 from .cdi import inference_model, predict, training_targets, twin_invariant_loss
 from .cdi_net import CDINet, preprocess
@@ -44,8 +45,10 @@ def simulate_chunk(args: tuple[int, int, int]) -> dict[str, np.ndarray]:
     return {"intensities": intensities, "target": target, "twin": twin_target}
 
 
-def training_data(n: int, size: int, seed: int, workdir: Path, log) -> dict[str, np.ndarray]:
-    """Simulate (in 2 processes) or load the cached training set."""
+def training_data(
+    n: int, size: int, seed: int, workdir: Path, log, processes: int = 2
+) -> dict[str, np.ndarray]:
+    """Simulate (in ``processes`` processes) or load the cached training set."""
     cache = workdir / f"data_n{n}_s{size}_seed{seed}.npz"
     if cache.exists():
         log(f"loading cached training data {cache}")
@@ -53,7 +56,7 @@ def training_data(n: int, size: int, seed: int, workdir: Path, log) -> dict[str,
             return {k: data[k] for k in data.files}
     start = time.time()
     jobs = [(min(CHUNK, n - lo), size, seed * 1000 + i) for i, lo in enumerate(range(0, n, CHUNK))]
-    with Pool(2) as pool:
+    with Pool(processes) as pool:
         parts = pool.map(simulate_chunk, jobs)
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     log(f"simulated {n} patterns in {time.time() - start:.0f} s")
@@ -66,7 +69,8 @@ def training_data(n: int, size: int, seed: int, workdir: Path, log) -> dict[str,
 def evaluate(model: CDINet, n: int, size: int) -> dict[str, float]:
     """Held-out medians on noiseless patterns the network never saw."""
     held_out = simulate_cdi(n, size=size, seed=HELD_OUT_SEED)
-    objects = predict(inference_model(model), held_out.intensities)
+    device = next(model.parameters()).device
+    objects = predict(inference_model(model), held_out.intensities, device)
     corr = metrics.registered_correlation(objects, held_out.truth)
     rms = metrics.phase_rms(objects, held_out.truth)
     chi2 = metrics.chi2(objects, held_out.intensities)
@@ -83,25 +87,28 @@ def train(args: argparse.Namespace) -> Path:
     """Run the training described by ``args`` (see ``train_options.add_cdi_arguments``);
     returns the weights file."""
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.device = str(device)  # as recorded on the card
     args.out = args.out or user_dir()
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = Log(args.log or args.workdir / "train_cdi.log")
 
     log(f"start: {vars(args)}")
-    data = training_data(args.n_train + args.n_val, args.size, args.seed, args.workdir, log)
-    x_all = torch.as_tensor(data["intensities"])
-    target_all = torch.as_tensor(data["target"])
-    twin_all = torch.as_tensor(data["twin"])
+    n = args.n_train + args.n_val
+    data = training_data(n, args.size, args.seed, args.workdir, log, args.threads)
+    x_all = torch.as_tensor(data["intensities"]).to(device)
+    target_all = torch.as_tensor(data["target"]).to(device)
+    twin_all = torch.as_tensor(data["twin"]).to(device)
     n_train = args.n_train
     torch.manual_seed(args.seed)
-    model = CDINet(size=args.size, width=args.width).to(memory_format=torch.channels_last)
+    model = CDINet(size=args.size, width=args.width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
     state = resume(checkpoint, model, optimizer, log)
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
 
     def batches():
-        order = torch.randperm(n_train, generator=generator)
+        order = torch.randperm(n_train, generator=generator).to(device)
         return (
             order[lo : lo + args.batch] for lo in range(0, n_train - args.batch + 1, args.batch)
         )

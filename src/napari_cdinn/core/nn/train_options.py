@@ -24,7 +24,12 @@ def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, 
     parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
     parser.add_argument("--name", default=f"{mode}_nn")
     parser.add_argument("--log", type=Path, help=f"log file (default: WORKDIR/train_{mode}.log)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads and processes")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where the network trains (auto: a CUDA GPU when there is one; the bundled models "
+        "were trained on 2 CPU cores); the simulation runs on the CPU",
+    )  # fmt: skip
 
 
 def add_cdi_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,11 +71,6 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
         "AVX-512 BF16 or AMX and is emulated, slower, on others; auto: bfloat16 where the CPU "
         "has it (weights, head, loss and data stay float32). 30 epochs in the 68 minutes "
         "instead of 19 did not give a better model in one run (README)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto",
-        help="where the network trains (auto: a CUDA GPU when there is one); the simulation "
-        "runs on the CPU, in --threads processes",
     )  # fmt: skip
     _common(parser, "wideangle", width=16, batch=64, minutes=68.0)
 

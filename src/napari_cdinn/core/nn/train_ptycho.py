@@ -22,6 +22,7 @@ import torch
 
 from ... import __version__
 from .. import metrics, ptycho
+from ..device import resolve_device
 from ..progress import run_to_end
 from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, patch_offset, probe_weight, sample_patches
@@ -57,16 +58,16 @@ def simulate_scan(seed: int, patch: int = SIZE) -> dict[str, np.ndarray]:
 
 
 def training_data(
-    n_scans: int, seed: int, workdir: Path, log: Log, patch: int = SIZE
+    n_scans: int, seed: int, workdir: Path, log: Log, patch: int = SIZE, processes: int = 2
 ) -> dict[str, np.ndarray]:
-    """Simulate (in 2 processes) or load the cached training scans."""
+    """Simulate (in ``processes`` processes) or load the cached training scans."""
     cache = workdir / f"scans_n{n_scans}_seed{seed}_patch{patch}.npz"
     if cache.exists():
         log(f"loading cached training data {cache}")
         with np.load(cache) as data:
             return {k: data[k] for k in data.files}
     start = time.time()
-    with Pool(2) as pool:
+    with Pool(processes) as pool:
         seeds = [seed * 100_000 + i for i in range(n_scans)]
         parts = pool.map(partial(simulate_scan, patch=patch), seeds, chunksize=8)
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -80,14 +81,15 @@ def training_data(
     return data
 
 
-def evaluate(model: PtychoNet) -> dict[str, float]:
+def evaluate(model: PtychoNet, device: str = "cpu") -> dict[str, float]:
     """SSIM of the stitched network result against the truth of a held-out scan (held-out
     textures and seed, 1e6 photons per pattern), in its well-scanned region."""
     scan = simulate_ptycho(
         (256, 256), frame=SIZE, step=10.0, photons=1e6, seed=HELD_OUT_SEED,
         textures=HELD_OUT_TEXTURES,
     )  # fmt: skip
-    result = run_to_end(ptycho.network_steps(scan, loaded=(model.eval(), {"mode": "ptycho"})))
+    loaded = (model.eval(), {"mode": "ptycho"})
+    result = run_to_end(ptycho.network_steps(scan, device=device, loaded=loaded))
     truth = ptycho.on_grid(scan.truth, result.origin, result.objects.shape)
     region = ptycho.scanned_region(scan.positions, SIZE, result.origin, result.objects.shape)
     amplitude, phase = metrics.object_ssim(result.objects, truth, region)
@@ -98,21 +100,23 @@ def evaluate(model: PtychoNet) -> dict[str, float]:
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.device = str(device)  # as recorded on the card
     args.out = args.out or user_dir()
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = Log(args.log or args.workdir / "train_ptycho.log")
     log(f"start: {vars(args)}")
-    data = training_data(args.n_scans, args.seed, args.workdir, log, args.patch)
-    inputs = torch.as_tensor(data["inputs"])
-    targets = torch.as_tensor(data["targets"])
-    weights = torch.as_tensor(data["weight"])
-    scan_of = torch.as_tensor(data["scan_of"])
+    data = training_data(args.n_scans, args.seed, args.workdir, log, args.patch, args.threads)
+    inputs = torch.as_tensor(data["inputs"]).to(device)
+    targets = torch.as_tensor(data["targets"]).to(device)
+    weights = torch.as_tensor(data["weight"]).to(device)
+    scan_of = torch.as_tensor(data["scan_of"]).to(device)
     is_validation = scan_of >= args.n_scans - args.n_val_scans  # whole scans held back
     train_index = torch.nonzero(~is_validation)[:, 0]
     val_index = torch.nonzero(is_validation)[:, 0]
     torch.manual_seed(args.seed)
     model = PtychoNet(size=SIZE, width=args.width, mixing=args.mixing, patch=args.patch).to(
-        memory_format=torch.channels_last
+        device, memory_format=torch.channels_last
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
@@ -126,7 +130,7 @@ def train(args: argparse.Namespace) -> Path:
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
     train_within_budget(
         model, optimizer, state, minutes=args.minutes, lr=args.lr,
-        batches=lambda: train_index[torch.randperm(len(train_index), generator=generator)].split(
+        batches=lambda: train_index[torch.randperm(len(train_index), generator=generator).to(device)].split(
             args.batch
         ),
         loss_of=loss_of,
@@ -135,7 +139,7 @@ def train(args: argparse.Namespace) -> Path:
         clip_norm=args.clip_norm,
     )  # fmt: skip
 
-    held_out = evaluate(model)
+    held_out = evaluate(model, args.device)
     log(f"held-out: {held_out}")
     card = {
         "name": args.name,
