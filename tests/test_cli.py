@@ -52,6 +52,32 @@ def test_an_output_in_a_missing_folder_is_refused_before_the_work(tmp_path, caps
     assert "no_such_folder" in err and "does not exist" in err and "missing.cxi" not in err
 
 
+@pytest.mark.parametrize("command", ["invert", "info"])
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys, command):
+    """``invert X -o X`` (or through another path to the same file) would replace the user's
+    data with its results."""
+    data = tmp_path / "scan.cxi"
+    data.write_bytes((SAMPLES / "cdi_crystals.cxi").read_bytes())
+    before = data.read_bytes()
+    same = tmp_path / "sub" / ".." / "scan.cxi"
+    (tmp_path / "sub").mkdir()
+    assert main([command, str(data), "-o", str(same)]) == 1
+    assert "is also an input" in capsys.readouterr().err
+    assert data.read_bytes() == before
+
+
+def test_a_results_file_is_refused_as_data(tmp_path, capsys):
+    """A results file holds arrays (supports, quaternion tables) that are not patterns."""
+    from napari_cdinn.core.data import ObjectResult, Provenance
+
+    results = tmp_path / "res.h5"
+    io.write_results(results, [ObjectResult(np.ones((2, 8, 8), np.complex64), Provenance("t"))])
+    assert main(["invert", str(results), "-o", str(tmp_path / "again.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "res.h5" in err and "results file, not diffraction data" in err
+    assert not (tmp_path / "again.h5").exists()
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -482,6 +482,18 @@ class _QuietWhenUnread:
         return getattr(self.stream, name)
 
 
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """Every file the command reads (its output must be none of them)."""
+    named = [getattr(args, name, None) for name in ("input", "file", "scan", "reference", "model")]
+    paths: list[Path] = []
+    for value in named:
+        if isinstance(value, list | tuple):
+            paths.extend(Path(v) for v in value)
+        elif value is not None:
+            paths.append(Path(value))
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _print_warning
@@ -490,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "output", None) is not None:
             from .core.io.results import check_output
 
-            check_output(args.output)  # before the work, not after it
+            check_output(args.output, _inputs(args))  # before the work, not after it
         return int(args.func(args) or 0)
     except CdinnError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -67,6 +67,21 @@ def test_open_path_reads_in_a_worker_and_adds_layers(viewer, dock, qtbot, error_
     assert "kind: PtychoScan" in dock.info.toPlainText()
 
 
+def test_open_path_shows_a_results_file_as_its_results(viewer, dock, qtbot, tmp_path):
+    """Open on a results file shows its results, as a drop does (not its arrays as frames)."""
+    from napari_cdinn.core import io
+    from napari_cdinn.core.data import ObjectResult, Provenance
+
+    path = tmp_path / "results.h5"
+    objects = np.full((2, 16, 16), 0.5 * np.exp(0.3j), np.complex64)
+    io.write_results(path, [ObjectResult(objects, Provenance("NN"))])
+    dock.open_path(path)
+    qtbot.waitUntil(lambda: len(viewer.layers) >= 2, timeout=WAIT_MS)
+    wait_for_worker(qtbot, dock)
+    amplitude = next(layer for layer in viewer.layers if "amplitude" in layer.name)
+    np.testing.assert_allclose(amplitude.data, 0.5, rtol=1e-6)
+
+
 def test_corrupt_file_in_dock_is_an_error_notification(
     viewer, dock, qtbot, tmp_path, error_messages
 ):

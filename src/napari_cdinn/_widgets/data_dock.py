@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _settings
-from .._reader import stack_layers
+from .._reader import read_layers, stack_layers
 from ..core import io
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import CdinnError
@@ -108,7 +108,8 @@ class DataDock(QWidget):
         self.path_edit.setText(str(path))
         self.open_button.setEnabled(False)
         self.worker = create_worker(
-            lambda: stack_layers(io.read(path, dataset=dataset)),  # as a drop: invert on open
+            # as a drop: invert on open, a results file's layers
+            lambda: stack_layers(io.read(path, dataset=dataset)) if dataset else read_layers(path),
             _progress={"desc": f"Opening {path.name}"},
             _ignore_errors=True,  # report_error shows them; re-raising would make them "unhandled"
         )

@@ -81,6 +81,11 @@ def read(
     if not path.exists():
         raise InputError(path, "file not found")
     kind = file_kind(path)
+    if kind in ("hdf5", "cxi") and is_results(path):
+        raise InputError(
+            path, "a napari-cdinn results file, not diffraction data (open it in napari, or "
+            "napari-cdinn info, to see its results)",
+        )  # fmt: skip
     if kind == "cxi":
         return read_cxi(path, dataset, lazy)
     if kind == "hdf5":

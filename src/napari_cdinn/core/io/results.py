@@ -37,15 +37,29 @@ from ..errors import CdinnError, InputError
 from .hdf5 import damaged_as_input_error, open_h5
 
 
-def check_output(target: str | Path) -> Path:
-    """``target`` as a file that can be written: not a folder, in a folder that exists (the
-    command line checks it before the work, so a mistyped path costs no minutes of computing)."""
+def check_output(target: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """``target`` as a file that can be written: not a folder, in a folder that exists and may
+    be written, and none of the ``inputs`` (which it would replace: the user's data lost). The
+    command line checks it before the work, so a mistyped path costs no minutes of computing."""
     target = Path(target)
     if target.is_dir():
         raise CdinnError(f"{target}: is a folder; give a file name for the output")
-    if not target.parent.exists():
-        raise CdinnError(f"{target}: the folder {target.parent} does not exist")
+    folder = target.parent
+    if not folder.exists():
+        raise CdinnError(f"{target}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CdinnError(f"{target}: the folder {folder} is not writable")
+    for source in inputs:
+        if _same_file(target, Path(source)):
+            raise CdinnError(f"{target}: is also an input; the output would replace it")
     return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links and relative paths too)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def _new_file_mode(target: Path) -> int:
