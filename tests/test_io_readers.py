@@ -279,6 +279,28 @@ def test_tiff_multi_page(tmp_path):
     assert_stack(stack, frames)
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_tiff_written_page_by_page_reads_every_page(tmp_path, lazy):
+    """A TIFF whose pages were written one at a time holds one series per page; tifffile's
+    default read gives the first page alone (four of five frames silently lost)."""
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for k in range(5):
+            tif.write(np.full((16, 16), k, np.uint16))
+    stack = cio.read(path, lazy=lazy)
+    assert stack.intensities.shape == (5, 16, 16)
+    np.testing.assert_array_equal(np.asarray(stack.intensities)[:, 0, 0], np.arange(5))
+
+
+def test_tiff_pages_of_different_shapes_are_refused_by_name(tmp_path):
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.zeros((16, 16), np.uint16))
+        tif.write(np.zeros((8, 16), np.uint16))
+    with pytest.raises(InputError, match=r"mixed\.tif.*pages differ in shape"):
+        cio.read(path)
+
+
 def test_tiff_folder_in_natural_order(tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -45,7 +45,7 @@ def _files_of(path: str | Path | list[Path], suffixes: tuple[str, ...]) -> tuple
     return (frame_files(path, suffixes) if path.is_dir() else [path]), str(path)
 
 
-def _read_tiff_file(path: Path, page: int | None = None) -> np.ndarray:
+def _read_tiff_file(path: Path, page: int | range | None = None) -> np.ndarray:
     try:
         return tifffile.imread(path, key=page)
     except FileNotFoundError:
@@ -63,19 +63,34 @@ def _read_tiff_frame(path: Path, page: int | None, frame: tuple[int, ...]) -> np
     return image
 
 
-def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def _tiff_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, range | None]:
+    """Shape and dtype of a TIFF file's frames, and the pages to read: None for one series
+    (tifffile's own reading), every page for a file of several series (pages written one by
+    one), which tifffile would read as its first page alone."""
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            series, pages = tif.series[0], None
             colour = "S" in series.axes  # samples per pixel: RGB(A), not one intensity
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            if len(tif.series) > 1:
+                found = {(tuple(p.shape), np.dtype(p.dtype)) for p in tif.pages}
+                colour = colour or any("S" in s.axes for s in tif.series)
+                if len(found) > 1:
+                    raise InputError(
+                        path, f"its {len(tif.pages)} pages differ in shape or type: "
+                        + ", ".join(sorted(f"{shape_} {dtype_}" for shape_, dtype_ in found)),
+                    )  # fmt: skip
+                pages = range(len(tif.pages))
+                shape = (len(tif.pages), *shape)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except InputError:
+        raise
     except Exception as err:
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
     if colour:
         raise InputError(path, "a colour (RGB) TIFF; diffraction frames are greyscale intensities")
-    return shape, dtype
+    return shape, dtype, pages
 
 
 def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> DiffractionStack:
@@ -84,7 +99,7 @@ def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> Diffra
     files, source = _files_of(path, TIFF_SUFFIXES)
     if not files:
         raise InputError(path, "the folder holds no .tif/.tiff frames")
-    first_shape, dtype = _tiff_shape(files[0])
+    first_shape, dtype, first_pages = _tiff_layout(files[0])
     pages = len(files) if len(files) > 1 else None
     shape = (pages, *first_shape) if pages else first_shape
     check_stack_shape(shape, dtype, source)
@@ -99,7 +114,7 @@ def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> Diffra
             da.from_delayed(dask.delayed(_read_tiff_frame)(*r, frame), frame, dtype) for r in reads
         ]
         return DiffractionStack(da.stack(parts).astype(np.float32), None, meta)
-    arrays = [_read_tiff_file(f) for f in files]
+    arrays = [_read_tiff_file(f, first_pages) for f in files]
     for f, a in zip(files, arrays, strict=True):
         if a.shape != first_shape:
             raise InputError(f, f"frame shape {a.shape} differs from the first frame {first_shape}")
