@@ -223,6 +223,29 @@ def test_simulate_ptycho_gives_requested_positions(tmp_path):
         assert h5["entry_1/sample_1/geometry_1/translation"].shape == (40, 3)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["simulate", "cdi", "-n", "1", "--size", "8"], "at least 16 pixels"),  # looped forever
+        (["simulate", "wideangle", "-n", "1", "--size", "64"], "the detector is 128 x 128"),
+        (["simulate", "ptycho", "-n", "4", "--size", "16", "--object-size", "8"], "no room"),
+        (["simulate", "ptycho", "-n", "4", "--size", "16", "--object-size", "17"], "no scan"),
+    ],
+)
+def test_simulate_refuses_sizes_it_cannot_make(tmp_path, capsys, argv, message):
+    out = tmp_path / "s.cxi"
+    assert main([*argv, "-o", str(out)]) == 1
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("region", ["nan:50,0:50", "-inf:50,0:50", "0:1e400,0:50"])
+def test_a_region_of_bounds_that_are_not_numbers_is_refused(region):
+    from napari_cdinn.cli import CdinnError, parse_region
+
+    with pytest.raises(CdinnError, match="finite"):
+        parse_region(region)
+
+
 def test_simulate_refuses_no_patterns(tmp_path, capsys):
     assert main(["simulate", "wideangle", "-n", "0", "-o", str(tmp_path / "w.h5")]) == 1
     assert "at least 1" in capsys.readouterr().err

@@ -23,6 +23,8 @@ from .core.errors import CdinnError
 PROG = "napari-cdinn"
 MODES = ("cdi", "ptycho", "wideangle")
 SIMULATE_MODES = MODES
+MIN_SIMULATED_SIZE = 16  # a CDI object fills the central half of its grid: 8 x 8 pixels here
+DETECTOR_PIXELS = 128  # the wide-angle simulator's detector (core.simulate.wideangle.Detector)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -78,7 +80,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CdinnError("simulate: -n must be at least 1")
     if args.mode == "wideangle":
+        if args.size not in (None, DETECTOR_PIXELS):
+            raise CdinnError(
+                f"simulate wideangle: the detector is {DETECTOR_PIXELS} x {DETECTOR_PIXELS} "
+                f"pixels; --size {args.size} cannot be given"
+            )
         return _simulate_wideangle(args)
+    args.size = args.size or 64
+    if args.size < MIN_SIMULATED_SIZE:
+        raise CdinnError(
+            f"simulate {args.mode}: --size {args.size} is too small for an object with an "
+            f"oversampled support; at least {MIN_SIMULATED_SIZE} pixels"
+        )
+    if args.mode == "ptycho" and args.object_size is not None and args.object_size <= args.size:
+        raise CdinnError(
+            f"simulate ptycho: --object-size {args.object_size} leaves no room to scan frames "
+            f"of {args.size} pixels; give more than {args.size}"
+        )
     if args.mode == "cdi":
         from .core.simulate.cdi import simulate_cdi
 
@@ -93,6 +111,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             photons=args.photons, every=args.every, seed=args.seed,
         )  # fmt: skip
         data = data.subset(slice(0, args.n))
+        if not len(data.positions):
+            raise CdinnError(
+                f"simulate ptycho: no scan position fits frames of {args.size} pixels on an "
+                f"object of {side} pixels at step {args.step:g}; give a larger --object-size"
+            )
     write_cxi(args.output, data)
     print(f"wrote {args.output}")
     return 0
@@ -260,6 +283,8 @@ def parse_region(spec: str) -> tuple[float, float, float, float]:
         (y0, y1), (x0, x1) = ([float(v) for v in part.split(":")] for part in spec.split(","))
     except ValueError:
         raise CdinnError(f"--region '{spec}': use y0:y1,x0:x1 (scan coordinates)") from None
+    if not np.isfinite([y0, y1, x0, x1]).all():
+        raise CdinnError(f"--region '{spec}': the bounds must be finite numbers")
     if y1 <= y0 or x1 <= x0:
         raise CdinnError(f"--region '{spec}': empty (need y0 < y1 and x0 < x1)")
     return y0, y1, x0, x1
@@ -403,7 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("-o", "--output", type=Path, required=True)
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument(
-        "--size", type=POSITIVE, default=64, help="pattern / frame size in pixels"
+        "--size",
+        type=POSITIVE,
+        help="pattern / frame size in pixels (cdi, ptycho: default 64; "
+        "wideangle: its detector's 128)",
     )
     simulate.add_argument(
         "--photons", type=_at_least(1e-9, float), help="counts per pattern (Poisson); default none"
