@@ -11,7 +11,7 @@ import torch
 
 from napari_cdinn.core import cdi, metrics, postprocess
 from napari_cdinn.core.data import DiffractionStack, Metadata
-from napari_cdinn.core.errors import InputError, InputWarning
+from napari_cdinn.core.errors import CdinnError, InputError, InputWarning
 from napari_cdinn.core.nn.registry import default_model as registry_default
 from napari_cdinn.core.nn.registry import load_model, save_model
 from napari_cdinn.core.progress import run_to_end
@@ -221,6 +221,34 @@ def test_corrupt_or_mismatched_model_files_are_refused(tmp_path, device):
     ptycho_model = registry_default("ptycho")
     with pytest.raises(InputError, match=r"ptycho_nn\.safetensors: a ptycho model, not a CDI"):
         run_to_end(cdi.network_steps(simulate_cdi(1, seed=2), ptycho_model, device=device))
+    # cards that are not objects, or whose sizes are not whole positive numbers
+    for bad_card, message in (
+        (5, "not a JSON object"),
+        ({**card, "arguments": {"size": -4}}, "'size' is -4"),
+        ({**card, "arguments": {"size": "64"}}, "'size' is '64'"),
+        ({**card, "arguments": {"width": 0}}, "'width' is 0"),
+    ):
+        (tmp_path / "ok.json").write_text(json.dumps(bad_card))
+        with pytest.raises(InputError, match=rf"ok\.json: .*{message}"):
+            load_model(tmp_path / "ok.safetensors")
+
+
+def test_a_model_whose_card_cannot_be_written_leaves_the_old_pair(tmp_path, monkeypatch):
+    """Weights and card replace their files together or not at all."""
+    from napari_cdinn.core.nn import registry
+    from napari_cdinn.core.nn.cdi_net import CDINet
+
+    card = {"name": "m", "version": "1", "mode": "cdi", "architecture": "CDINet", "arguments": {}}
+    path = save_model(CDINet(), tmp_path / "m.safetensors", card)
+    before = path.read_bytes(), (tmp_path / "m.json").read_text()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry.json, "dumps", full_disk)
+    with pytest.raises(CdinnError, match=r"m\.json: could not be written"):
+        save_model(CDINet(), path, {**card, "version": "2"})
+    assert (path.read_bytes(), (tmp_path / "m.json").read_text()) == before
 
 
 def test_refine_of_resampled_patterns_is_refused_before_the_iterative_run(device):

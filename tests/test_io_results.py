@@ -185,7 +185,7 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
 
     original = results_module._write_provenance
     monkeypatch.setattr(results_module, "_write_provenance", fail_after_first)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CdinnError, match=r"out\.h5: could not be written \(disk full"):
         cio.write_results(target, [object_result(), orientation_result()])
     assert len(calls) == 2
     assert target.read_bytes() == before
@@ -277,7 +277,7 @@ def test_write_tiff_refuses_complex_and_keeps_old_file_on_failure(tmp_path, monk
         raise OSError("no space left on device")
 
     monkeypatch.setattr(results_module.tifffile, "imwrite", half_written)
-    with pytest.raises(OSError, match="no space"):
+    with pytest.raises(CdinnError, match=r"could not be written \(no space"):
         cio.write_tiff(target, np.zeros((4, 4)))
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["amp.tif"]

@@ -76,15 +76,21 @@ def _new_file_mode(target: Path) -> int:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
     target = check_output(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    mode = _new_file_mode(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise CdinnError(f"{target}: cannot be written ({err.strerror or err})") from None
     os.close(fd)
     tmp_path = Path(tmp)
-    tmp_path.chmod(_new_file_mode(target))
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        tmp_path.chmod(mode)  # after writing: a read-only mode kept from the old file
         os.replace(tmp_path, target)
+    except OSError as err:  # the disk full, the file system gone read-only
+        raise CdinnError(f"{target}: could not be written ({err.strerror or err})") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

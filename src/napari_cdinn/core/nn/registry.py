@@ -78,9 +78,20 @@ def read_card(weights: str | Path) -> dict[str, Any]:
         raise InputError(weights, f"model card {path.name} is missing beside the weights") from None
     except (OSError, ValueError) as err:
         raise InputError(path, f"model card is not valid JSON: {err}") from None
+    if not isinstance(card, dict):
+        raise InputError(path, "model card is not a JSON object of the card's entries")
     for key in ("architecture", "arguments", "mode", "name", "version"):
         if key not in card:
             raise InputError(path, f"model card lacks '{key}'")
+    arguments = card["arguments"]
+    if not isinstance(arguments, dict):
+        raise InputError(path, "model card's 'arguments' is not a JSON object")
+    for key, least in (("size", 1), ("width", 1), ("patch", 1), ("mixing", 0)):  # where given
+        value = arguments.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(
+                path, f"model card's '{key}' is {value!r}, not a whole number >= {least}"
+            )
     return card
 
 
@@ -96,10 +107,11 @@ def save_model(model: nn.Module, weights: str | Path, card: dict[str, Any]) -> P
     weights = Path(weights)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp))
-    with atomic_path(card_path(weights)) as tmp:
-        tmp.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    # both written before either replaces its file: a failed card leaves no new weights beside
+    # an old card
+    with atomic_path(weights) as new_weights, atomic_path(card_path(weights)) as new_card:
+        save_file(state, str(new_weights))
+        new_card.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return weights
 
 
@@ -123,7 +135,7 @@ def load_model(weights: str | Path, device: torch.device | str = "cpu") -> tuple
         raise InputError(weights, f"unknown architecture '{card['architecture']}' in its card")
     try:
         model = architecture(**card["arguments"])
-    except TypeError as err:
+    except (TypeError, ValueError, RuntimeError) as err:
         raise InputError(
             weights, f"card arguments do not fit {card['architecture']}: {err}"
         ) from None
