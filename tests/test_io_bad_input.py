@@ -466,3 +466,26 @@ def test_a_file_that_fails_to_read_is_closed(tmp_path):
     open_files = [obj for obj in gc.get_objects() if type(obj) is h5py.File and obj.id.valid]
     assert not [f for f in open_files if Path(f.filename) == path]
     assert kept.tb is not None  # the error, with its frames, is still alive here
+
+
+def test_true_objects_that_do_not_match_the_frames_are_refused(tmp_path, write_cxi):
+    """A simulation file's per-frame truth of another count (selecting frames then failed with
+    an index error deep in the stack's subset)."""
+    frames = RNG.random((2, 16, 16)).astype(np.float32)
+    path = write_cxi(tmp_path / "truth.cxi", frames)
+    with h5py.File(path, "a") as h5:
+        h5["entry_1/sample_1/true_object"] = np.ones((1, 16, 16), np.complex64)
+    refused(path, "true objects", "2 frames")
+    ptychonn = tmp_path / "pairs.npz"
+    np.savez(ptychonn, reciprocal=RNG.random((4, 16, 16)), real=np.ones((2, 16, 16), complex))
+    refused(ptychonn, "true objects", "4 frames")
+
+
+def test_tike_scans_of_one_dimensional_data_or_a_text_probe_are_refused(tmp_path):
+    scan = np.zeros((3, 2))
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, data=RNG.random(48), scan=scan)
+    refused(flat, "dimension")
+    text = tmp_path / "text_probe.npz"
+    np.savez(text, data=RNG.random((3, 16, 16)), scan=scan, probe=np.array(["not a probe"]))
+    refused(text, "probe is not numeric")

@@ -20,7 +20,13 @@ import numpy as np
 from ..data import DiffractionStack, Metadata, PtychoScan
 from ..errors import InputError
 from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
-from .checks import check_positions, check_stack_shape, repair_intensities, to_stack
+from .checks import (
+    check_positions,
+    check_stack_shape,
+    checked_truth,
+    repair_intensities,
+    to_stack,
+)
 
 # What numpy, zipfile, zlib and bz2 raise on damaged files (a mangled header, a bad zip member;
 # TypeError: a header dictionary with a bytes key, which numpy fails to sort while reporting it).
@@ -99,7 +105,8 @@ def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = N
             arrays["reciprocal"], source, Metadata(source, "npz-ptychonn", "reciprocal"), lazy
         )
         if "real" in arrays:
-            stack.truth = _complex_objects(arrays["real"], source)
+            truth = _complex_objects(arrays["real"], source)
+            stack.truth = checked_truth(truth, stack.n_frames, source)
         return stack
     numeric = [k for k, a in arrays.items() if a.dtype.kind in "biuf" and 2 <= a.ndim <= 4]
     if not numeric:
@@ -123,6 +130,7 @@ def in_fft_order(frames: np.ndarray) -> bool:
 
 def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) -> PtychoScan:
     data = arrays["data"]
+    check_stack_shape(np.shape(data), data.dtype, source)
     meta = Metadata(source, "npz-tike", "data")
     if in_fft_order(np.reshape(data, (-1, *np.shape(data)[-2:]))):
         data = np.fft.fftshift(data, axes=(-2, -1))  # tike keeps the zero frequency at [0, 0]
@@ -131,6 +139,8 @@ def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) ->
     positions = check_positions(np.reshape(arrays["scan"], (-1, 2)), stack.n_frames, source)
     probe = None
     if "probe" in arrays:
+        if np.asarray(arrays["probe"]).dtype.kind not in "biufc":
+            raise InputError(source, f"its probe is not numeric ({arrays['probe'].dtype})")
         probe = np.asarray(arrays["probe"]).astype(np.complex64)
         probe = probe.reshape((-1, *probe.shape[-2:]))
         if probe.shape[0] == 1:

@@ -29,6 +29,19 @@ def check_stack_shape(
         raise InputError(source, f"{what} frames are {shape[-2:]}; frames must be at least 2x2")
 
 
+def checked_truth(truth: np.ndarray | None, n_frames: int, source: object) -> np.ndarray | None:
+    """A simulation's true objects, one 2-D object per frame, or refused by name (a count
+    that differs made selecting frames fail with an index error)."""
+    if truth is None:
+        return None
+    truth = truth[None] if truth.ndim == 2 else truth
+    if truth.ndim != 3 or len(truth) != n_frames:
+        raise InputError(
+            source, f"its true objects {truth.shape} do not match its {n_frames} frames"
+        )
+    return truth
+
+
 def to_stack(array: Any, source: object, what: str = "diffraction data") -> Any:
     """Return ``array`` as ``(N, H, W)``: 2-D becomes one frame, 4-D scan grids are flattened.
 

@@ -18,7 +18,14 @@ import numpy as np
 
 from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
 from ..errors import InputError
-from .checks import check_mask, check_positions, check_stack_shape, repair_intensities, to_stack
+from .checks import (
+    check_mask,
+    check_positions,
+    check_stack_shape,
+    checked_truth,
+    repair_intensities,
+    to_stack,
+)
 
 LAZY_BYTES = 256 * 2**20  # datasets larger than this stay on disk (dask) unless asked otherwise
 
@@ -209,7 +216,7 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
                 translation = np.asarray(h5[tr_path][()], dtype=np.float64)
                 break
         if translation is None:
-            stack.truth = truth
+            stack.truth = checked_truth(truth, stack.n_frames, source)
             if not stack.is_lazy:
                 h5.close()
             return stack
