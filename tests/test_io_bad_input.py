@@ -489,3 +489,20 @@ def test_tike_scans_of_one_dimensional_data_or_a_text_probe_are_refused(tmp_path
     text = tmp_path / "text_probe.npz"
     np.savez(text, data=RNG.random((3, 16, 16)), scan=scan, probe=np.array(["not a probe"]))
     refused(text, "probe is not numeric")
+
+
+def test_a_damaged_chunk_of_a_lazily_read_file_names_the_file(tmp_path):
+    """A large file is read frame by frame as frames are needed; a damaged chunk found then
+    is an InputError naming the file (it was h5py's bare OSError)."""
+    path = tmp_path / "big.h5"
+    frames = RNG.random((4, 32, 32)).astype(np.float32)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("data", data=frames, chunks=(1, 32, 32), compression="gzip")
+        info = h5["data"].id.get_chunk_info(2)
+    with open(path, "r+b") as handle:  # overwrite the middle of frame 2's compressed chunk
+        handle.seek(info.byte_offset + info.size // 2)
+        handle.write(b"\0" * 16)
+    stack = cio.read(path, lazy=True)
+    np.testing.assert_allclose(np.asarray(stack.intensities[0]), frames[0])
+    with pytest.raises(InputError, match=r"big\.h5: could not read /data"):
+        np.asarray(stack.intensities[2])

@@ -148,6 +148,24 @@ def _scalar(h5: h5py.File, path: str) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
+class _NamedReads:
+    """An HDF5 dataset whose failed reads (a damaged chunk) raise an InputError naming the
+    file: a lazy stack reads its frames long after the file was opened, as they are shown or
+    inverted, and h5py's own error names neither."""
+
+    def __init__(self, dset: h5py.Dataset, source: str):
+        self.dset, self.source = dset, source
+        self.shape, self.dtype, self.ndim = dset.shape, dset.dtype, dset.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.dset[key]
+        except OSError as err:
+            raise InputError(
+                self.source, f"could not read {self.dset.name} (a damaged chunk?): {err}"
+            ) from None
+
+
 def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
     """The dataset as a float32 stack: a numpy array, or a dask array when large."""
     check_stack_shape(dset.shape, dset.dtype, source)
@@ -155,7 +173,7 @@ def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
         lazy = dset.size * dset.dtype.itemsize > LAZY_BYTES
     if lazy:
         chunks = (1,) * (dset.ndim - 2) + tuple(dset.shape[-2:])
-        lazy_frames = da.from_array(dset, chunks=chunks, inline_array=True)
+        lazy_frames = da.from_array(_NamedReads(dset, source), chunks=chunks, inline_array=True)
         return to_stack(lazy_frames, source).astype(np.float32)
     try:
         return to_stack(np.asarray(dset[()], dtype=np.float32), source)
