@@ -179,6 +179,34 @@ def test_invert_cdi_network_writes_documented_layout(tmp_path, capsys):
     assert result.chi2.shape == (4,)
 
 
+def test_results_record_the_file_frames_they_answer_for(tmp_path):
+    """``--frames -1`` on a 32-frame file: a result that says it is frame 31's (and that the
+    file held amplitudes, when it did), in every mode."""
+    cdi_out, scan_out = tmp_path / "cdi.h5", tmp_path / "scan.h5"
+    argv = ["invert", str(SAMPLES / "cdi_crystals.cxi"), "--frames", "-1", "--amplitudes"]
+    assert main([*argv, "-o", str(cdi_out)]) == 0
+    (result,) = io.read_results(cdi_out)
+    assert result.provenance.parameters["file_frames"] == [31]
+    assert result.provenance.parameters["file_held_amplitudes"] is True
+    argv = ["invert", str(SAMPLES / "ptycho_scan.cxi"), "--frames", "0:169:2"]
+    assert main([*argv, "-o", str(scan_out)]) == 0
+    (result,) = io.read_results(scan_out)
+    assert result.provenance.parameters["file_frames"] == list(range(0, 169, 2))
+    assert "file_held_amplitudes" not in result.provenance.parameters
+
+
+def test_amplitudes_are_refused_for_log_scale_shots(tmp_path, capsys):
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"  # an 8-bit display image: log scale, as the real shots
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128), np.uint8)).save(shot)
+    out = tmp_path / "w.h5"
+    argv = ["invert", str(shot), "--mode", "wideangle", "--amplitudes", "-o", str(out)]
+    assert main(argv) == 1
+    assert "--amplitudes is for files of sqrt(I)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_invert_cdi_iterative_takes_the_iterations_given(tmp_path):
     out = tmp_path / "it.h5"
     argv = ["invert", str(SAMPLES / "cdi_crystals.cxi"), "--method", "iterative",

@@ -173,6 +173,19 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray, n: int) -> Any:
+    """``result`` with the file's frames it answers for (counted from 0, negative indices
+    turned positive) and whether the file held amplitudes, in its provenance: a result of
+    ``--frames 7`` must say it is frame 7's."""
+    from dataclasses import replace
+
+    p = result.provenance
+    parameters = {**p.parameters, "file_frames": (np.asarray(frames) % n).tolist()}
+    if args.amplitudes:
+        parameters["file_held_amplitudes"] = True
+    return replace(result, provenance=replace(p, parameters=parameters))
+
+
 def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
     from .core import cdi
     from .core.data import DiffractionStack
@@ -184,7 +197,8 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
     method = args.method or "nn"
     if method not in cdi.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(cdi.METHODS)}")
-    stack = data.subset(parse_frames(args.frames, data.n_frames))
+    frames = parse_frames(args.frames, data.n_frames)
+    stack = data.subset(frames)
     if args.amplitudes:
         stack.intensities = stack.frames() ** 2
     methods = ["nn", "refine"] if method == "refine" else [method]
@@ -192,7 +206,7 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
         stack, methods, iterations=args.iterations if method == "iterative" else None,
         refine_iterations=args.iterations or 50, device=args.device, model_path=args.model,
     )  # fmt: skip
-    results = list(run_to_end(steps).values())
+    results = [_recorded(r, args, frames, data.n_frames) for r in run_to_end(steps).values()]
     for result in results:
         p = result.provenance
         print(
@@ -213,7 +227,8 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
     method = args.method or "nn"
     if method not in ptycho.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(ptycho.METHODS)}")
-    scan = data.subset(parse_frames(args.frames, len(data.positions)))
+    frames = parse_frames(args.frames, len(data.positions))
+    scan = data.subset(frames)
     if args.amplitudes:
         scan.stack.intensities = scan.stack.frames() ** 2
     if method == "epie":
@@ -226,7 +241,7 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
         result = run_to_end(ptycho.network_steps(scan, args.model, device=args.device))
     p = result.provenance
     print(f"{p.method}: {len(scan.positions)} positions in {p.wall_time_s:.3f} s")
-    return [result]
+    return [_recorded(result, args, frames, len(data.positions))]
 
 
 def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
@@ -243,12 +258,21 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     if method not in wideangle.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(wideangle.METHODS)}")
     if isinstance(data, ShotSet):
+        if args.amplitudes:
+            raise CdinnError(
+                f"{data.meta.source}: holds shots on the log scale ({data.scaling}); "
+                "--amplitudes is for files of sqrt(I)"
+            )
         images = data.images if data.images.ndim == 3 else data.images[None]
-        frames = parse_frames(args.frames, len(images))
+        n_file = len(images)
+        frames = parse_frames(args.frames, n_file)
         data = replace(data, images=images[frames])
     else:
-        frames = parse_frames(args.frames, data.n_frames)
+        n_file = data.n_frames
+        frames = parse_frames(args.frames, n_file)
         data = data.subset(frames)
+        if args.amplitudes:
+            data.intensities = data.frames() ** 2
     results = []
     if method in ("nn", "refine"):
         results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
@@ -261,9 +285,8 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     elif method == "fit":
         results.append(run_to_end(wideangle.fit_steps(data, recipe)))
     for k, result in enumerate(results):  # which of the file's frames each answer is for
-        p = result.provenance
-        results[k] = replace(result, provenance=replace(p, parameters={
-            **p.parameters, "file_frames": frames.tolist()}))  # fmt: skip
+        results[k] = _recorded(result, args, frames, n_file)
+        p = results[k].provenance
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
         numbers = p.parameters.get("shots", range(len(result.radii_nm)))  # a fit's: its shots
         for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
@@ -271,7 +294,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
             if result.flips_agreeing is not None:
                 agree = f", {result.flips_agreeing[n]} of 8 flips agree"
             print(
-                f"  shot {frames[numbers[n]]}: radius {r:.1f} nm, quaternion "
+                f"  shot {frames[numbers[n]] % n_file}: radius {r:.1f} nm, quaternion "
                 f"{np.round(q, 4).tolist()}{agree}"
             )
     return results
