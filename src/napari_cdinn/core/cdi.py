@@ -134,11 +134,12 @@ def iterative_steps(
     start = time.perf_counter()
     intensities, mask = checked_patterns(stack)
     recipe = recipe or RetrievalRecipe()
-    objects, supports, errors = yield from run_retrieval(
+    objects, supports, _ = yield from run_retrieval(
         intensities, mask, recipe=recipe, device=device, seed=seed
     )
     objects, supports = postprocess.canonical_with(objects, supports, reference, threshold)
-    return _iterative_result("iterative", objects, supports, errors, recipe, device, start, stack)
+    measured = (intensities, mask)
+    return _iterative_result("iterative", objects, supports, recipe, device, start, stack, measured)
 
 
 def refine_steps(
@@ -155,22 +156,27 @@ def refine_steps(
             f"{start_objects.shape} (the network saw resampled patterns)",
         )
     recipe = refine_recipe(iterations, shrinkwrap_threshold)
-    objects, supports, errors = yield from run_retrieval(
+    objects, supports, _ = yield from run_retrieval(
         intensities, mask, start=start_objects, recipe=recipe, device=device
     )
     objects, supports = postprocess.canonical_with(objects, supports, start_objects, threshold)
-    return _iterative_result("refine", objects, supports, errors, recipe, device, start, stack)
+    measured = (intensities, mask)
+    return _iterative_result("refine", objects, supports, recipe, device, start, stack, measured)
 
 
 def _iterative_result(
-    method: str, objects: np.ndarray, supports: np.ndarray, errors: np.ndarray,
-    recipe: RetrievalRecipe, device: str, start: float, stack: DiffractionStack,
+    method: str, objects: np.ndarray, supports: np.ndarray, recipe: RetrievalRecipe,
+    device: str, start: float, stack: DiffractionStack,
+    measured: tuple[np.ndarray, np.ndarray | None],
 ) -> ObjectResult:  # fmt: skip
+    """The result as stored; its chi2 that of the stored objects (after the canonical form,
+    whose zeroed phase outside the object changes the low frequencies a little), computed as
+    the network's is, so the methods' chi2 compare."""
     provenance = Provenance(
         method=LABELS[method], parameters={"device": device, **recipe.as_dict()},
         wall_time_s=time.perf_counter() - start, source=stack.meta.source,
     )  # fmt: skip
-    return ObjectResult(objects, provenance, support=supports, chi2=errors)
+    return ObjectResult(objects, provenance, support=supports, chi2=chi2(objects, *measured))
 
 
 def refine_recipe(iterations: int, shrinkwrap_threshold: float = 0.2) -> RetrievalRecipe:
