@@ -428,3 +428,20 @@ def test_bundled_model_orients_fresh_shots(device):
     assert np.median(ico.misorientation(q, orientations)) < 3.0
     assert np.median(np.abs(r - radii)) < 1.5
     assert np.allclose(np.linalg.norm(q, axis=1), 1) and (q[:, 0] >= 0).all()
+
+
+def test_an_infinite_pixel_of_a_lazily_read_shot_is_masked_not_its_peak():
+    """A lazily read stack is repaired when a method loads it: one +Inf pixel is masked with a
+    warning (it became the shot's peak, leaving one pixel of signal)."""
+    import dask.array as da
+
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.data import DiffractionStack, Metadata
+    from napari_cdinn.core.errors import InputWarning
+
+    intensities = wa.Simulator().intensity(80.0, np.array([1.0, 0, 0, 0]))[None].astype(np.float32)
+    intensities[0, 0, 0] = np.inf
+    stack = DiffractionStack(da.from_array(intensities), None, Metadata(source="inf.h5"))
+    with pytest.warns(InputWarning, match="inf.h5"):
+        images = wideangle.shot_images(stack)
+    assert (images > 0).mean() > 0.9 and images[0, 0, 0] == 0

@@ -29,6 +29,7 @@ from . import icosahedral
 from .data import DiffractionStack, OrientationResult, Provenance, ShotSet
 from .device import resolve_device
 from .errors import InputError, InputWarning
+from .io.checks import repair_intensities
 from .nn import registry
 from .nn.registry import load_model
 from .nn.wideangle import inference_network, predict
@@ -60,10 +61,14 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     if isinstance(data, ShotSet):
         images = np.asarray(data.images, np.float32)
     elif isinstance(data, DiffractionStack):
-        frames = data.frames()
-        if data.mask is not None:
-            frames = np.where(data.mask, frames, 0)
-        images = log_image(np.nan_to_num(frames, nan=0.0)) if frames.size else frames
+        frames, mask = data.frames(), data.mask
+        if data.is_lazy and frames.size:  # an eager stack was repaired when it was read
+            frames, mask = repair_intensities(frames, mask, source)
+        if mask is not None:
+            frames = np.where(mask, frames, 0)
+        # NaN and +-Inf as no signal (an Inf left as 3e38 would be the peak of the log scale)
+        frames = np.nan_to_num(frames, nan=0.0, posinf=0.0, neginf=0.0)
+        images = log_image(frames) if frames.size else frames
     else:
         raise InputError(source, "holds no single-shot images for the wide-angle mode")
     if images.ndim == 2:

@@ -22,7 +22,11 @@ slice, for the tests and the benchmark.
 
 Detector.  ``pixels`` x ``pixels`` samples uniform in k_perp (an Ewald-sphere map, as pyMSFT's
 default), k_perp = k0 sin(``max_angle``) at the outer edges of the edge pixels (the corners reach
-arcsin(sqrt 2 sin ``max_angle``)).  Intensities are per solid angle (times k0 / k_z).
+arcsin(sqrt 2 sin ``max_angle``)).  Intensities are counts per pixel of that grid: |A|^2 (per
+solid angle) times the pixel's solid angle, which grows as k0 / k_z towards the edges.  The
+beam's polarisation is left out (for a beam polarised along x a factor 1 - sin^2(psi)
+cos^2(phi), psi the scattering angle, down to 0.5 at the corners: the image flips keep it, the
+transposes would not).
 Images are stored and learned as log10 intensity (:func:`log_image`).
 """
 
@@ -135,7 +139,8 @@ class Simulator:
         return self._nodes[m]
 
     def intensity(self, radius: float, orientation: np.ndarray) -> np.ndarray:
-        """Scattered intensity per solid angle (arbitrary but common units)."""
+        """Scattered intensity per detector pixel (arbitrary but common units): per solid angle
+        times the pixel's solid angle (``Detector.solid_angle_factor``)."""
         amplitude = self.amplitude(radius, orientation)
         return (amplitude.real**2 + amplitude.imag**2) * self.detector.solid_angle_factor
 
