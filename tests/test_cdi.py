@@ -305,3 +305,13 @@ def test_an_iterative_results_chi2_is_that_of_the_objects_it_stores(device):
     np.testing.assert_allclose(
         result.chi2, metrics.chi2(result.objects, stack.intensities), rtol=1e-5
     )
+
+
+def test_a_zero_starting_object_is_refined_from_the_box_not_left_at_zero(device):
+    """A start of zero amplitude gave an empty support, and the iterate stayed zero (chi2 1)
+    without a word; now it starts from the initial box, as an unseeded run does."""
+    stack = simulate_cdi(2, seed=5)
+    zeros = np.zeros(stack.intensities.shape, np.complex64)
+    result = run_to_end(cdi.refine_steps(stack, zeros, iterations=200, device=device))
+    assert result.support.any(axis=(1, 2)).all()
+    assert (result.chi2 < 0.5).all(), result.chi2

@@ -49,13 +49,18 @@ def _gaussian_kernel_ft(shape: tuple[int, int], sigma: float, device: torch.devi
     return torch.exp(-2 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))
 
 
-def shrinkwrap(obj: torch.Tensor, sigma: float, threshold: float) -> torch.Tensor:
-    """New support: the blurred amplitude above ``threshold`` times its maximum, per pattern."""
+def shrinkwrap(
+    obj: torch.Tensor, sigma: float, threshold: float, previous: torch.Tensor | None = None
+) -> torch.Tensor:
+    """New support: the blurred amplitude above ``threshold`` times its maximum, per pattern;
+    an object of zero amplitude keeps its ``previous`` support (else the initial box): an
+    empty support would hold the iterate at zero for good."""
     kernel = _gaussian_kernel_ft(obj.shape[-2:], sigma, obj.device)
     amplitude = intensity(obj).sqrt_()
     blurred = torch.fft.ifft2(torch.fft.fft2(amplitude) * kernel).real
     peak = blurred.amax(dim=(-2, -1), keepdim=True)
-    return blurred > threshold * peak
+    fallback = _initial_support(obj.shape, obj.device) if previous is None else previous
+    return torch.where(peak > 0, blurred > threshold * peak, fallback)
 
 
 def _initial_support(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -105,7 +110,7 @@ def iterate(
             if recipe.shrinkwrap_every and done % recipe.shrinkwrap_every == 0 and done < total:
                 start, end = recipe.shrinkwrap_sigma
                 sigma = start + (end - start) * done / total
-                support = shrinkwrap(obj, sigma, recipe.shrinkwrap_threshold)
+                support = shrinkwrap(obj, sigma, recipe.shrinkwrap_threshold, support)
             yield done, obj, support
 
 
@@ -151,6 +156,8 @@ def run_retrieval(
         if start is not None:
             obj = _to_fft_order(start[lo:hi], torch_device, torch.complex64)
             support = shrinkwrap(obj, recipe.shrinkwrap_sigma[1], recipe.shrinkwrap_threshold)
+            zero = (obj.abs() == 0).all(dim=-1).all(dim=-1)[:, None, None]  # nothing to refine
+            obj = torch.where(zero, support.to(obj.dtype), obj)  # then a flat object in the box
         else:
             support = _initial_support((b * n_starts, h, w), torch_device)
             phases = torch.rand((b * n_starts, h, w), generator=generator) * 2 * np.pi
