@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DOCK = "Diffraction data"
-DOCKS = (DOCK, "Invert CDI", "Ptychography")
+DOCKS = (DOCK, "Invert CDI", "Ptychography", "Wide-angle")
 
 
 def open_viewer(

@@ -98,6 +98,19 @@ def test_refine_unsure_refines_the_shots_few_flips_agree_on(viewer, wdock, qtbot
     assert float(wdock.table.item(1, 5).text()) > 0.5
 
 
+def test_removing_the_shots_while_the_network_runs_keeps_no_answers(
+    viewer, wdock, qtbot, error_messages
+):
+    """The answers of a layer removed while its network ran are dropped (they raised in the
+    Qt slot, and came back on the next layer of that name)."""
+    wdock.predict()
+    viewer.layers.remove(f"{NAME} diffraction")
+    wait(wdock, qtbot)
+    assert not error_messages() and not wdock.network
+    viewer.open_sample("napari-cdinn", "wideangle")  # the same file again
+    assert not wdock.network and wdock.table.rowCount() == 0
+
+
 def test_cancel_ends_a_fit(viewer, wdock, qtbot):
     wdock.starts.setValue(64)
     wdock.evaluations.setValue(60)

@@ -133,6 +133,12 @@ class WideAngleDock(WorkerDock):
     def _layer(self, name: str) -> Layer | None:
         return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
 
+    def _still(self, name: str, layer_id: str) -> bool:
+        """Whether the layer called ``name`` is still the one of ``layer_id`` (not removed, nor
+        replaced by a layer of the same name, while a worker ran on it)."""
+        layer = self._layer(name)
+        return layer is not None and layer.unique_id == layer_id
+
     def selected(self) -> tuple[str, ShotSet | DiffractionStack] | None:
         layer_name = self.shots_combo.currentText()
         data = shots_of(self._layer(layer_name))
@@ -162,13 +168,17 @@ class WideAngleDock(WorkerDock):
             show_error("No wide-angle model found.")
             return
         layer_name, data = chosen
+        layer_id = self._layer(layer_name).unique_id  # the viewer hands out a new proxy each time
         worker = create_worker(
             wideangle.answers_steps, data, Path(model), _settings.device_choice(),
             _ignore_errors=True,
         )  # fmt: skip
-        self.start_work(
-            worker, f"Network on {layer_name}", lambda out: self._show_network(layer_name, *out)
-        )
+
+        def done(out: tuple) -> None:
+            if self._still(layer_name, layer_id):  # not removed (or replaced) while it ran
+                self._show_network(layer_name, *out)
+
+        self.start_work(worker, f"Network on {layer_name}", done)
 
     def fit(self, method: str, unsure: bool = False) -> None:
         """Fit or refine the current shot or, with ``unsure``, refine every shot whose network
@@ -177,6 +187,7 @@ class WideAngleDock(WorkerDock):
         if chosen is None:
             return
         layer_name, data = chosen
+        layer_id = self._layer(layer_name).unique_id
         start = None
         if method == "refine":
             start = self.network.get(layer_name)
@@ -195,6 +206,8 @@ class WideAngleDock(WorkerDock):
         worker = create_worker(wideangle.fit_steps, data, recipe, start, shots, _ignore_errors=True)
 
         def done(result: OrientationResult) -> None:
+            if not self._still(layer_name, layer_id):
+                return  # the shots' layer went (or another took its name) while it ran
             for k, shot in enumerate(shots):
                 self.fits[(layer_name, int(shot), method)] = wideangle.one_shot(result, k)
             if unsure:

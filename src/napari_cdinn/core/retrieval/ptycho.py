@@ -202,7 +202,8 @@ def run_epie(
             probe, obj = _without_phase_ramp(probe, obj, centre)
             bank, bank_power, peak = _bank_and_power(probe, ramps)
         if preview is not None:
-            preview(obj.cpu().numpy(), probe.cpu().numpy(), epoch + 1)
+            # copies: on the CPU .numpy() shares the tensors, which the next epoch changes
+            preview(obj.cpu().numpy().copy(), probe.cpu().numpy().copy(), epoch + 1)
         yield (epoch + 1) * n, total
     whole_pixel_positions = corner_array + np.asarray(grid.origin)  # where the frames were used
     seen = scanned_region(whole_pixel_positions, (h, w), grid.origin, grid.shape)
