@@ -83,6 +83,7 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
     pdock.reference_combo.setCurrentText(f"{NAME} amplitude (ePIE)")
     pdock.seconds.setValue(8)
     pdock.retrain()
+    pdock.every.setValue(4)  # changed while it trains: the new model still inverts what it learnt
     wait(pdock, qtbot)
     assert "Retrained" in pdock.training_status.text(), error_messages()
     assert pdock.status.text().startswith("NN:")
@@ -98,6 +99,7 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
         viewer.layers[f"{NAME} amplitude (NN)"].metadata["cdinn_result"].provenance.model_name
         == saved[0].stem
     )
+    assert not [layer.name for layer in viewer.layers if "1 in 4" in layer.name]
 
 
 def test_epie_can_start_from_the_network_image(viewer, pdock, qtbot, error_messages):

@@ -272,8 +272,11 @@ class PtychoDock(WorkerDock):
         self._show_result(name, result, final=False)
         self.status.setText(f"{label} epoch {epoch}")
 
-    def invert(self, model: Path | None = None) -> None:
-        chosen = self.selected_scan()
+    def invert(
+        self, model: Path | None = None, chosen: tuple[str, PtychoScan] | None = None
+    ) -> None:
+        """The network on ``chosen`` (name, scan), by default the scan picked in the dock."""
+        chosen = chosen or self.selected_scan()
         path = model or self.model_path()
         if chosen is None:
             return
@@ -413,7 +416,7 @@ class PtychoDock(WorkerDock):
             f"{last['seconds']:.0f} s; saved {path.name}"
         )
         self.run = None
-        self.invert(model=path)
+        self.invert(model=path, chosen=(name, scan))  # the scan it learnt, as it was then
 
     # -- model files -----------------------------------------------------------------------------
     def load_model_file(self) -> None:
