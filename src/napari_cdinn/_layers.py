@@ -85,7 +85,16 @@ def layers_for_dataset(data: Dataset, name: str | None = None) -> list[LayerData
                     "size": max(2.0, stack.frame_shape[0] / 16),  # visible at frame scale
                     "face_color": "cyan",
                     "features": {"frame": np.arange(len(data.positions))},
-                    "metadata": {"cdinn": {"kind": "positions", "units": "object pixels (y, x)"}},
+                    # positions are the frames' top-left corners: drawn where the beam was,
+                    # the middle of each frame's window, over the reconstructions
+                    "translate": tuple(np.asarray(stack.frame_shape[-2:]) / 2),
+                    "metadata": {
+                        "cdinn": {
+                            "kind": "positions",
+                            "units": "object pixels (y, x) of each frame's top-left corner, "
+                            "drawn at its middle (the layer's translate)",
+                        }
+                    },
                 },
                 "points",
             )

@@ -60,6 +60,7 @@ def test_open_path_reads_in_a_worker_and_adds_layers(viewer, dock, qtbot, error_
     scan = image.metadata["cdinn"]["data"]
     assert isinstance(scan, PtychoScan)
     np.testing.assert_array_equal(points.data, scan.positions)
+    assert tuple(points.translate) == (32.0, 32.0)  # each frame's middle, where the beam was
     assert dock.path_edit.text() == str(path)
     assert error_messages() == []
     # the new layer is selected, so the dock shows its summary
