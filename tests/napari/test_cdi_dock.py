@@ -84,3 +84,14 @@ def test_invert_on_open_adds_network_layers(viewer, cdi_dock):
     assert layers[1].data.shape == (32, 64, 64)
     cdi_dock.invert_on_open.setChecked(False)
     assert not _settings.invert_on_open()
+
+
+def test_frames_of_a_ptychography_scan_get_layers_of_their_own(viewer, cdi_dock, qtbot):
+    """The CDI dock on a scan's frames must not replace the Ptychography dock's stitched
+    layers, which share the scan's name ("ptycho_scan phase (NN)")."""
+    viewer.open_sample("napari-cdinn", "ptycho")
+    cdi_dock.layer_combo.setCurrentText("ptycho_scan diffraction")
+    cdi_dock.run()
+    qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=120_000)
+    names = [layer.name for layer in viewer.layers]
+    assert "ptycho_scan frames phase (NN)" in names and "ptycho_scan phase (NN)" not in names

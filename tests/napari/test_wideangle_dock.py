@@ -31,9 +31,11 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
 ):
     assert wdock.shots_combo.currentText() == f"{NAME} diffraction"
     assert wdock.model_combo.count() >= 1
+    viewer.canvas.grid.enabled = True  # as the CDI dock leaves it
     wdock.predict()
     wait(wdock, qtbot)
     assert not error_messages()
+    assert not viewer.canvas.grid.enabled  # the simulated patterns beside the shots
     shots = viewer.layers[f"{NAME} diffraction"]
     simulated = viewer.layers[f"{NAME} simulated (NN)"]
     assert simulated.data.shape == shots.data.shape

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from .. import _settings
 from .._layers import dataset_of, layers_for_result
 from ..core import cdi
-from ..core.data import DiffractionStack, ObjectResult
+from ..core.data import DiffractionStack, ObjectResult, PtychoScan
 from . import WorkerDock
 
 if TYPE_CHECKING:
@@ -135,6 +135,8 @@ class CDIDock(WorkerDock):
     # -- results ---------------------------------------------------------------------------------
     def _show(self, layer: Layer, results: dict[str, ObjectResult]) -> None:
         source = layer.name.removesuffix(" diffraction")
+        if isinstance(dataset_of(layer.metadata), PtychoScan):  # frames one by one, as CDI:
+            source += " frames"  # not the Ptychography dock's stitched layers of the same name
         for result in results.values():
             for data, kwargs, kind in layers_for_result(result, source, amplitude_word="shape"):
                 name = kwargs["name"]

@@ -297,6 +297,7 @@ class PtychoDock(WorkerDock):
     def _show_result(self, name: str, result: ObjectResult, final: bool = True) -> None:
         if final:  # a preview still pending (the progress bar may deliver the result before
             self._preview = None  # the last step is shown) must not overwrite the result
+        self.viewer.canvas.grid.enabled = False  # layers overlay here (the CDI dock's grid off)
         reference = stitched_result(self._layer(f"{name} amplitude (ePIE)"))
         if (
             result.provenance.method != "ePIE"

@@ -227,6 +227,7 @@ class WideAngleDock(WorkerDock):
         self, layer_name: str, result: OrientationResult, simulated: np.ndarray
     ) -> None:
         self.network[layer_name] = result
+        self.viewer.canvas.grid.enabled = False  # beside the shots, not in cells of a grid
         shots = self._layer(layer_name)
         name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} simulated (NN)"
         offset = (shots.data.shape[-1] + GAP) * shots.scale[-1]
