@@ -95,3 +95,18 @@ def test_frames_of_a_ptychography_scan_get_layers_of_their_own(viewer, cdi_dock,
     qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=120_000)
     names = [layer.name for layer in viewer.layers]
     assert "ptycho_scan frames phase (NN)" in names and "ptycho_scan phase (NN)" not in names
+
+
+def test_a_renamed_layer_is_listed_and_run_under_its_new_name(viewer, cdi_dock, tmp_path):
+    """The list followed only added and removed layers: after a rename, clicking the layer
+    left the dock on another dataset, which Run then inverted."""
+    (first,) = viewer.open_sample("napari-cdinn", "cdi")
+    (second,) = viewer.open_sample("napari-cdinn", "cdi")  # "... [1]"
+    second.name = "sample B"
+    items = [cdi_dock.layer_combo.itemText(i) for i in range(cdi_dock.layer_combo.count())]
+    assert items == [first.name, "sample B"]
+    viewer.layers.selection.active = second
+    assert cdi_dock.selected_layer() is second
+    cdi_dock.layer_combo.setCurrentText(first.name)
+    first.name = "sample A"  # the chosen layer renamed: still the chosen one
+    assert cdi_dock.layer_combo.currentText() == "sample A"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QPushButton, QWidget
+from qtpy.QtWidgets import QComboBox, QPushButton, QWidget
 
 from ..core.errors import CdinnError
 
@@ -14,6 +14,20 @@ from ..core.errors import CdinnError
 def report_error(err: Exception) -> None:
     """A worker's error as a notification: our own errors as their one-line message."""
     show_error(str(err) if isinstance(err, CdinnError) else f"{type(err).__name__}: {err}")
+
+
+def refill(combo: QComboBox, layers: list, on_rename: Callable) -> None:
+    """``combo`` listing ``layers`` by name, the layer it had chosen still chosen (by identity:
+    after a rename too), and ``on_rename`` called when any of them is renamed (the list would
+    go stale: a renamed layer's old name pointed at another layer or none)."""
+    chosen = combo.currentData()
+    combo.clear()
+    for layer in layers:
+        layer.events.name.connect(on_rename)  # once per layer: napari drops repeats
+        combo.addItem(layer.name, layer.unique_id)
+    index = combo.findData(chosen) if chosen is not None else -1
+    if index >= 0:
+        combo.setCurrentIndex(index)
 
 
 def advance(bar, step: tuple[int, int]) -> None:

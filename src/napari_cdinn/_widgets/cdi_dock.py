@@ -27,7 +27,7 @@ from .. import _settings
 from .._layers import dataset_of, layers_for_result
 from ..core import cdi
 from ..core.data import DiffractionStack, ObjectResult, PtychoScan
-from . import WorkerDock
+from . import WorkerDock, refill
 
 if TYPE_CHECKING:
     import napari
@@ -93,13 +93,8 @@ class CDIDock(WorkerDock):
 
     # -- layer choice ----------------------------------------------------------------------------
     def _refresh_layers(self, event: object = None) -> None:
-        current = self.layer_combo.currentText()
-        self.layer_combo.clear()
-        for layer in self.viewer.layers:
-            if diffraction_stack(layer) is not None:
-                self.layer_combo.addItem(layer.name)
-        if current:
-            self.layer_combo.setCurrentText(current)
+        stacks = [layer for layer in self.viewer.layers if diffraction_stack(layer) is not None]
+        refill(self.layer_combo, stacks, self._refresh_layers)
 
     def _follow_selection(self, event: object = None) -> None:
         """The dock follows the user clicking through several opened datasets."""

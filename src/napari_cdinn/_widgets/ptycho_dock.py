@@ -41,7 +41,7 @@ from ..core.nn.registry import (
     weights_path,
 )
 from ..core.retrieval.ptycho import EpieRecipe
-from . import WorkerDock, report_error
+from . import WorkerDock, refill, report_error
 
 if TYPE_CHECKING:
     import napari
@@ -182,14 +182,10 @@ class PtychoDock(WorkerDock):
     # -- choices ---------------------------------------------------------------------------------
     def _refresh_layers(self, event: object = None) -> None:
         for combo, test in ((self.scan_combo, scan_of), (self.reference_combo, stitched_result)):
-            current = combo.currentText()
-            combo.clear()
-            names = [layer.name for layer in self.viewer.layers if test(layer) is not None]
+            layers = [layer for layer in self.viewer.layers if test(layer) is not None]
             if combo is self.reference_combo:  # one entry per result: its amplitude layer
-                names = [n for n in names if self._layer(n).metadata.get("component") != "phase"]
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
+                layers = [layer for layer in layers if layer.metadata.get("component") != "phase"]
+            refill(combo, layers, self._refresh_layers)
 
     def _follow_selection(self, event: object = None) -> None:
         layer = self.viewer.layers.selection.active

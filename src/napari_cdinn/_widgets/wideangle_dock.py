@@ -31,7 +31,7 @@ from ..core.data import DiffractionStack, OrientationResult, ShotSet
 from ..core.nn.registry import list_models
 from ..core.nn.wideangle import CONSENSUS_DEGREES
 from ..core.simulate.wideangle import RADII
-from . import WorkerDock
+from . import WorkerDock, refill
 
 if TYPE_CHECKING:
     import napari
@@ -119,16 +119,13 @@ class WideAngleDock(WorkerDock):
 
     # -- choices ---------------------------------------------------------------------------------
     def _refresh_layers(self, event: object = None) -> None:
-        current = self.shots_combo.currentText()
-        self.shots_combo.clear()
-        names = [layer.name for layer in self.viewer.layers if shots_of(layer) is not None]
-        self.shots_combo.addItems(names)
+        layers = [layer for layer in self.viewer.layers if shots_of(layer) is not None]
+        refill(self.shots_combo, layers, self._refresh_layers)
+        names = [layer.name for layer in layers]
         # answers for a layer that is gone go with it: a new layer of the same name (the same
         # file re-simulated and opened again) must not show them, nor refine from them
         self.network = {name: result for name, result in self.network.items() if name in names}
         self.fits = {key: result for key, result in self.fits.items() if key[0] in names}
-        if current in names:
-            self.shots_combo.setCurrentText(current)
 
     def _layer(self, name: str) -> Layer | None:
         return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
