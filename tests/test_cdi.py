@@ -152,7 +152,7 @@ def test_bad_input_single_pattern_and_odd_non_square_sizes(device):
     single = DiffractionStack(pattern[None], meta=Metadata(source="odd.npy"))
     result = run_to_end(cdi.network_steps(single, device=device))
     assert result.objects.shape == (1, 64, 64)
-    assert result.provenance.parameters["object_pixel_scale"] == pytest.approx(71 / 64)
+    assert result.provenance.parameters["object_pixel_scale"] == pytest.approx((71 / 64, 71 / 64))
     wide = DiffractionStack(far_field_intensity(simulate_cdi(1, size=64, seed=6).truth)[:, 8:56, :])
     wide.meta.source = "wide.h5"
     with warnings.catch_warnings(record=True) as caught:
@@ -160,6 +160,9 @@ def test_bad_input_single_pattern_and_odd_non_square_sizes(device):
         out = run_to_end(cdi.network_steps(wide, device=device))
     assert out.objects.shape == (1, 64, 64)
     assert any(issubclass(w.category, InputWarning) and "48x64" in str(w.message) for w in caught)
+    # the network saw 64 detector pixels each way: its object pixels are 48/64 of the 48 x 64
+    # pattern's along y and 1 along x, so its layer overlays the iterative one (not one scale)
+    assert out.provenance.parameters["object_pixel_scale"] == pytest.approx((48 / 64, 1.0))
 
 
 @pytest.mark.parametrize("shape", [(129, 129), (128, 128), (65, 64), (64, 71), (63, 63), (40, 41)])

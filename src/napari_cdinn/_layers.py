@@ -113,8 +113,9 @@ def layers_for_result(
     common = {"cdinn_result": result}
     placed = {} if result.origin is None else {"translate": result.origin}  # over the scan
     scale = result.provenance.parameters.get("object_pixel_scale")
-    if scale is not None:
-        placed["scale"] = (1,) * (result.objects.ndim - 2) + (scale, scale)
+    if scale is not None:  # (y, x); one number in files of earlier versions
+        along = tuple(scale) if isinstance(scale, list | tuple) else (scale, scale)
+        placed["scale"] = (1,) * (result.objects.ndim - 2) + along
     amplitude = result.amplitude
     return [
         (

@@ -57,12 +57,14 @@ def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | 
 
 def fit_to_network(
     intensities: np.ndarray, mask: np.ndarray | None, size: int, source: object
-) -> tuple[np.ndarray, float, np.ndarray | None]:
-    """Patterns made ``size`` x ``size`` for the network, the object-pixel scale this implies,
-    and the measured pixels on that grid (None: all; padding is not measured).
+) -> tuple[np.ndarray, tuple[float, float], np.ndarray | None]:
+    """Patterns made ``size`` x ``size`` for the network, the object-pixel scale this implies
+    along (y, x), in pixels of the object grid of the patterns as they are, and the measured
+    pixels on that grid (None: all; padding is not measured).
 
-    A larger pattern is centre-cropped (object pixels grow by side/size), a smaller one
-    zero-padded; a non-square one is first cropped to a square.  Masked pixels become 0.
+    A larger pattern is centre-cropped, a smaller one zero-padded, a non-square one first cropped
+    to a square: the network always sees ``size`` detector pixels, so its object pixels are
+    h/size and w/size of those of an (h, w) pattern's object.  Masked pixels become 0.
     """
     if mask is not None:
         intensities = np.where(mask, intensities, 0)
@@ -79,7 +81,7 @@ def fit_to_network(
     if mask is not None or side < size:
         measured = np.ones((h, w), bool) if mask is None else np.asarray(mask, bool)
         valid = _on_network_grid(measured.reshape(-1, h, w), side, size)
-    return fitted, side / size, valid
+    return fitted, (h / size, w / size), valid
 
 
 def _on_network_grid(array: np.ndarray, side: int, size: int) -> np.ndarray:
