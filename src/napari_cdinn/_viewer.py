@@ -17,9 +17,10 @@ def open_viewer(
     import napari
 
     viewer = napari.Viewer(title="napari-cdinn")
-    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", DOCK)
+    frame, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", DOCK)
     for other in DOCKS[1:]:
         viewer.window.add_plugin_dock_widget("napari-cdinn", other, tabify=True)
+    QTimer.singleShot(0, frame.raise_)  # the data dock's tab in front (else the last added)
     if file is not None:
         dock.open_path(Path(file), dataset)
     if screenshot is not None:
