@@ -18,7 +18,7 @@ from . import postprocess
 from .data import DiffractionStack, ObjectResult, Provenance
 from .device import resolve_device
 from .errors import InputError, InputWarning
-from .io.checks import repair_intensities
+from .io.checks import frames_in_memory
 from .metrics import chi2
 from .nn import registry
 from .nn.cdi import inference_model, predict
@@ -37,12 +37,9 @@ def default_model() -> Path:
 def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | None]:
     """The stack's frames in memory and its mask; refuses empty or all-zero patterns; NaN/Inf
     pixels of a lazily read stack (repaired only now that it is in memory) masked."""
-    intensities = stack.frames()
+    intensities, mask = frames_in_memory(stack)
     if intensities.size == 0:
         raise InputError(stack.meta.source, "empty stack: no patterns to invert")
-    mask = stack.mask
-    if stack.is_lazy:  # an eager stack was repaired when it was read
-        intensities, mask = repair_intensities(intensities, mask, stack.meta.source)
     valid = mask if mask is not None else np.ones(intensities.shape[-2:], bool)
     measured = np.where(valid, intensities, 0).sum(axis=(-2, -1))
     empty = np.flatnonzero(measured <= 0)

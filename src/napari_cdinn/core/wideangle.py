@@ -29,7 +29,7 @@ from . import icosahedral
 from .data import DiffractionStack, OrientationResult, Provenance, ShotSet
 from .device import resolve_device
 from .errors import InputError, InputWarning
-from .io.checks import repair_intensities
+from .io.checks import frames_in_memory
 from .nn import registry
 from .nn.registry import load_model
 from .nn.wideangle import inference_network, predict
@@ -61,9 +61,7 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     if isinstance(data, ShotSet):
         images = np.asarray(data.images, np.float32)
     elif isinstance(data, DiffractionStack):
-        frames, mask = data.frames(), data.mask
-        if data.is_lazy and frames.size:  # an eager stack was repaired when it was read
-            frames, mask = repair_intensities(frames, mask, source)
+        frames, mask = frames_in_memory(data)
         if mask is not None:
             frames = np.where(mask, frames, 0)
         # NaN and +-Inf as no signal (an Inf left as 3e38 would be the peak of the log scale)

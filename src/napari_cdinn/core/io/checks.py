@@ -57,6 +57,16 @@ def to_stack(array: Any, source: object, what: str = "diffraction data") -> Any:
     return array
 
 
+def frames_in_memory(stack: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A :class:`DiffractionStack`'s frames in memory and its mask, the NaN/Inf pixels of a
+    lazily read stack masked now that it is read (an eager one was repaired when it was read);
+    an empty stack as it is, for the caller's own message."""
+    intensities, mask = stack.frames(), stack.mask
+    if stack.is_lazy and intensities.size:
+        intensities, mask = repair_intensities(intensities, mask, stack.meta.source)
+    return intensities, mask
+
+
 def repair_intensities(
     intensities: np.ndarray, mask: np.ndarray | None, source: object
 ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -24,7 +24,7 @@ import torch
 from ..data import PtychoScan
 from ..device import resolve_device
 from ..errors import InputError
-from ..io.checks import repair_intensities
+from ..io.checks import frames_in_memory
 from .patches import exit_waves, probe_sum_workers, update_
 from .projections import intensity, set_modulus_
 
@@ -102,13 +102,11 @@ def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     """The scan's frames in memory, its positions and its mask, refusing what ePIE cannot use;
     NaN/Inf pixels of a lazily read stack (repaired only now that it is in memory) masked."""
     source = scan.meta.source
-    intensities = np.asarray(scan.stack.frames(), np.float32)
+    intensities, mask = frames_in_memory(scan.stack)
+    intensities = np.asarray(intensities, np.float32)
     positions = np.asarray(scan.positions, float)
     if intensities.ndim != 3 or len(intensities) == 0:
         raise InputError(source, "empty scan: no diffraction patterns")
-    mask = scan.stack.mask
-    if scan.stack.is_lazy:  # an eager stack was repaired when it was read
-        intensities, mask = repair_intensities(intensities, mask, source)
     if positions.shape != (len(intensities), 2):
         raise InputError(
             source,
