@@ -24,7 +24,6 @@ PROG = "napari-cdinn"
 MODES = ("cdi", "ptycho", "wideangle")
 SIMULATE_MODES = MODES
 MIN_SIMULATED_SIZE = 16  # a CDI object fills the central half of its grid: 8 x 8 pixels here
-DETECTOR_PIXELS = 128  # the wide-angle simulator's detector (core.simulate.wideangle.Detector)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -80,10 +79,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CdinnError("simulate: -n must be at least 1")
     if args.mode == "wideangle":
-        if args.size not in (None, DETECTOR_PIXELS):
+        from .core.simulate.wideangle import Detector
+
+        pixels = Detector().pixels
+        if args.size not in (None, pixels):
             raise CdinnError(
-                f"simulate wideangle: the detector is {DETECTOR_PIXELS} x {DETECTOR_PIXELS} "
-                f"pixels; --size {args.size} cannot be given"
+                f"simulate wideangle: the detector is {pixels} x {pixels} pixels; "
+                f"--size {args.size} cannot be given"
             )
         return _simulate_wideangle(args)
     args.size = args.size or 64
@@ -149,7 +151,7 @@ def parse_frames(spec: str | None, n: int) -> np.ndarray:
         raise CdinnError(f"--frames '{spec}': selects none of the stack's {n} frames")
     if indices.min() < -n or indices.max() >= n:
         raise CdinnError(f"--frames '{spec}': the stack has {n} frames")
-    return indices
+    return indices % n  # counted from 0 (-1: the last), as results record them
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
@@ -173,14 +175,14 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray, n: int) -> Any:
-    """``result`` with the file's frames it answers for (counted from 0, negative indices
-    turned positive) and whether the file held amplitudes, in its provenance: a result of
-    ``--frames 7`` must say it is frame 7's."""
+def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray) -> Any:
+    """``result`` with the file's frames it answers for (``parse_frames``'s) and whether the
+    file held amplitudes, in its provenance: a result of ``--frames 7`` must say it is frame
+    7's."""
     from dataclasses import replace
 
     p = result.provenance
-    parameters = {**p.parameters, "file_frames": (np.asarray(frames) % n).tolist()}
+    parameters = {**p.parameters, "file_frames": frames.tolist()}
     if args.amplitudes:
         parameters["file_held_amplitudes"] = True
     return replace(result, provenance=replace(p, parameters=parameters))
@@ -206,7 +208,7 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
         stack, methods, iterations=args.iterations if method == "iterative" else None,
         refine_iterations=args.iterations or 50, device=args.device, model_path=args.model,
     )  # fmt: skip
-    results = [_recorded(r, args, frames, data.n_frames) for r in run_to_end(steps).values()]
+    results = [_recorded(r, args, frames) for r in run_to_end(steps).values()]
     for result in results:
         p = result.provenance
         print(
@@ -241,7 +243,7 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
         result = run_to_end(ptycho.network_steps(scan, args.model, device=args.device))
     p = result.provenance
     print(f"{p.method}: {len(scan.positions)} positions in {p.wall_time_s:.3f} s")
-    return [_recorded(result, args, frames, len(data.positions))]
+    return [_recorded(result, args, frames)]
 
 
 def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
@@ -264,12 +266,10 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
                 "--amplitudes is for files of sqrt(I)"
             )
         images = data.images if data.images.ndim == 3 else data.images[None]
-        n_file = len(images)
-        frames = parse_frames(args.frames, n_file)
+        frames = parse_frames(args.frames, len(images))
         data = replace(data, images=images[frames])
     else:
-        n_file = data.n_frames
-        frames = parse_frames(args.frames, n_file)
+        frames = parse_frames(args.frames, data.n_frames)
         data = data.subset(frames)
         if args.amplitudes:
             data.intensities = data.frames() ** 2
@@ -285,7 +285,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     elif method == "fit":
         results.append(run_to_end(wideangle.fit_steps(data, recipe)))
     for k, result in enumerate(results):  # which of the file's frames each answer is for
-        results[k] = _recorded(result, args, frames, n_file)
+        results[k] = _recorded(result, args, frames)
         p = results[k].provenance
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
         numbers = p.parameters.get("shots", range(len(result.radii_nm)))  # a fit's: its shots
@@ -294,7 +294,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
             if result.flips_agreeing is not None:
                 agree = f", {result.flips_agreeing[n]} of 8 flips agree"
             print(
-                f"  shot {frames[numbers[n]] % n_file}: radius {r:.1f} nm, quaternion "
+                f"  shot {frames[numbers[n]]}: radius {r:.1f} nm, quaternion "
                 f"{np.round(q, 4).tolist()}{agree}"
             )
     return results
