@@ -156,6 +156,40 @@ def test_orientation_loss_is_zero_for_every_equivalent_and_grows_with_the_angle(
     assert np.allclose(orientation_loss(turned.float(), truth).numpy(), np.sin(0.05), atol=1e-4)
 
 
+def test_embedding_is_the_same_for_equivalents_and_reads_back_to_the_orientation():
+    rng = np.random.default_rng(11)
+    q = ico.random_orientations(300, rng)
+    e = ico.embedding(q)
+    for g in ico.GROUP:
+        assert np.abs(ico.embedding(-ico.multiply(q, g)) - e).max() < 1e-12
+    assert ico.misorientation(ico.from_embedding(e), q).max() < 0.01
+    # distances about half the angle (radians) when small, in every direction
+    axes = rng.normal(size=(300, 3))
+    turned = ico.multiply(
+        ico.from_rotation_vector(0.01 * axes / np.linalg.norm(axes, axis=1)[:, None]), q
+    )
+    distance = np.linalg.norm(ico.embedding(turned) - e, axis=1)
+    assert distance.min() > 0.5 * 0.005 and distance.max() < 2 * 0.005
+    # a noisy embedding reads as an orientation near the truth, not a far one
+    noisy = e + rng.normal(scale=0.002, size=e.shape)
+    assert np.median(ico.misorientation(ico.from_embedding(noisy), q)) < 1.0
+
+
+def test_embedding_loss_is_zero_for_every_equivalent_and_grows_like_the_angle():
+    import torch
+
+    from napari_cdinn.core.nn.wideangle import embedding_loss
+
+    q = ico.random_orientations(64, np.random.default_rng(6))
+    truth = torch.as_tensor(q, dtype=torch.float32)
+    for g in ico.GROUP[::7]:
+        own = torch.as_tensor(ico.embedding(-ico.multiply(q, g)), dtype=torch.float32)
+        assert embedding_loss(own, truth).max() < 1e-3
+    turned = ico.multiply(q, [np.cos(0.05), np.sin(0.05), 0, 0])
+    loss = embedding_loss(torch.as_tensor(ico.embedding(turned), dtype=torch.float32), truth)
+    assert 0.5 * np.sin(0.05) < loss.mean() < 1.5 * np.sin(0.05)
+
+
 def test_blur_matrices_are_the_gaussian_convolution():
     """Augmentation's blur as matrix products equals the separable 25-tap convolution with zero
     padding, and its gain map the bicubic interpolation of the 4 x 4 knots."""
@@ -206,12 +240,13 @@ def test_ranking_once_before_the_flips_gives_the_networks_own_answer(device):
     from napari_cdinn.core.nn.wideangle_net import WideAngleNet
 
     images, _, _ = wa.simulate_shots(3, seed=12)
-    torch.manual_seed(0)
-    net = WideAngleNet(equalise=True).eval().to(device)
-    for tta in (True, False):
-        q, r = predict(net, images, device, tta=tta)
-        q_fast, r_fast = predict(inference_network(net), images, device, tta=tta)
-        assert np.allclose(q_fast, q, atol=1e-4) and np.allclose(r_fast, r, atol=1e-3)
+    for orientation in ("quaternion", "embedding"):
+        torch.manual_seed(0)
+        net = WideAngleNet(equalise=True, orientation=orientation).eval().to(device)
+        for tta in (True, False):
+            q, r = predict(net, images, device, tta=tta)
+            q_fast, r_fast = predict(inference_network(net), images, device, tta=tta)
+            assert np.allclose(q_fast, q, atol=1e-4) and np.allclose(r_fast, r, atol=1e-3)
 
 
 def test_consensus_of_the_flips_answers_ignores_outliers_and_equivalents():

@@ -10,6 +10,7 @@ the reference), sign chosen so that w >= 0.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import permutations, product
 
 import numpy as np
@@ -154,3 +155,92 @@ def face_planes(radius: float) -> tuple[np.ndarray, np.ndarray]:
     centres = vertices[faces].mean(axis=1)
     normals = centres / np.linalg.norm(centres, axis=1, keepdims=True)
     return normals, np.einsum("fi,fi->f", normals, centres)
+
+
+# A continuous embedding of orientations modulo the group.  A network that answers a quaternion
+# must jump somewhere (no continuous choice of one of the 60 equivalents exists), and near those
+# seams it errs; the embedding has none.  It samples f(n) = sum_i (n . R a_i)^6 over the six
+# vertex axes a_i of the turned icosahedron at fixed directions n: f is the same for every
+# equivalent rotation, varies smoothly with the orientation, and tells orientations apart (its
+# degree-6 spherical harmonic part, the lowest an icosahedron has besides the constant, is left
+# unchanged by the 60 rotations and by no other).  f is even in n, so the directions lie on the
+# upper half sphere; their set is mapped onto itself (up to sign) by the image flips and
+# transposes' rotations (pi about x, y and the diagonal), so a flip only permutes the entries.
+def _embedding_directions() -> np.ndarray:
+    """29 directions on the upper half sphere: the pole and rings at 25, 50, 75 and 90 degrees
+    from it, each ring's azimuths a set that the square's symmetries map onto itself."""
+    rings = {
+        0.0: [0.0],
+        25.0: np.arange(8) * 45.0,
+        50.0: 22.5 + np.arange(8) * 45.0,
+        75.0: np.arange(8) * 45.0,
+        90.0: 22.5 + np.arange(4) * 45.0,  # the other half are the opposite directions
+    }
+    polar, azimuth = np.radians(
+        [(theta, phi) for theta, azimuths in rings.items() for phi in azimuths]
+    ).T
+    return np.column_stack(
+        [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)]
+    )
+
+
+EMBEDDING_DIRECTIONS = _embedding_directions()  # (29, 3)
+_VERTEX_AXES = icosahedron()[0][::2]  # six vertices, no two opposite
+
+
+def _turned_axes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The six vertex axes turned by ``q`` (..., 6, 3), and their cosines with the embedding's
+    directions (..., 29, 6)."""
+    turned = np.swapaxes(rotation_matrix(q) @ _VERTEX_AXES.T, -1, -2)
+    return turned, np.einsum("kj,...ij->...ki", EMBEDDING_DIRECTIONS, turned)
+
+
+def _raw_embedding(q: np.ndarray) -> np.ndarray:
+    return (_turned_axes(q)[1] ** 6).sum(-1) - 6 / 7  # 6 / 7: its mean over orientations
+
+
+@lru_cache(maxsize=1)
+def _embedding_scale(n: int = 4000, step: float = 1e-4) -> float:
+    """The factor that makes the embedding's distance half the misorientation angle (radians)
+    on average for small angles, so a loss on it weighs errors as sin(theta / 2) does."""
+    rng = np.random.default_rng(0)
+    q = random_orientations(n, rng)
+    axes = rng.normal(size=(n, 3))
+    turned = multiply(from_rotation_vector(step * axes / np.linalg.norm(axes, axis=1)[:, None]), q)
+    change = np.linalg.norm(_raw_embedding(turned) - _raw_embedding(q), axis=1).mean()
+    return 0.5 * step / change
+
+
+def embedding(q: np.ndarray) -> np.ndarray:
+    """(..., 4) orientations -> (..., 29): the same for every equivalent quaternion (q g, -q),
+    smooth in the orientation; distances about half the misorientation in radians when small."""
+    return _raw_embedding(q) * _embedding_scale()
+
+
+@lru_cache(maxsize=1)
+def _embedding_table(n: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Orientations, their embeddings, and half their squared norms (for nearest search)."""
+    q = random_orientations(n, np.random.default_rng(1))
+    e = embedding(q).astype(np.float32)
+    return q, e.T.copy(), 0.5 * (e**2).sum(1)
+
+
+def from_embedding(e: np.ndarray, steps: int = 2, chunk: int = 2048) -> np.ndarray:
+    """(N, 29) embeddings (a network's, so near but not on the orientations' surface) -> (N, 4)
+    orientations in the fundamental domain whose embeddings are nearest: the nearest of 20k
+    tabulated orientations (a few degrees apart), then Gauss-Newton steps on a small rotation."""
+    e = np.asarray(e, float).reshape(-1, len(EMBEDDING_DIRECTIONS))
+    table_q, table_e, half_norms = _embedding_table()
+    parts = np.array_split(e.astype(np.float32), max(1, -(-len(e) // chunk)))
+    q = table_q[np.concatenate([(half_norms - part @ table_e).argmin(axis=1) for part in parts])]
+    scale = _embedding_scale()
+    for _ in range(steps):
+        turned, cosines = _turned_axes(q)
+        base = ((cosines**6).sum(-1) - 6 / 7) * scale
+        # d/dv of (n . exp(v) u)^6 at v = 0 is 6 (n . u)^5 (u x n)
+        weighted = np.einsum("nki,nij->nkj", cosines**5, turned)  # (N, 29, 3)
+        jacobian = 6 * scale * np.cross(weighted, EMBEDDING_DIRECTIONS)
+        normal = np.einsum("nki,nkj->nij", jacobian, jacobian)
+        step = np.linalg.solve(normal, np.einsum("nki,nk->ni", jacobian, e - base)[..., None])
+        q = multiply(from_rotation_vector(step[..., 0]), q)
+    return reduced(q)

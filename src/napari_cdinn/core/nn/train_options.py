@@ -65,6 +65,12 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
         "of the full-resolution image (nn.wideangle_net.WideAngleNet)",
     )  # fmt: skip
     parser.add_argument(
+        "--orientation", choices=("quaternion", "embedding"), default="quaternion",
+        help="what the network answers for the orientation: a unit quaternion (loss: the "
+        "misorientation modulo the group) or the symmetry-invariant embedding "
+        "(core.icosahedral.embedding, read back by its nearest orientation)",
+    )  # fmt: skip
+    parser.add_argument(
         "--precision", choices=("auto", "bfloat16", "float32"), default="float32",
         help="arithmetic of the network's features in training steps (default float32, the "
         "bundled model's): bfloat16 (autocast) makes a step about 1.5 x faster on CPUs with "

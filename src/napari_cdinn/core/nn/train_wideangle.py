@@ -122,9 +122,9 @@ def train(args: argparse.Namespace) -> Path:
     val_q = torch.as_tensor(val_q, dtype=torch.float32).to(device)
     val_r = torch.as_tensor(val_r).float().to(device)
     torch.manual_seed(args.seed)
-    model = WideAngleNet(width=args.width, equalise=args.equalise, stem=args.stem).to(
-        device, memory_format=torch.channels_last
-    )
+    model = WideAngleNet(
+        width=args.width, equalise=args.equalise, stem=args.stem, orientation=args.orientation
+    ).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
     state = resume(checkpoint, model, optimizer, log)
@@ -180,8 +180,13 @@ def train(args: argparse.Namespace) -> Path:
             f"edges, wavelength {detector.wavelength:g} nm, forward direction between the four "
             "central pixels",
         },
-        "output": "orientation as a unit quaternion (w, x, y, z) in the icosahedral fundamental "
-        "domain, circumradius in nm",
+        "output": (
+            "orientation as a unit quaternion (w, x, y, z)"
+            if args.orientation == "quaternion"
+            else "orientation as its symmetry-invariant embedding (core.icosahedral.embedding), "
+            "read as the nearest orientation (core.icosahedral.from_embedding)"
+        )
+        + " in the icosahedral fundamental domain, circumradius in nm",
         "training_data": {
             "recipe": "core.simulate.wideangle (MSFT, silver: absorption length "
             f"{ABSORPTION_LENGTH:g} nm, delta {REFRACTIVE_DECREMENT:g}), icosahedra with radii "
@@ -194,8 +199,13 @@ def train(args: argparse.Namespace) -> Path:
         },
         "training": training_record(
             "training/train_wideangle.py",
-            "sin(misorientation / 2) modulo the 60 rotations + |radius error| / 65 nm "
-            "(core.nn.wideangle.loss)",
+            (
+                "sin(misorientation / 2) modulo the 60 rotations"
+                if args.orientation == "quaternion"
+                else "distance of the symmetry-invariant orientation embeddings "
+                "(core.icosahedral.embedding; about sin(misorientation / 2) when small)"
+            )
+            + " + |radius error| / 65 nm (core.nn.wideangle.loss)",
             args,
             state,
         ),

@@ -77,12 +77,27 @@ def orientation_loss(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tens
     return torch.sqrt((1 - cosine.square()).clamp_min(0) + 1e-8)
 
 
+def embedding_loss(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per sample the distance of a predicted embedding (B, 29) from that of the true
+    orientations (B, 4): about sin(theta / 2) for small misorientations theta, as
+    :func:`orientation_loss`, with no minimum over the group to take (the embedding is the
+    same for every equivalent quaternion)."""
+    target = torch.as_tensor(icosahedral.embedding(truth.detach().cpu().double().numpy()))
+    difference = predicted - target.to(predicted)
+    return torch.sqrt(difference.square().sum(dim=1) + 1e-8)
+
+
 def loss(
-    quaternion: torch.Tensor, radius: torch.Tensor, true_q: torch.Tensor, true_r: torch.Tensor
+    orientation: torch.Tensor, radius: torch.Tensor, true_q: torch.Tensor, true_r: torch.Tensor
 ) -> torch.Tensor:
-    """Mean of the orientation loss plus the radius error over half the radius range."""
+    """Mean of the orientation loss (quaternions (B, 4) or embeddings (B, 29) against the true
+    quaternions) plus the radius error over half the radius range."""
     half_range = (RADII[1] - RADII[0]) / 2
-    return (orientation_loss(quaternion, true_q) + (radius - true_r).abs() / half_range).mean()
+    if orientation.shape[1] == 4:
+        orientation_error = orientation_loss(orientation, true_q)
+    else:
+        orientation_error = embedding_loss(orientation, true_q)
+    return (orientation_error + (radius - true_r).abs() / half_range).mean()
 
 
 def _disc(shape: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +229,10 @@ def predict(
         batch = torch.cat([apply(x) for apply, _ in transforms])
         batch = batch.to(getattr(model, "input_dtype", torch.float32))
         q, r = model(batch.contiguous(memory_format=torch.channels_last))
-        q = q.cpu().numpy().astype(float).reshape(len(transforms), len(x), 4)
+        q = q.cpu().numpy().astype(float)
+        if q.shape[1] != 4:  # an embedding: the nearest orientation
+            q = icosahedral.from_embedding(q)
+        q = q.reshape(len(transforms), len(x), 4)
         back = icosahedral.multiply(undo[:, None], q)  # (flips, images, 4)
         r = r.cpu().numpy().astype(float).reshape(len(transforms), len(x))
         orientation, radius, agree = consensus(back.transpose(1, 0, 2), r.T)

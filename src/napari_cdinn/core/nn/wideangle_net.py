@@ -16,7 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..icosahedral import EMBEDDING_DIRECTIONS
 from ..simulate.wideangle import RADII
+
+ORIENTATION_OUTPUTS = {"quaternion": 4, "embedding": len(EMBEDDING_DIRECTIONS)}
+# the embedding's entries spread by about 0.025 over orientations: outputs scaled to that start
+# where the targets lie (unscaled, the head's last layer first shrank its weights to reach them,
+# and the features, their gradients shrunk with it, stopped learning: a constant answer)
+EMBEDDING_OUTPUT_SCALE = 0.03
 
 
 class Residual(nn.Module):
@@ -63,18 +70,31 @@ torch.fx.wrap("equalised")  # one step for inference_model's tracing (it builds 
 
 
 class WideAngleNet(nn.Module):
-    """(B, 1, size, size) log images in [0, 1] -> unit quaternions (B, 4), radii (B,) in nm.
+    """(B, 1, size, size) log images in [0, 1] -> orientations, radii (B,) in nm.
 
     ``equalise``: the images are first replaced by their ranks (:func:`equalised`); ``stem``:
-    "pool" or "patchify" (see the module's docstring)."""
+    "pool" or "patchify" (see the module's docstring); ``orientation``: "quaternion" (unit
+    quaternions (B, 4), any of the 60 equivalents) or "embedding" (B, 29): the orientation's
+    symmetry-invariant embedding (``core.icosahedral.embedding``; ``from_embedding`` reads it),
+    which has no seams where the answer must jump from one equivalent quaternion to another."""
 
     def __init__(
-        self, size: int = 128, width: int = 16, equalise: bool = False, stem: str = "pool"
+        self,
+        size: int = 128,
+        width: int = 16,
+        equalise: bool = False,
+        stem: str = "pool",
+        orientation: str = "quaternion",
     ):
         super().__init__()
         if stem not in ("pool", "patchify"):
             raise ValueError(f"stem must be 'pool' or 'patchify', not {stem!r}")
+        if orientation not in ORIENTATION_OUTPUTS:
+            raise ValueError(
+                f"orientation must be one of {list(ORIENTATION_OUTPUTS)}, not {orientation!r}"
+            )
         self.size, self.width, self.equalise, self.stem = size, width, equalise, stem
+        self.orientation = orientation
         w = width
         if stem == "pool":
             first = [nn.AvgPool2d(2), nn.Conv2d(1, w, 3, padding=1, bias=False)]  # 64
@@ -96,7 +116,7 @@ class WideAngleNet(nn.Module):
             nn.Flatten(),
             nn.Linear(8 * w * side * side, 256),
             nn.ReLU(inplace=True),
-            nn.Linear(256, 5),
+            nn.Linear(256, ORIENTATION_OUTPUTS[orientation] + 1),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +126,14 @@ class WideAngleNet(nn.Module):
         # the answer in full precision, when the features are trained in bfloat16
         with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             out = self.head(features.float())
-        quaternion = nn.functional.normalize(out[:, :4], dim=1)
+        orientation = out[:, :-1]
+        if self.orientation == "quaternion":
+            orientation = nn.functional.normalize(orientation, dim=1)
+        else:
+            orientation = orientation * EMBEDDING_OUTPUT_SCALE
         low, high = RADII
-        radius = (low + high) / 2 + (high - low) / 2 * out[:, 4]
-        return quaternion, radius
+        radius = (low + high) / 2 + (high - low) / 2 * out[:, -1]
+        return orientation, radius
 
     def arguments(self) -> dict[str, int | bool | str]:
         return {
@@ -117,4 +141,5 @@ class WideAngleNet(nn.Module):
             "width": self.width,
             "equalise": self.equalise,
             "stem": self.stem,
+            "orientation": self.orientation,
         }
