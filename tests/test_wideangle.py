@@ -240,7 +240,7 @@ def test_ranking_once_before_the_flips_gives_the_networks_own_answer(device):
     from napari_cdinn.core.nn.wideangle_net import WideAngleNet
 
     images, _, _ = wa.simulate_shots(3, seed=12)
-    for orientation in ("quaternion", "embedding"):
+    for orientation in ("quaternion", "embedding", "both"):
         torch.manual_seed(0)
         net = WideAngleNet(equalise=True, orientation=orientation).eval().to(device)
         for tta in (True, False):

@@ -65,10 +65,10 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
         "of the full-resolution image (nn.wideangle_net.WideAngleNet)",
     )  # fmt: skip
     parser.add_argument(
-        "--orientation", choices=("quaternion", "embedding"), default="quaternion",
+        "--orientation", choices=("quaternion", "embedding", "both"), default="quaternion",
         help="what the network answers for the orientation: a unit quaternion (loss: the "
-        "misorientation modulo the group) or the symmetry-invariant embedding "
-        "(core.icosahedral.embedding, read back by its nearest orientation)",
+        "misorientation modulo the group), the symmetry-invariant embedding "
+        "(core.icosahedral.embedding, read back by its nearest orientation), or both",
     )  # fmt: skip
     parser.add_argument(
         "--precision", choices=("auto", "bfloat16", "float32"), default="float32",

@@ -46,6 +46,25 @@ VALIDATION_SEED = 7_777_777  # validation shots; held-out shots use 8_888_888
 HELD_OUT_SEED = 8_888_888
 
 
+OUTPUTS = {
+    "quaternion": "orientation as a unit quaternion (w, x, y, z)",
+    "embedding": "orientation as its symmetry-invariant embedding (core.icosahedral.embedding), "
+    "read as the nearest orientation (core.icosahedral.from_embedding)",
+    "both": "orientation as a unit quaternion (w, x, y, z) and as its symmetry-invariant "
+    "embedding (core.icosahedral.embedding), read as the nearest orientation",
+}
+_QUATERNION_LOSS = "sin(misorientation / 2) modulo the 60 rotations"
+_EMBEDDING_LOSS = (
+    "the distance of the symmetry-invariant orientation embeddings (core.icosahedral.embedding; "
+    "about sin(misorientation / 2) when small)"
+)
+ORIENTATION_LOSSES = {
+    "quaternion": _QUATERNION_LOSS,
+    "embedding": _EMBEDDING_LOSS,
+    "both": f"{_QUATERNION_LOSS} + {_EMBEDDING_LOSS}",
+}
+
+
 def _simulate_chunk(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     images, orientations, radii = simulate_shots(CHUNK, seed)
     return np.round(images * 255).astype(np.uint8), orientations, radii
@@ -180,12 +199,7 @@ def train(args: argparse.Namespace) -> Path:
             f"edges, wavelength {detector.wavelength:g} nm, forward direction between the four "
             "central pixels",
         },
-        "output": (
-            "orientation as a unit quaternion (w, x, y, z)"
-            if args.orientation == "quaternion"
-            else "orientation as its symmetry-invariant embedding (core.icosahedral.embedding), "
-            "read as the nearest orientation (core.icosahedral.from_embedding)"
-        )
+        "output": OUTPUTS[args.orientation]
         + " in the icosahedral fundamental domain, circumradius in nm",
         "training_data": {
             "recipe": "core.simulate.wideangle (MSFT, silver: absorption length "
@@ -199,12 +213,7 @@ def train(args: argparse.Namespace) -> Path:
         },
         "training": training_record(
             "training/train_wideangle.py",
-            (
-                "sin(misorientation / 2) modulo the 60 rotations"
-                if args.orientation == "quaternion"
-                else "distance of the symmetry-invariant orientation embeddings "
-                "(core.icosahedral.embedding; about sin(misorientation / 2) when small)"
-            )
+            ORIENTATION_LOSSES[args.orientation]
             + " + |radius error| / 65 nm (core.nn.wideangle.loss)",
             args,
             state,

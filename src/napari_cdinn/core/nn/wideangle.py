@@ -90,14 +90,17 @@ def embedding_loss(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor
 def loss(
     orientation: torch.Tensor, radius: torch.Tensor, true_q: torch.Tensor, true_r: torch.Tensor
 ) -> torch.Tensor:
-    """Mean of the orientation loss (quaternions (B, 4) or embeddings (B, 29) against the true
-    quaternions) plus the radius error over half the radius range."""
+    """Mean of the orientation loss (quaternions (B, 4), embeddings (B, 29) or both (B, 33)
+    against the true quaternions) plus the radius error over half the radius range."""
     half_range = (RADII[1] - RADII[0]) / 2
-    if orientation.shape[1] == 4:
-        orientation_error = orientation_loss(orientation, true_q)
-    else:
-        orientation_error = embedding_loss(orientation, true_q)
-    return (orientation_error + (radius - true_r).abs() / half_range).mean()
+    error = (radius - true_r).abs() / half_range
+    if orientation.shape[1] != len(icosahedral.EMBEDDING_DIRECTIONS):
+        error = error + orientation_loss(orientation[:, :4], true_q)
+    if orientation.shape[1] != 4:
+        error = error + embedding_loss(
+            orientation[:, -len(icosahedral.EMBEDDING_DIRECTIONS) :], true_q
+        )
+    return error.mean()
 
 
 def _disc(shape: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,18 +232,29 @@ def predict(
         batch = torch.cat([apply(x) for apply, _ in transforms])
         batch = batch.to(getattr(model, "input_dtype", torch.float32))
         q, r = model(batch.contiguous(memory_format=torch.channels_last))
-        q = q.cpu().numpy().astype(float)
-        if q.shape[1] != 4:  # an embedding: the nearest orientation
-            q = icosahedral.from_embedding(q)
-        q = q.reshape(len(transforms), len(x), 4)
-        back = icosahedral.multiply(undo[:, None], q)  # (flips, images, 4)
-        r = r.cpu().numpy().astype(float).reshape(len(transforms), len(x))
+        q = np.stack(orientation_answers(q.cpu().numpy().astype(float)))  # (kinds, B, 4)
+        q = q.reshape(len(q) * len(transforms), len(x), 4)
+        back = icosahedral.multiply(np.tile(undo, (len(q) // len(undo), 1))[:, None], q)
+        r = np.tile(r.cpu().numpy().astype(float), len(q) // len(undo))
+        r = r.reshape(len(q), len(x))
         orientation, radius, agree = consensus(back.transpose(1, 0, 2), r.T)
         quaternions.append(orientation)
         agreeing.append(agree)
         radii.append(np.clip(radius, *RADII))  # the network knows no clusters outside RADII
     answers = np.concatenate(quaternions), np.concatenate(radii)
     return (*answers, np.concatenate(agreeing)) if agreement else answers
+
+
+def orientation_answers(output: np.ndarray) -> list[np.ndarray]:
+    """The orientations (B, 4) in a network's orientation output (B, 4, 29 or 33 wide): its
+    quaternions, the orientations nearest its embeddings, or both."""
+    n = len(icosahedral.EMBEDDING_DIRECTIONS)
+    answers = []
+    if output.shape[1] != n:
+        answers.append(output[:, :4])
+    if output.shape[1] != 4:
+        answers.append(icosahedral.from_embedding(output[:, -n:]))
+    return answers
 
 
 def consensus(

@@ -19,7 +19,11 @@ from torch import nn
 from ..icosahedral import EMBEDDING_DIRECTIONS
 from ..simulate.wideangle import RADII
 
-ORIENTATION_OUTPUTS = {"quaternion": 4, "embedding": len(EMBEDDING_DIRECTIONS)}
+ORIENTATION_OUTPUTS = {
+    "quaternion": 4,
+    "embedding": len(EMBEDDING_DIRECTIONS),
+    "both": 4 + len(EMBEDDING_DIRECTIONS),
+}
 # the embedding's entries spread by about 0.025 over orientations: outputs scaled to that start
 # where the targets lie (unscaled, the head's last layer first shrank its weights to reach them,
 # and the features, their gradients shrunk with it, stopped learning: a constant answer)
@@ -74,9 +78,10 @@ class WideAngleNet(nn.Module):
 
     ``equalise``: the images are first replaced by their ranks (:func:`equalised`); ``stem``:
     "pool" or "patchify" (see the module's docstring); ``orientation``: "quaternion" (unit
-    quaternions (B, 4), any of the 60 equivalents) or "embedding" (B, 29): the orientation's
+    quaternions (B, 4), any of the 60 equivalents), "embedding" (B, 29): the orientation's
     symmetry-invariant embedding (``core.icosahedral.embedding``; ``from_embedding`` reads it),
-    which has no seams where the answer must jump from one equivalent quaternion to another."""
+    which has no seams where the answer must jump from one equivalent quaternion to another,
+    or "both" (B, 33): the quaternion, then the embedding."""
 
     def __init__(
         self,
@@ -129,8 +134,11 @@ class WideAngleNet(nn.Module):
         orientation = out[:, :-1]
         if self.orientation == "quaternion":
             orientation = nn.functional.normalize(orientation, dim=1)
-        else:
+        elif self.orientation == "embedding":
             orientation = orientation * EMBEDDING_OUTPUT_SCALE
+        else:
+            quaternion = nn.functional.normalize(orientation[:, :4], dim=1)
+            orientation = torch.cat([quaternion, orientation[:, 4:] * EMBEDDING_OUTPUT_SCALE], 1)
         low, high = RADII
         radius = (low + high) / 2 + (high - low) / 2 * out[:, -1]
         return orientation, radius
