@@ -65,7 +65,7 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
         "of the full-resolution image (nn.wideangle_net.WideAngleNet)",
     )  # fmt: skip
     parser.add_argument(
-        "--orientation", choices=("quaternion", "embedding", "both"), default="quaternion",
+        "--orientation", choices=("quaternion", "embedding", "both"), default="both",
         help="what the network answers for the orientation: a unit quaternion (loss: the "
         "misorientation modulo the group), the symmetry-invariant embedding "
         "(core.icosahedral.embedding, read back by its nearest orientation), or both",

@@ -214,13 +214,16 @@ def predict(
 ) -> tuple[np.ndarray, ...]:
     """Orientations (N, 4, fundamental domain) and radii (N,) for (N, H, W) log images, each
     the :func:`consensus` of the eight flips/transposes (``tta``) with their quaternion maps
-    undone;
+    undone (of all 16 answers, where the network gives a quaternion and an embedding for each:
+    on 1000 held-out shots median misorientation 2.27 deg, the 8 embeddings' 2.28, the 8
+    quaternions' 2.60, relative error 3.05, 3.21 and 3.37 %);
     ``batch_size`` network images (flips included) go through it together (on the CPU about
     64 are fastest per image: 8 shots with their flips take 0.6 ms each, 64 shots with theirs
     1.0: their activations no longer stay in the cache).  ``model``: a
     :class:`WideAngleNet` or its :func:`inference_network`.  Radii are clipped to the training
     range ``RADII``: beyond it the network's answer is an extrapolation.  With ``agreement``
-    also (N,) how many of the flips agree with the answer (:func:`consensus`)."""
+    also (N,) how many of the flips agree with the answer (:func:`consensus`; with two answers
+    per flip, half the agreeing answers)."""
     transforms = image_transforms() if tta else image_transforms()[:1]
     undo = icosahedral.conjugate(np.stack([turn for _, turn in transforms]))
     ranked_here = getattr(model, "ranks_input", False)
@@ -239,7 +242,7 @@ def predict(
         r = r.reshape(len(q), len(x))
         orientation, radius, agree = consensus(back.transpose(1, 0, 2), r.T)
         quaternions.append(orientation)
-        agreeing.append(agree)
+        agreeing.append(agree * len(undo) // len(q))  # counted in flips (two answers each)
         radii.append(np.clip(radius, *RADII))  # the network knows no clusters outside RADII
     answers = np.concatenate(quaternions), np.concatenate(radii)
     return (*answers, np.concatenate(agreeing)) if agreement else answers
