@@ -14,6 +14,7 @@ from functools import lru_cache
 from itertools import permutations, product
 
 import numpy as np
+import torch
 
 PHI = (1 + np.sqrt(5)) / 2
 
@@ -218,11 +219,13 @@ def embedding(q: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _embedding_table(n: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Orientations, their embeddings, and half their squared norms (for nearest search)."""
+def _embedding_table(n: int = 20_000) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Orientations, their embeddings (29, n), and half their squared norms (for the nearest
+    search, in torch: numpy's BLAS threads, woken beside torch's, made a network's answer at
+    batch 1 four times slower)."""
     q = random_orientations(n, np.random.default_rng(1))
-    e = embedding(q).astype(np.float32)
-    return q, e.T.copy(), 0.5 * (e**2).sum(1)
+    e = torch.as_tensor(embedding(q), dtype=torch.float32)
+    return q, e.T.contiguous(), 0.5 * e.square().sum(1)
 
 
 def from_embedding(e: np.ndarray, steps: int = 2, chunk: int = 2048) -> np.ndarray:
@@ -231,8 +234,8 @@ def from_embedding(e: np.ndarray, steps: int = 2, chunk: int = 2048) -> np.ndarr
     tabulated orientations (a few degrees apart), then Gauss-Newton steps on a small rotation."""
     e = np.asarray(e, float).reshape(-1, len(EMBEDDING_DIRECTIONS))
     table_q, table_e, half_norms = _embedding_table()
-    parts = np.array_split(e.astype(np.float32), max(1, -(-len(e) // chunk)))
-    q = table_q[np.concatenate([(half_norms - part @ table_e).argmin(axis=1) for part in parts])]
+    parts = torch.as_tensor(e, dtype=torch.float32).split(chunk)
+    q = table_q[torch.cat([(half_norms - part @ table_e).argmin(1) for part in parts]).numpy()]
     scale = _embedding_scale()
     for _ in range(steps):
         turned, cosines = _turned_axes(q)
