@@ -5,7 +5,9 @@ An orientation is the unit quaternion q = (w, x, y, z) that turns the reference 
 as it lies in the beam: v_lab = q v q*.  The cluster looks the same turned by any of the group's
 60 rotations g first, so q and q g are one orientation.  Each orientation is written in the
 fundamental domain: the equivalent quaternion with the largest |w| (the smallest rotation from
-the reference), sign chosen so that w >= 0.
+the reference), sign chosen so that w >= 0.  ``embedding`` maps an orientation to 29 numbers
+that are the same for all equivalent rotations (what the wide-angle network learns besides a
+quaternion); ``from_embedding`` reads such numbers back as an orientation.
 """
 
 from __future__ import annotations
