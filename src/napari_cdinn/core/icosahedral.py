@@ -198,8 +198,13 @@ def _turned_axes(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return turned, np.einsum("kj,...ij->...ki", EMBEDDING_DIRECTIONS, turned)
 
 
+def _sixth_powers(cosines: np.ndarray) -> np.ndarray:
+    """The unscaled embedding from the axes' cosines (..., 29, 6): less 6 / 7, its mean."""
+    return (cosines**6).sum(-1) - 6 / 7
+
+
 def _raw_embedding(q: np.ndarray) -> np.ndarray:
-    return (_turned_axes(q)[1] ** 6).sum(-1) - 6 / 7  # 6 / 7: its mean over orientations
+    return _sixth_powers(_turned_axes(q)[1])
 
 
 @lru_cache(maxsize=1)
@@ -241,7 +246,7 @@ def from_embedding(e: np.ndarray, steps: int = 2, chunk: int = 2048) -> np.ndarr
     scale = _embedding_scale()
     for _ in range(steps):
         turned, cosines = _turned_axes(q)
-        base = ((cosines**6).sum(-1) - 6 / 7) * scale
+        base = _sixth_powers(cosines) * scale
         # d/dv of (n . exp(v) u)^6 at v = 0 is 6 (n . u)^5 (u x n)
         weighted = np.einsum("nki,nij->nkj", cosines**5, turned)  # (N, 29, 3)
         jacobian = 6 * scale * np.cross(weighted, EMBEDDING_DIRECTIONS)
