@@ -267,17 +267,15 @@ def save_figure(rows, path: Path) -> None:
 
 def network_and_speed(args: argparse.Namespace, model, model_path: Path, card: dict) -> None:
     """Sections (2) and (3): the bundled (or given) model, its features in bfloat16 where the
-    CPU has native bfloat16, and ``--baseline`` beside it."""
+    CPU has native bfloat16, and each ``--baseline`` beside it."""
     models = {f"model {model_path.name} ({card.get('version')})": model}
     bfloat16 = None
     if training_precision("auto") == "bfloat16":
         bfloat16 = inference_network(load_model(model_path)[0], torch.bfloat16)
         models["the same, its features in bfloat16"] = bfloat16
-    if args.baseline:
-        baseline, baseline_card = load_model(args.baseline)
-        models[f"baseline {args.baseline} ({baseline_card.get('version')})"] = inference_network(
-            baseline
-        )
+    for path in args.baseline or []:
+        baseline, baseline_card = load_model(path)
+        models[f"baseline {path} ({baseline_card.get('version')})"] = inference_network(baseline)
     images, orientations, radii = network_section(args, models)
     speed_section(args, model, images, orientations, radii, bfloat16)
 
@@ -289,7 +287,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer shots, smaller fits")
     parser.add_argument("--model", type=Path, help="model file (default: the bundled one)")
     parser.add_argument(
-        "--baseline", type=Path, help="another model scored beside it in (2) on the same shots"
+        "--baseline",
+        type=Path,
+        nargs="+",
+        help="other models scored beside it in (2) on the same shots",
     )
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "wideangle_real.png")
     parser.add_argument("--skip-simulator", action="store_true", help="skip section (1)")
