@@ -66,6 +66,20 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, cap
     assert data.read_bytes() == before
 
 
+def test_a_model_written_over_its_base_is_refused_and_the_base_kept(tmp_path, capsys):
+    """``train ptycho ... --model base.safetensors -o base`` writes base.safetensors (the
+    suffix added) and its card: the base model would be lost."""
+    base = tmp_path / "base.safetensors"
+    before = b"the user's model (not read: the output is checked first)"
+    base.write_bytes(before)
+    argv = ["train", "ptycho", str(SAMPLES / "ptycho_scan.cxi"), "--reference", "r.h5",
+            "--region", "0:9,0:9", "--model", str(base), "-o", str(tmp_path / "base")]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "base.safetensors: is also an input" in err
+    assert base.read_bytes() == before
+
+
 def test_a_results_file_is_refused_as_data(tmp_path, capsys):
     """A results file holds arrays (supports, quaternion tables) that are not patterns."""
     from napari_cdinn.core.data import ObjectResult, Provenance

@@ -545,6 +545,17 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
+def _written(args: argparse.Namespace) -> list[Path]:
+    """The files ``-o`` makes the command write: for ``train``, a model's weights (.safetensors
+    added when missing) and its card, else ``-o`` itself."""
+    if args.func is not cmd_train:
+        return [args.output]
+    from .core.nn.registry import card_path, weights_path
+
+    weights = weights_path(args.output)
+    return [weights, card_path(weights)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _print_warning
@@ -553,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "output", None) is not None:
             from .core.io.results import check_output
 
-            check_output(args.output, _inputs(args))  # before the work, not after it
+            for target in _written(args):  # before the work, not after it
+                check_output(target, _inputs(args))
         return int(args.func(args) or 0)
     except CdinnError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
