@@ -198,13 +198,17 @@ def test_fused_cpu_steps_match_the_torch_ones(monkeypatch):
 
 def test_bad_scans_are_refused_with_the_reason(small_scan, device):
     stack, positions = small_scan.stack, small_scan.positions
-    cases = {
-        "positions for": PtychoScan(stack, positions[:-1], small_scan.probe),
-        "one position": PtychoScan(stack.subset([0]), positions[:1], small_scan.probe),
-        "NaN": PtychoScan(stack, np.where(positions == positions[3], np.nan, positions)),
-        "probe is": PtychoScan(stack, positions, small_scan.probe[:32, :32]),
-    }
-    for words, scan in cases.items():
+    zeros = replace(stack, intensities=np.zeros(stack.shape, np.float32))
+    unmeasured = replace(stack, mask=np.zeros(stack.frame_shape, bool))
+    cases = [
+        ("positions for", PtychoScan(stack, positions[:-1], small_scan.probe)),
+        ("one position", PtychoScan(stack.subset([0]), positions[:1], small_scan.probe)),
+        ("NaN", PtychoScan(stack, np.where(positions == positions[3], np.nan, positions))),
+        ("probe is", PtychoScan(stack, positions, small_scan.probe[:32, :32])),
+        ("no signal", PtychoScan(zeros, positions)),
+        ("no signal", PtychoScan(unmeasured, positions, small_scan.probe)),
+    ]
+    for words, scan in cases:
         with pytest.raises(InputError, match=words):
             run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device=device))
 

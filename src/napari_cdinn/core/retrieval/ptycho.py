@@ -116,6 +116,9 @@ def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray, np.ndarray |
         raise InputError(source, "scan positions hold NaN or infinite values")
     if len(intensities) < 2:
         raise InputError(source, "a scan of one position has no overlap to reconstruct from")
+    measured = intensities if mask is None else np.where(mask, intensities, 0)
+    if not measured.sum() > 0:
+        raise InputError(source, "the scan holds no signal (all zero where measured)")
     if scan.probe is not None and scan.probe.shape[-2:] != intensities.shape[-2:]:
         raise InputError(
             source,
