@@ -511,6 +511,24 @@ def test_a_reference_with_nan_or_a_probe_of_another_size_is_refused(small_scan, 
             )
 
 
+def test_a_reference_with_nan_where_the_simulated_frames_reach_is_refused(small_scan, device):
+    """The pairs simulated from the reference are whole frames around patches inside the
+    region: a model of 32-pixel patches in 64-pixel frames reads 16 pixels past the region."""
+    grid = ObjectGrid.around(small_scan.positions, (64, 64))
+    region = np.zeros(grid.shape, bool)
+    region[:100, :100] = True
+    reference = epie_like_reference(small_scan)
+    holed = reference.objects.copy()
+    holed[108, 50] = np.nan  # outside the region, within the frames' reach
+    with pytest.raises(InputError, match=r"1 non-finite .* within 16 pixels"):
+        run_to_end(
+            ptycho.retrain_steps(
+                small_scan, replace(reference, objects=holed), region,
+                FineTuning(PtychoNet(size=64, width=8, mixing=4, patch=32)), 5, device,
+            )
+        )  # fmt: skip
+
+
 def test_scores_ignore_the_linear_phase_ramp_ptychography_cannot_fix(small_scan):
     truth = small_scan.truth.astype(np.complex128)
     yy, xx = np.indices(truth.shape)

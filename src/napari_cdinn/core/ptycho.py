@@ -371,11 +371,16 @@ def retrain_steps(
             f"the region holds {len(chosen)} scan positions with whole patches inside; "
             "draw a larger region (at least 10)",
         )
-    bad = int(np.count_nonzero(~np.isfinite(reference.objects[region])))
+    taught, where = region, "inside the region"
+    if simulated and probe is not None:  # the simulated pairs' frames reach past their patches
+        reach = round(patch_offset(np.shape(probe)[-1], run.model.patch))
+        taught = maximum_filter(region, size=2 * reach + 1) > 0
+        where = f"inside the region or within {reach} pixels of it (the frames reach there)"
+    bad = int(np.count_nonzero(~np.isfinite(reference.objects[taught])))
     if bad:
         raise InputError(
             reference.provenance.source,
-            f"the reference has {bad} non-finite (NaN or infinite) pixels inside the region",
+            f"the reference has {bad} non-finite (NaN or infinite) pixels {where}",
         )
     torch_device = resolve_device(device)
     teacher = normalised(reference.objects, region)
