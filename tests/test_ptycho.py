@@ -430,6 +430,29 @@ def test_pairs_simulated_from_a_reference_are_its_own_patterns_turned():
         np.testing.assert_array_equal(got, turned)
 
 
+@pytest.mark.parametrize("photons", [1e5, None])
+def test_simulated_pairs_have_the_scans_counts_and_its_noise(small_scan, photons):
+    """Whole-number patterns are photon counts: the pairs get Poisson noise at the scan's mean
+    counts. Patterns in other units (here normalised to a sum of 1) are simulated noiseless:
+    Poisson noise at a "count" of 1 left them blank."""
+    frames = small_scan.stack.frames()
+    frames = frames / frames.sum(axis=(-2, -1), keepdims=True)
+    if photons:
+        frames = np.random.default_rng(0).poisson(frames * photons).astype(np.float32)
+    scan = replace(small_scan, stack=replace(small_scan.stack, intensities=frames))
+    data = ptycho.network_input(scan, 64)
+    region = np.ones(data.grid.shape, bool)
+    teacher = epie_like_reference(small_scan).objects
+    chosen = np.arange(len(data.corners))
+    patterns, _ = run_to_end(
+        ptycho.resimulated_pairs(teacher, small_scan.probe, data, chosen, region, 40, 64)
+    )
+    sums = patterns.sum(axis=(-2, -1))
+    np.testing.assert_allclose(sums.mean(), frames.sum(axis=(-2, -1)).mean(), rtol=0.01)
+    assert np.all(np.mod(patterns, 1) == 0) == bool(photons)
+    assert np.count_nonzero(patterns) > 0.5 * patterns.size
+
+
 def test_the_featureless_level_lies_between_the_right_answer_and_its_twin():
     """Retraining adapts the batch statistics while the network does no better than a
     featureless answer (a probe unlike its pretraining's); the right answer scores below that

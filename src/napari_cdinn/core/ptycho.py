@@ -295,8 +295,11 @@ def resimulated_pairs(
     """Training pairs simulated from the teacher itself: ``count`` windows of ``teacher`` (the
     normalised reference on ``data.grid``) at whole-pixel positions within half a scan step of
     the region's scan positions (``chosen``), each turned by one of the eight flips/transposes,
-    lit by the reference's ``probe``, far-field intensities with Poisson noise at the scan's mean
-    counts, masked and binned like the measured patterns; targets the windows' patches.
+    lit by the reference's ``probe``, far-field intensities at the scan's mean counts, with
+    Poisson noise when the patterns are photon counts (whole numbers; data in other units, say
+    normalised to a sum of 1, are simulated noiseless: Poisson noise at a "count" of 1 would
+    leave blank patterns), masked and binned like the measured patterns; targets the windows'
+    patches.
 
     Why: a region holds a few hundred patterns, too few to teach the network a probe unlike its
     pretraining ones (the tike scan's wide, defocused one), while the reference and its probe
@@ -321,6 +324,7 @@ def resimulated_pairs(
     if not len(candidates):
         return data.patterns[:0], np.zeros((0, patch, patch), np.complex64)
     counts = float(np.mean(data.patterns.sum(axis=(-2, -1))))  # the scan's mean counts
+    photons = bool(np.all(np.mod(data.patterns[chosen], 1) == 0))
     chunk = max(8, min(256, 2**22 // frame**2))  # some 32 MB of complex windows at a time
     patterns, targets = [], []
     for start in range(0, count, chunk):
@@ -330,7 +334,8 @@ def resimulated_pairs(
         if mask is not None:  # one per frame: the pixels every frame measures
             intensity = np.where(mask if mask.ndim == 2 else mask.all(axis=0), intensity, 0)
         intensity *= counts / max(float(intensity.sum(axis=(-2, -1)).mean()), 1e-30)
-        patterns.append(binned(rng.poisson(intensity).astype(np.float32), factor))
+        noisy = rng.poisson(intensity) if photons else intensity
+        patterns.append(binned(noisy.astype(np.float32), factor))
         targets.append(target)
         yield start + n, count
     return np.concatenate(patterns), np.concatenate(targets)
