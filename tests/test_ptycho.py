@@ -388,9 +388,10 @@ def test_the_retrained_model_is_averaged_with_its_base_unless_the_probe_was_new(
     )
 
 
-def test_retraining_takes_a_scan_with_a_mask_per_frame(small_scan, device):
+def test_retraining_takes_a_scan_with_a_mask_per_frame(tmp_path, small_scan, device):
     """Dead pixels of its own in each frame: the simulated pairs are masked where any frame is
-    dead, and retraining runs (it broadcast the stack's mask onto the pairs and failed)."""
+    dead, and retraining runs (it broadcast the stack's mask onto the pairs and failed). The
+    saved model's card names the device it learnt on."""
     dead = np.random.default_rng(2).random(small_scan.stack.shape) < 0.02
     stack = DiffractionStack(small_scan.stack.frames(), ~dead, small_scan.stack.meta)
     scan = PtychoScan(stack, small_scan.positions, small_scan.probe, truth=small_scan.truth)
@@ -399,6 +400,8 @@ def test_retraining_takes_a_scan_with_a_mask_per_frame(small_scan, device):
     reference = epie_like_reference(small_scan)
     run_to_end(ptycho.retrain_steps(scan, reference, region, run, 60, device, 1, 48))
     assert run.source["simulated_pairs"] == 48 and len(run.history) == 1  # 48: not the frames' 64
+    card = load_model(ptycho.save_fine_tuned(run, tmp_path / "m", {}, "all"))[1]["training"]
+    assert card["device"].startswith(device) and ("GPU" in card["machine"]) == (device == "cuda")
 
 
 def test_a_model_name_with_dots_keeps_them_when_saved(tmp_path):

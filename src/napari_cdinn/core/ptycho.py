@@ -409,6 +409,7 @@ def retrain_steps(
         "reference": reference.provenance.source,
         "positions": len(chosen),
         "simulated_pairs": 0 if extra is None else len(extra[0]),
+        "device": str(torch_device),
     }
     yield from fine_tune(
         run,
@@ -445,7 +446,7 @@ def save_fine_tuned(
             "region": region,
             "best_validation": run.best_validation,
             "history": run.history,
-            "machine": machine(),
+            "machine": machine(run.source.get("device", "cpu")),
         },
     }
     return save_model(model, path, card)
