@@ -103,7 +103,14 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
 
 
 def test_epie_can_start_from_the_network_image(viewer, pdock, qtbot, error_messages):
+    assert pdock.epochs.value() == 100
     pdock.from_network.setChecked(True)
+    assert pdock.epochs.value() == 10  # what a start from the network's image needs
+    pdock.from_network.setChecked(False)
+    assert pdock.epochs.value() == 100
+    pdock.epochs.setValue(30)  # the user's own number stays
+    pdock.from_network.setChecked(True)
+    assert pdock.epochs.value() == 30
     reconstruct(pdock, qtbot, epochs=3)
     amplitude = viewer.layers[f"{NAME} amplitude (NN+ePIE)"]
     result = amplitude.metadata["cdinn_result"]

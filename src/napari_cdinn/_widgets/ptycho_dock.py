@@ -43,6 +43,8 @@ from ..core.nn.registry import (
 from ..core.retrieval.ptycho import EpieRecipe
 from . import WorkerDock, refill, report_error
 
+EPIE_EPOCHS = 100  # from a flat start; from the network's image ptycho.REFINE_EPOCHS do as well
+
 if TYPE_CHECKING:
     import napari
 
@@ -101,7 +103,7 @@ class PtychoDock(WorkerDock):
         self.scan_combo = QComboBox()
         self.every = QSpinBox(minimum=1, maximum=16, value=1)
         self.every.setToolTip("Use every k-th scan position (sparse scans)")
-        self.epochs = QSpinBox(minimum=1, maximum=5000, value=100)
+        self.epochs = QSpinBox(minimum=1, maximum=5000, value=EPIE_EPOCHS)
         self.probe_update = QCheckBox("Update the probe")
         self.probe_update.setChecked(True)
         self.from_network = QCheckBox("Start from the network's image")
@@ -110,6 +112,7 @@ class PtychoDock(WorkerDock):
             "one: on simulated scans 10 epochs then match 100 from a flat start, and sparse "
             "scans converge where a flat start does not (README)."
         )
+        self.from_network.toggled.connect(self._suggest_epochs)
         self.epie_button = QPushButton("Reconstruct (ePIE)")
         self.epie_button.clicked.connect(self.reconstruct)
         self.model_combo = QComboBox()
@@ -225,6 +228,13 @@ class PtychoDock(WorkerDock):
             self._show_preview()
         if self.run is not None and len(self.run.history) != self._plotted_epochs:
             self._plot_losses()  # once per epoch: redrawing per batch slowed the training
+
+    def _suggest_epochs(self, from_network: bool) -> None:
+        """The epochs each start needs (100 from a flat object, 10 from the network's image),
+        unless the user has chosen another number."""
+        suggested = {False: EPIE_EPOCHS, True: ptycho.REFINE_EPOCHS}
+        if self.epochs.value() == suggested[not from_network]:
+            self.epochs.setValue(suggested[from_network])
 
     def reconstruct(self) -> None:
         chosen = self.selected_scan()
