@@ -211,6 +211,8 @@ def test_bad_scans_are_refused_with_the_reason(small_scan, device):
     for words, scan in cases:
         with pytest.raises(InputError, match=words):
             run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device=device))
+    one = run_to_end(ptycho.network_steps(cases[1][1], device=device))  # needs no overlap
+    assert min(one.objects.shape) >= 64 and np.isfinite(one.objects).all()
 
 
 def stitching_case(scan: PtychoScan, size: int = 64):

@@ -113,7 +113,7 @@ def network_input(
     """Bin the scan's patterns for a network taking ``size`` x ``size`` patterns and giving
     ``patch`` x ``patch`` patches (default ``size``); ``probe`` (default the scan's) weighs
     them, refused, naming ``probe_source`` (default the scan), when it is of another size."""
-    intensities, positions, mask = checked_scan(scan)
+    intensities, positions, mask = checked_scan(scan, overlap=False)
     frame = intensities.shape[-1]
     if intensities.shape[-2] != frame:
         raise InputError(

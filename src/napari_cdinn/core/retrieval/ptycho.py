@@ -98,9 +98,12 @@ def initial_probe(intensities: np.ndarray) -> np.ndarray:
     return guess.astype(np.complex64)
 
 
-def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The scan's frames in memory, its positions and its mask, refusing what ePIE cannot use;
-    NaN/Inf pixels of a lazily read stack (repaired only now that it is in memory) masked."""
+def checked_scan(
+    scan: PtychoScan, overlap: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The scan's frames in memory, its positions and its mask, refusing what ePIE (or, with
+    ``overlap`` False, the network, which inverts each pattern alone) cannot use; NaN/Inf
+    pixels of a lazily read stack (repaired only now that it is in memory) masked."""
     source = scan.meta.source
     intensities, mask = frames_in_memory(scan.stack)
     intensities = np.asarray(intensities, np.float32)
@@ -114,7 +117,7 @@ def checked_scan(scan: PtychoScan) -> tuple[np.ndarray, np.ndarray, np.ndarray |
         )
     if not np.isfinite(positions).all():
         raise InputError(source, "scan positions hold NaN or infinite values")
-    if len(intensities) < 2:
+    if overlap and len(intensities) < 2:
         raise InputError(source, "a scan of one position has no overlap to reconstruct from")
     measured = intensities if mask is None else np.where(mask, intensities, 0)
     if not measured.sum() > 0:
