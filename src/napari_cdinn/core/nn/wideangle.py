@@ -14,6 +14,7 @@ import copy
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from .. import icosahedral
 from ..simulate.wideangle import RADII
 from .cdi import inference_model
 from .wideangle_net import WideAngleNet, equalised
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)  # a network's output, in torch or numpy
 
 _TURNS = {  # the rotation that a flip or transpose of the image stands for
     "flip_x": np.array([0.0, 1.0, 0.0, 0.0]),
@@ -94,13 +97,21 @@ def loss(
     against the true quaternions) plus the radius error over half the radius range."""
     half_range = (RADII[1] - RADII[0]) / 2
     error = (radius - true_r).abs() / half_range
-    if orientation.shape[1] != len(icosahedral.EMBEDDING_DIRECTIONS):
-        error = error + orientation_loss(orientation[:, :4], true_q)
-    if orientation.shape[1] != 4:
-        error = error + embedding_loss(
-            orientation[:, -len(icosahedral.EMBEDDING_DIRECTIONS) :], true_q
-        )
+    quaternion, embedding = orientation_parts(orientation)
+    if quaternion is not None:
+        error = error + orientation_loss(quaternion, true_q)
+    if embedding is not None:
+        error = error + embedding_loss(embedding, true_q)
     return error.mean()
+
+
+def orientation_parts(output: Array) -> tuple[Array | None, Array | None]:
+    """The quaternions (B, 4) and the embeddings (B, 29) in a network's orientation output
+    (B, 4, 29 or 33 wide: the quaternion, the embedding, or both, in that order); None for a
+    part it does not give."""
+    n = len(icosahedral.EMBEDDING_DIRECTIONS)
+    width = output.shape[1]
+    return (output[:, :4] if width != n else None, output[:, -n:] if width != 4 else None)
 
 
 def _disc(shape: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,12 +262,10 @@ def predict(
 def orientation_answers(output: np.ndarray) -> list[np.ndarray]:
     """The orientations (B, 4) in a network's orientation output (B, 4, 29 or 33 wide): its
     quaternions, the orientations nearest its embeddings, or both."""
-    n = len(icosahedral.EMBEDDING_DIRECTIONS)
-    answers = []
-    if output.shape[1] != n:
-        answers.append(output[:, :4])
-    if output.shape[1] != 4:
-        answers.append(icosahedral.from_embedding(output[:, -n:]))
+    quaternion, embedding = orientation_parts(output)
+    answers = [] if quaternion is None else [quaternion]
+    if embedding is not None:
+        answers.append(icosahedral.from_embedding(embedding))
     return answers
 
 
