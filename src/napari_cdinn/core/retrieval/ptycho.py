@@ -119,8 +119,7 @@ def checked_scan(
         raise InputError(source, "scan positions hold NaN or infinite values")
     if overlap and len(intensities) < 2:
         raise InputError(source, "a scan of one position has no overlap to reconstruct from")
-    measured = intensities if mask is None else np.where(mask, intensities, 0)
-    if not measured.sum() > 0:
+    if not intensities.sum(where=True if mask is None else mask) > 0:  # no masked copy
         raise InputError(source, "the scan holds no signal (all zero where measured)")
     if scan.probe is not None and scan.probe.shape[-2:] != intensities.shape[-2:]:
         raise InputError(
