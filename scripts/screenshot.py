@@ -175,7 +175,9 @@ def ptycho_screenshot(viewer, output: Path) -> int:
     for layer in viewer.layers:
         layer.visible = "phase" in layer.name or "region" in layer.name
     viewer.layers.move(viewer.layers.index(region), len(viewer.layers) - 1)
-    network = viewer.layers["ptycho_scan phase (NN)"]
+    network = next(  # the retrained model's, named after it
+        layer for layer in viewer.layers if layer.name.startswith("ptycho_scan phase (NN ")
+    )
     network.translate = np.add(network.translate, [0, network.data.shape[1] + 8])  # beside
     viewer.layers.selection.active = viewer.layers["ptycho_scan diffraction"]
     return _save(viewer, output)

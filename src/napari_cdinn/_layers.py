@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from .core.data import Dataset, DiffractionStack, ObjectResult, PtychoScan, Result, ShotSet
+from .core.data import (
+    Dataset,
+    DiffractionStack,
+    ObjectResult,
+    Provenance,
+    PtychoScan,
+    Result,
+    ShotSet,
+)
 from .core.io import describe
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -102,6 +110,18 @@ def layers_for_dataset(data: Dataset, name: str | None = None) -> list[LayerData
     return layers
 
 
+def result_label(provenance: Provenance) -> str:
+    """The method, and the model's name when it is not a bundled model: a retrained network's
+    layers then sit beside the bundled network's instead of taking their name."""
+    if provenance.model_name is None:
+        return provenance.method
+    from .core.nn.registry import bundled_names  # torch: imported only once a network ran
+
+    if provenance.model_name in bundled_names():
+        return provenance.method
+    return f"{provenance.method} {provenance.model_name}"
+
+
 def layers_for_result(
     result: ObjectResult, name: str | None = None, amplitude_word: str = "amplitude"
 ) -> list[LayerData]:
@@ -109,7 +129,7 @@ def layers_for_result(
     placed over its data: a stitched object at its origin on the scan, a network's objects of
     resampled patterns at their pixel scale (``object_pixel_scale``) beside the iterative ones."""
     name = name or source_name(result, "result")
-    label = result.provenance.method
+    label = result_label(result.provenance)
     common = {"cdinn_result": result}
     placed = {} if result.origin is None else {"translate": result.origin}  # over the scan
     scale = result.provenance.parameters.get("object_pixel_scale")

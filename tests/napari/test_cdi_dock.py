@@ -110,3 +110,30 @@ def test_a_renamed_layer_is_listed_and_run_under_its_new_name(viewer, cdi_dock, 
     cdi_dock.layer_combo.setCurrentText(first.name)
     first.name = "sample A"  # the chosen layer renamed: still the chosen one
     assert cdi_dock.layer_combo.currentText() == "sample A"
+
+
+def test_a_second_run_and_an_opened_result_file_keep_their_layers(
+    viewer, cdi_dock, qtbot, tmp_path
+):
+    from napari_cdinn.core import cdi, io
+    from napari_cdinn.core.progress import run_to_end
+
+    (diffraction,) = viewer.open_sample("napari-cdinn", "cdi")
+    stack = diffraction.metadata["cdinn"]["data"]
+    saved = tmp_path / "cdi_crystals.h5"  # yesterday's network result of these patterns
+    io.write_results(saved, [run_to_end(cdi.network_steps(stack, device="cpu"))])
+    viewer.open(str(saved), plugin="napari-cdinn")
+    opened = {layer.name: layer for layer in viewer.layers if "(NN)" in layer.name}
+    assert "cdi_crystals phase (NN)" in opened
+    viewer.layers.selection.active = diffraction
+    for box in cdi_dock.method_boxes.values():
+        box.setChecked(False)
+    cdi_dock.method_boxes["nn"].setChecked(True)
+    for _ in range(2):
+        cdi_dock.run()
+        qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=60_000)
+    for name, layer in opened.items():  # neither removed nor changed
+        assert viewer.layers[name] is layer
+    names = [layer.name for layer in viewer.layers]
+    assert {"cdi_crystals shape (NN)", "cdi_crystals shape (NN) [1]"} <= set(names), names
+    assert {"cdi_crystals phase (NN) [1]", "cdi_crystals phase (NN) [2]"} <= set(names), names

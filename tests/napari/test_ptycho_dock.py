@@ -95,10 +95,10 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
     assert len(lines) == 2 and len(lines[0].get_xdata()) >= 1  # train and validation curves
     card = registry.read_card(saved[0])
     assert card["training"]["positions"] > 10 and card["mode"] == "ptycho"
-    assert (
-        viewer.layers[f"{NAME} amplitude (NN)"].metadata["cdinn_result"].provenance.model_name
-        == saved[0].stem
-    )
+    retrained = viewer.layers[f"{NAME} amplitude (NN {saved[0].stem})"]  # beside the base's
+    assert retrained.metadata["cdinn_result"].provenance.model_name == saved[0].stem
+    assert viewer.layers[f"{NAME} amplitude (NN)"] is network  # the bundled model's, untouched
+    assert network.metadata["cdinn_result"].provenance.model_name == "ptycho_nn"
     assert not [layer.name for layer in viewer.layers if "1 in 4" in layer.name]
 
 
@@ -138,6 +138,41 @@ def test_stop_ends_retraining_within_a_second_and_keeps_the_best_model(
     assert len(run.history) < 50 and run.best_state is not None
     assert len(list(models.glob("*.safetensors"))) == 1
     wait(pdock, qtbot)
+
+
+def test_a_stopped_second_epie_run_leaves_the_first_result_and_marks_its_own(viewer, pdock, qtbot):
+    reconstruct(pdock, qtbot, epochs=5)
+    first = viewer.layers[f"{NAME} amplitude (ePIE)"]
+    finished = first.metadata["cdinn_result"]
+    kept = first.data.copy()
+    pdock.epochs.setValue(5000)
+    pdock.reconstruct()
+    qtbot.waitUntil(lambda: f"{NAME} amplitude (ePIE) [1]" in viewer.layers, timeout=60_000)
+    pdock.stop_work()
+    wait(pdock, qtbot)
+    assert first.metadata["cdinn_result"] is finished and np.array_equal(first.data, kept)
+    stopped = viewer.layers[f"{NAME} amplitude (ePIE) [1]"].metadata["cdinn_result"]
+    assert stopped.provenance.parameters["stopped"]
+    assert pdock.status.text() == f"Stopped at epoch {stopped.provenance.parameters['epochs_done']}"
+    assert pdock.reference_combo.currentText() == f"{NAME} amplitude (ePIE) [1]"
+
+
+def test_a_reconstruction_opened_from_a_file_is_never_changed(viewer, pdock, qtbot, tmp_path):
+    from napari_cdinn.core import io
+
+    reconstruct(pdock, qtbot, epochs=3)
+    result = viewer.layers[f"{NAME} amplitude (ePIE)"].metadata["cdinn_result"]
+    path = tmp_path / f"{NAME}.h5"
+    io.write_results(path, [result])
+    viewer.layers.clear()
+    viewer.open_sample("napari-cdinn", "ptycho")
+    viewer.open(str(path), plugin="napari-cdinn")
+    opened = {layer.name: layer.data.copy() for layer in viewer.layers if "(ePIE)" in layer.name}
+    assert f"{NAME} amplitude (ePIE)" in opened
+    reconstruct(pdock, qtbot, epochs=4)
+    for name, data in opened.items():
+        assert np.array_equal(viewer.layers[name].data, data), name
+    assert f"{NAME} amplitude (ePIE) [1]" in viewer.layers
 
 
 def test_model_files_load_save_and_a_wrong_file_is_refused(pdock, tmp_path, error_messages):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from napari.layers import Layer
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QPushButton, QWidget
 
+from .._layers import LayerData
 from ..core.errors import CdinnError
+
+if TYPE_CHECKING:
+    import napari
 
 
 def report_error(err: Exception) -> None:
@@ -28,6 +35,37 @@ def refill(combo: QComboBox, layers: list, on_rename: Callable) -> None:
     index = combo.findData(chosen) if chosen is not None else -1
     if index >= 0:
         combo.setCurrentIndex(index)
+
+
+class RunLayers:
+    """The layers one run of a dock makes: its live previews update them and its result lands
+    in them.  Layers already in the viewer (an earlier run's, results the user opened from a
+    file) are never changed or removed: where a name is taken, napari numbers the new layer's
+    ("... [1]"), and both results stay to be compared."""
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        self.viewer = viewer
+        self.made: dict[str, Layer] = {}  # by the name asked for (napari may have numbered it)
+
+    def show(self, layer_data: LayerData) -> Layer:
+        data, kwargs, kind = layer_data
+        layer = self.made.get(kwargs["name"])
+        if layer is not None and layer in self.viewer.layers and layer.data.shape == data.shape:
+            layer.data = data
+            layer.metadata = kwargs.get("metadata", {})
+            if "contrast_limits" in kwargs:
+                layer.contrast_limits = kwargs["contrast_limits"]
+        else:  # the first of this run, or the user removed the run's layer meanwhile
+            layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+            self.made[kwargs["name"]] = layer
+        return layer
+
+
+def latest_layer(viewer: napari.Viewer, name: str) -> Layer | None:
+    """The last layer in the list named ``name`` or, as napari numbers repeats, ``name [k]``."""
+    pattern = re.compile(re.escape(name) + r"( \[\d+\])?")
+    matches = [layer for layer in viewer.layers if pattern.fullmatch(layer.name)]
+    return matches[-1] if matches else None
 
 
 def advance(bar, step: tuple[int, int]) -> None:

@@ -27,7 +27,7 @@ from .. import _settings
 from .._layers import dataset_of, layers_for_result
 from ..core import cdi
 from ..core.data import DiffractionStack, ObjectResult, PtychoScan
-from . import WorkerDock, refill
+from . import RunLayers, WorkerDock, refill
 
 if TYPE_CHECKING:
     import napari
@@ -132,12 +132,10 @@ class CDIDock(WorkerDock):
         source = layer.name.removesuffix(" diffraction")
         if isinstance(dataset_of(layer.metadata), PtychoScan):  # frames one by one, as CDI:
             source += " frames"  # not the Ptychography dock's stitched layers of the same name
+        run = RunLayers(self.viewer)  # earlier runs' layers and opened results stay
         for result in results.values():
-            for data, kwargs, kind in layers_for_result(result, source, amplitude_word="shape"):
-                name = kwargs["name"]
-                if name in self.viewer.layers:
-                    self.viewer.layers.remove(name)
-                self.viewer.add_layer(Layer.create(data, kwargs, kind))
+            for layer_data in layers_for_result(result, source, amplitude_word="shape"):
+                run.show(layer_data)
         self.viewer.canvas.grid.enabled = True
         self.viewer.reset_view()
         self._plot(results)

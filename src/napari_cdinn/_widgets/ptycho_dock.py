@@ -41,7 +41,7 @@ from ..core.nn.registry import (
     weights_path,
 )
 from ..core.retrieval.ptycho import EpieRecipe
-from . import WorkerDock, refill, report_error
+from . import RunLayers, WorkerDock, latest_layer, refill, report_error
 
 EPIE_EPOCHS = 100  # from a flat start; from the network's image ptycho.REFINE_EPOCHS do as well
 
@@ -99,6 +99,7 @@ class PtychoDock(WorkerDock):
         self._plotted_epochs = 0
         self._preview: tuple | None = None
         self._shown_at = 0.0
+        self._run_layers = RunLayers(self.viewer)  # the layers of the latest run
 
         self.scan_combo = QComboBox()
         self.every = QSpinBox(minimum=1, maximum=16, value=1)
@@ -227,7 +228,7 @@ class PtychoDock(WorkerDock):
         if self._preview is not None and time.monotonic() - self._shown_at > PREVIEW_EVERY_S:
             self._show_preview()
         if self.run is not None and len(self.run.history) != self._plotted_epochs:
-            self._plot_losses()  # once per epoch: redrawing per batch slowed the training
+            self._plot_losses(self.run)  # once per epoch: redrawing per batch slowed the training
 
     def _suggest_epochs(self, from_network: bool) -> None:
         """The epochs each start needs (100 from a flat object, 10 from the network's image),
@@ -261,10 +262,13 @@ class PtychoDock(WorkerDock):
         worker = create_worker(*steps, _settings.device_choice(), preview, _ignore_errors=True)
         self._preview = None
         self._grid = ptycho.ObjectGrid.around(scan.positions, scan.stack.frame_shape)
+        self._run_layers = RunLayers(self.viewer)
+        worker.aborted.connect(self._stopped)
         self.start_work(
             worker,
             f"{ptycho.LABELS[method]} on {name}",
             lambda result: self._show_result(name, result),
+            then=self._choose_reference,
         )
 
     def _show_preview(self) -> None:
@@ -272,11 +276,34 @@ class PtychoDock(WorkerDock):
         self._preview = None
         self._shown_at = time.monotonic()
         label = ptycho.LABELS[method]
-        result = ObjectResult(
-            obj, Provenance(method=label, source=name), probe=probe, origin=self._grid.origin
-        )
+        provenance = Provenance(method=label, source=name, parameters={"epochs_done": epoch})
+        result = ObjectResult(obj, provenance, probe=probe, origin=self._grid.origin)
         self._show_result(name, result, final=False)
         self.status.setText(f"{label} epoch {epoch}")
+
+    def _choose_reference(self) -> None:
+        """The reconstruction just made (or stopped) becomes the reference for retraining."""
+        for layer in self._run_layers.made.values():
+            if layer in self.viewer.layers and stitched_result(layer) is not None:
+                index = self.reference_combo.findData(layer.unique_id)
+                if index >= 0:
+                    self.reference_combo.setCurrentIndex(index)
+                    return
+
+    def _stopped(self) -> None:
+        """Stop during ePIE: the run's layers keep the latest epoch's object and probe, marked
+        as stopped in their provenance; an earlier run's layers were never touched."""
+        if self._preview is not None:  # an epoch newer than the one shown
+            self._show_preview()
+        results = [layer.metadata.get("cdinn_result") for layer in self._run_layers.made.values()]
+        epochs = {r.provenance.parameters.get("epochs_done") for r in results if r is not None}
+        for result in results:
+            if result is not None:
+                result.provenance.parameters["stopped"] = True
+        done = max((e for e in epochs if e is not None), default=None)
+        self.status.setText(
+            "Stopped before the first epoch" if done is None else f"Stopped at epoch {done}"
+        )
 
     def invert(
         self, model: Path | None = None, chosen: tuple[str, PtychoScan] | None = None
@@ -290,12 +317,13 @@ class PtychoDock(WorkerDock):
             show_error("No ptychography model: load one or retrain.")
             return
         name, scan = chosen
-        epie = stitched_result(self._layer(f"{name} amplitude (ePIE)"))
+        epie = stitched_result(latest_layer(self.viewer, f"{name} amplitude (ePIE)"))
         worker = create_worker(
             ptycho.network_steps, scan, path, _settings.device_choice(),
             probe=None if epie is None else epie.probe,  # the retrieved one, as retraining's
             _ignore_errors=True,
         )  # fmt: skip
+        self._run_layers = RunLayers(self.viewer)
         self.start_work(
             worker, f"Network on {name}", lambda result: self._show_result(name, result)
         )
@@ -304,7 +332,7 @@ class PtychoDock(WorkerDock):
         if final:  # a preview still pending (the progress bar may deliver the result before
             self._preview = None  # the last step is shown) must not overwrite the result
         self.viewer.canvas.grid.enabled = False  # layers overlay here (the CDI dock's grid off)
-        reference = stitched_result(self._layer(f"{name} amplitude (ePIE)"))
+        reference = stitched_result(latest_layer(self.viewer, f"{name} amplitude (ePIE)"))
         if (
             result.provenance.method != "ePIE"
             and reference is not None
@@ -312,28 +340,12 @@ class PtychoDock(WorkerDock):
             and reference.origin == result.origin  # an ePIE layer of another scan of this name
         ):
             result = ptycho.matched_to(result, reference)  # same phase offset and scale
-        for data, kwargs, kind in layers_for_result(result, name):
-            existing = self._layer(kwargs["name"])
-            if (
-                existing is not None
-                and existing.data.shape == data.shape
-                and tuple(existing.translate) == tuple(kwargs.get("translate", (0, 0)))
-            ):
-                existing.data = data
-                existing.metadata = kwargs["metadata"]
-                if kwargs["metadata"]["component"] == "amplitude":
-                    existing.contrast_limits = kwargs["contrast_limits"]
-            else:
-                if existing is not None:
-                    self.viewer.layers.remove(existing)
-                self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        for layer_data in layers_for_result(result, name):
+            self._run_layers.show(layer_data)
         if result.probe is not None:
             probe_name = f"{name} probe amplitude ({result.provenance.method})"
-            probe = np.abs(result.probe)
-            if self._layer(probe_name) is not None:
-                self._layer(probe_name).data = probe
-            else:
-                self.viewer.add_image(probe, name=probe_name, colormap="magma", visible=False)
+            settings = {"name": probe_name, "colormap": "magma", "visible": False}
+            self._run_layers.show((np.abs(result.probe), settings, "image"))
         if final:
             wall = result.provenance.wall_time_s or 0.0
             self.status.setText(f"{result.provenance.method}: {wall:.2f} s")
@@ -389,8 +401,8 @@ class PtychoDock(WorkerDock):
             worker, f"Retraining on {name}", lambda run: None, then=self._after_training
         )
 
-    def _plot_losses(self) -> None:
-        history = list(self.run.history)  # a snapshot: the training thread appends to it
+    def _plot_losses(self, run: ptycho.FineTuning) -> None:
+        history = list(run.history)  # a snapshot: the training thread appends to it
         self._plotted_epochs = len(history)
         self.figure.clear()
         axes = self.figure.add_subplot(111)
@@ -405,10 +417,11 @@ class PtychoDock(WorkerDock):
     def _after_training(self) -> None:
         """Stopped or done: keep the best model, save it, invert the whole scan with it."""
         run, (name, scan) = self.run, self._trained
+        self.run = None  # failed, stopped or done: later work must not plot it
         if run is None or run.best_state is None:
             self.training_status.setText("No epoch finished: the model is unchanged.")
             return
-        self._plot_losses()
+        self._plot_losses(run)
         stem = f"{source_name(scan, 'scan')}_retrained_{time.strftime('%Y%m%d_%H%M%S')}"
         region = f"shapes of layer '{name} training region'"
         try:
@@ -422,7 +435,6 @@ class PtychoDock(WorkerDock):
             f"Retrained on {run.source.get('positions')} positions, {last['epoch']} epochs, "
             f"{last['seconds']:.0f} s; saved {path.name}"
         )
-        self.run = None
         self.invert(model=path, chosen=(name, scan))  # the scan it learnt, as it was then
 
     # -- model files -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 
 def bundled_dir() -> Path:
     return Path(str(files("napari_cdinn"))) / "weights"
+
+
+@lru_cache(maxsize=1)
+def bundled_names() -> frozenset[str]:
+    """The names on the bundled models' cards."""
+    return frozenset(
+        read_card(weights).get("name") for weights in bundled_dir().glob("*.safetensors")
+    )
 
 
 def user_dir() -> Path:
