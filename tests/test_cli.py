@@ -66,6 +66,47 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, cap
     assert data.read_bytes() == before
 
 
+def test_a_frame_of_an_input_folder_is_refused_as_the_output(tmp_path, capsys):
+    """``invert FOLDER -o FOLDER/frame.png``: the folder's frames are inputs too."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name in ("barke5.png", "barke6.png"):
+        (folder / name).write_bytes((SAMPLES.parent.parent / "shared" / "data" / "wideangle" /
+                                     name).read_bytes())  # fmt: skip
+    before = (folder / "barke6.png").read_bytes()
+    assert main(["invert", str(folder), "-o", str(folder / "barke6.png")]) == 1
+    assert "barke6.png: is also an input" in capsys.readouterr().err
+    assert (folder / "barke6.png").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("command", "output"), [("invert", "out.png"), ("info", "summary.cxi"), ("simulate", "s.tif")]
+)
+def test_an_output_of_another_kind_of_file_is_refused(tmp_path, capsys, command, output):
+    argv = {"invert": ["invert", str(SAMPLES / "cdi_crystals.cxi")],
+            "info": ["info", str(SAMPLES / "cdi_crystals.cxi")],
+            "simulate": ["simulate", "cdi", "-n", "1"]}[command]  # fmt: skip
+    assert main([*argv, "-o", str(tmp_path / output)]) == 1
+    assert "give a file name ending in" in capsys.readouterr().err
+    assert not (tmp_path / output).exists()
+
+
+def test_only_files_napari_cdinn_wrote_are_replaced(tmp_path, capsys):
+    """An HDF5 file already at ``-o`` is replaced only when it is an earlier output (signed
+    ``creator``); anyone else's (a raw data file) is kept and the command refused."""
+    theirs = tmp_path / "raw.h5"
+    with h5py.File(theirs, "w") as h5:
+        h5["data"] = np.ones((2, 8, 8))
+    before = theirs.read_bytes()
+    argv = ["simulate", "cdi", "-n", "1", "-o"]
+    assert main([*argv, str(theirs)]) == 1
+    assert "napari-cdinn did not write it" in capsys.readouterr().err
+    assert theirs.read_bytes() == before
+    ours = tmp_path / "simulated.cxi"
+    assert main([*argv, str(ours)]) == 0
+    assert main([*argv, str(ours), "--seed", "3"]) == 0  # an earlier output: replaced
+
+
 def test_a_model_written_over_its_base_is_refused_and_the_base_kept(tmp_path, capsys):
     """``train ptycho ... --model base.safetensors -o base`` writes base.safetensors (the
     suffix added) and its card: the base model would be lost."""

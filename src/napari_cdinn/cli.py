@@ -534,7 +534,8 @@ class _QuietWhenUnread:
 
 
 def _inputs(args: argparse.Namespace) -> list[Path]:
-    """Every file the command reads (its output must be none of them)."""
+    """Every file the command reads, a folder's frame files too (its output must be none of
+    them)."""
     named = [getattr(args, name, None) for name in ("input", "file", "scan", "reference", "model")]
     paths: list[Path] = []
     for value in named:
@@ -542,7 +543,21 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
             paths.extend(Path(v) for v in value)
         elif value is not None:
             paths.append(Path(value))
-    return paths
+    from .core.io.images import PNG_SUFFIXES, TIFF_SUFFIXES, frame_files
+
+    frames = PNG_SUFFIXES + TIFF_SUFFIXES  # what a folder is read as
+    return [p for path in paths for p in (frame_files(path, frames) if path.is_dir() else [path])]
+
+
+def _output_suffixes(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The endings ``-o`` may have: the kind of file the command writes."""
+    from .core.io.results import HDF5_SUFFIXES
+
+    if args.func is cmd_info:
+        return (".json",)
+    if args.func in (cmd_invert, cmd_simulate):
+        return HDF5_SUFFIXES
+    return None  # train: weights_path adds .safetensors
 
 
 def _written(args: argparse.Namespace) -> list[Path]:
@@ -565,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             from .core.io.results import check_output
 
             for target in _written(args):  # before the work, not after it
-                check_output(target, _inputs(args))
+                check_output(target, _inputs(args), _output_suffixes(args))
         return int(args.func(args) or 0)
     except CdinnError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
-from .results import atomic_path
+from .results import atomic_path, mark_as_ours
 
 # A plausible hard X-ray geometry for simulated data: 10 keV, 75 um pixels (Eiger-like).
 SIMULATED_ENERGY_EV = 10_000.0
@@ -35,6 +35,7 @@ def write_cxi(path: str | Path, data: DiffractionStack | PtychoScan) -> Path:
     distance = meta.distance_m or simulated_distance_m(frame)
     pixel = meta.pixel_size_m or (SIMULATED_PIXEL_M, SIMULATED_PIXEL_M)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        mark_as_ours(h5)
         h5["cxi_version"] = 160
         entry = h5.create_group("entry_1")
         frames = np.asarray(stack.intensities, np.float32)
@@ -80,6 +81,7 @@ def write_shots(
     orientations (N, 4) and radii (N,) under ``/entry_1/sample_1`` (``orientation``,
     ``radius_nm``), the simulator's settings as attributes of ``sample_1``."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        mark_as_ours(h5)
         h5["cxi_version"] = 160
         entry = h5.create_group("entry_1")
         detector = entry.create_group("instrument_1/detector_1")

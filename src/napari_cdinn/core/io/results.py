@@ -36,11 +36,19 @@ from ..data import ObjectResult, OrientationResult, Provenance, Result
 from ..errors import CdinnError, InputError
 from .hdf5 import damaged_as_input_error, open_h5
 
+HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs")
 
-def check_output(target: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+
+def check_output(
+    target: str | Path,
+    inputs: Sequence[str | Path] = (),
+    suffixes: tuple[str, ...] | None = None,
+) -> Path:
     """``target`` as a file that can be written: not a folder, in a folder that exists and may
-    be written, and none of the ``inputs`` (which it would replace: the user's data lost). The
-    command line checks it before the work, so a mistyped path costs no minutes of computing."""
+    be written, none of the ``inputs`` (which it would replace: the user's data lost), ending
+    in one of ``suffixes`` when given, and, if it is an HDF5 file already there, one that
+    napari-cdinn wrote (a raw data file is never replaced).  The command line checks it before
+    the work, so a mistyped path costs no minutes of computing."""
     target = Path(target)
     if target.is_dir():
         raise CdinnError(f"{target}: is a folder; give a file name for the output")
@@ -52,7 +60,32 @@ def check_output(target: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
     for source in inputs:
         if _same_file(target, Path(source)):
             raise CdinnError(f"{target}: is also an input; the output would replace it")
+    if suffixes is not None and target.suffix.lower() not in suffixes:
+        raise CdinnError(
+            f"{target}: give a file name ending in {' or '.join(suffixes)}, the kind of file "
+            "this command writes"
+        )
+    if target.suffix.lower() in HDF5_SUFFIXES and target.is_file() and not _ours(target):
+        raise CdinnError(
+            f"{target}: exists and napari-cdinn did not write it (it may be your data); choose "
+            "another name, or delete it first"
+        )
     return target
+
+
+def mark_as_ours(h5: h5py.File) -> None:
+    """Sign a file napari-cdinn writes: only such files are replaced by a later output."""
+    h5.attrs["creator"] = "napari-cdinn"
+    h5.attrs["creator_version"] = __version__
+
+
+def _ours(path: Path) -> bool:
+    """Whether napari-cdinn wrote the HDF5 file at ``path``."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get("creator") == "napari-cdinn"
+    except OSError:  # not HDF5, or damaged: not ours to replace
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -113,8 +146,7 @@ def write_results(path: str | Path, results: Sequence[Result]) -> Path:
     if not results:
         raise CdinnError(f"{path}: nothing to write (no results)")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs["creator"] = "napari-cdinn"
-        h5.attrs["creator_version"] = __version__
+        mark_as_ours(h5)
         h5.attrs["file_kind"] = "results"
         entry = h5.create_group("entry_1")
         entry.attrs["NX_class"] = "NXentry"
