@@ -449,3 +449,21 @@ def test_refine_unsure_only_refines_the_shots_few_flips_agree_on(tmp_path, capsy
     assert main(["invert", str(sample), *argv, "-o", str(tmp_path / "sure.h5")]) == 0
     (network,) = io.read_results(tmp_path / "sure.h5")
     assert (network.flips_agreeing >= 6).all() and "no unsure shots" in capsys.readouterr().out
+
+
+def test_amplitudes_of_a_lazily_read_stack_have_their_nan_masked():
+    """A large file is read lazily and its NaN masked when a method loads it; ``--amplitudes``
+    loads it first, and must mask them too (they made every object NaN)."""
+    import dask.array as da
+
+    from napari_cdinn.cli import _squared
+    from napari_cdinn.core.data import DiffractionStack, Metadata
+    from napari_cdinn.core.errors import InputWarning
+
+    amplitudes = np.ones((3, 8, 8), np.float32)
+    amplitudes[1, 4, 5] = np.nan
+    stack = DiffractionStack(da.from_array(amplitudes), None, Metadata(source="big.npy"))
+    with pytest.warns(InputWarning, match="big.npy: 1 NaN"):
+        _squared(stack)
+    assert np.isfinite(stack.intensities).all() and not stack.is_lazy
+    assert not stack.mask[1, 4, 5] and stack.mask.sum() == stack.mask.size - 1

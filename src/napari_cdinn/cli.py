@@ -202,7 +202,7 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
     frames = parse_frames(args.frames, data.n_frames)
     stack = data.subset(frames)
     if args.amplitudes:
-        stack.intensities = stack.frames() ** 2
+        _squared(stack)
     methods = ["nn", "refine"] if method == "refine" else [method]
     steps = cdi.invert_steps(
         stack, methods, iterations=args.iterations if method == "iterative" else None,
@@ -216,6 +216,15 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
             f"median chi2 {np.median(result.chi2):.4g}"
         )
     return results
+
+
+def _squared(stack: Any) -> None:
+    """``--amplitudes``: the stack's sqrt(I) frames squared in memory, the NaN/Inf pixels of a
+    lazily read stack masked first (as a method reading it would have)."""
+    from .core.io.checks import frames_in_memory
+
+    amplitudes, stack.mask = frames_in_memory(stack)
+    stack.intensities = amplitudes**2
 
 
 def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
@@ -232,7 +241,7 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
     frames = parse_frames(args.frames, len(data.positions))
     scan = data.subset(frames)
     if args.amplitudes:
-        scan.stack.intensities = scan.stack.frames() ** 2
+        _squared(scan.stack)
     if method == "epie":
         recipe = EpieRecipe(epochs=args.iterations or EpieRecipe.epochs)
         result = run_to_end(ptycho.epie_steps(scan, recipe, device=args.device))
@@ -272,7 +281,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         frames = parse_frames(args.frames, data.n_frames)
         data = data.subset(frames)
         if args.amplitudes:
-            data.intensities = data.frames() ** 2
+            _squared(data)
     results = []
     if method in ("nn", "refine"):
         results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
