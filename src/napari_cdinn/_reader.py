@@ -83,8 +83,8 @@ def network_layers(data: object) -> list[LayerData]:
     Skipped, with a warning, for data the network cannot take at once (lazy stacks larger than
     memory, scans, single shots) or patterns it refuses; the data layers are shown regardless.
     """
-    if not isinstance(data, DiffractionStack):
-        return []
+    if not isinstance(data, DiffractionStack) or data.meta.extra.get("mode", "cdi") != "cdi":
+        return []  # e.g. wide-angle shots: the Wide-angle dock's network, not this one
     if data.is_lazy or data.n_frames > MAX_FRAMES_ON_OPEN:
         warnings.warn(
             f"{data.meta.source}: invert on open skips stacks kept on disk or over "

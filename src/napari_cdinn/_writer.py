@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from ._layers import DISPLAY, dataset_of
 from .core import io
-from .core.data import ObjectResult
+from .core.data import DiffractionStack, ObjectResult, PtychoScan
 from .core.errors import CdinnError
 
 
@@ -29,7 +30,14 @@ def write_results_h5(path: str, layer_data: list[tuple[Any, dict, str]]) -> list
 
 
 def write_image_tiff(path: str, data: Any, meta: dict) -> list[str]:
-    """Write one image layer's data as float32 TIFF with its name and scale in the description."""
+    """Write one image layer's data as float32 TIFF with its name and scale in the description;
+    for a diffraction layer, the intensities it shows as log10(1 + I), not the display values
+    (which would read back as intensities)."""
     description = {"name": meta.get("name"), "scale": list(np.ravel(meta.get("scale", [])))}
+    cdinn = meta.get("metadata", {}).get("cdinn", {})
+    dataset = dataset_of(meta.get("metadata", {}))
+    if cdinn.get("display") == DISPLAY and isinstance(dataset, DiffractionStack | PtychoScan):
+        data = getattr(dataset, "stack", dataset).frames()
+        description["values"] = "intensities"
     io.write_tiff(path, np.asarray(data), description)
     return [path]

@@ -82,6 +82,8 @@ def test_invert_on_open_adds_network_layers(viewer, cdi_dock):
         "cdi_crystals phase (NN)",
     ]
     assert layers[1].data.shape == (32, 64, 64)
+    shots = viewer.open(sample_path("wideangle_shots.cxi"), plugin="napari-cdinn")
+    assert [layer.name for layer in shots] == ["wideangle_shots diffraction"]  # not CDI's to invert
     cdi_dock.invert_on_open.setChecked(False)
     assert not _settings.invert_on_open()
 

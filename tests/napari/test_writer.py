@@ -111,3 +111,14 @@ def test_plain_image_saves_as_tiff_but_not_as_results(viewer, tmp_path):
     assert "TIFF" in message  # says what to do instead
     assert not h5.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif"]  # no half-written file
+
+
+def test_a_diffraction_layer_saves_its_intensities_not_the_log_display(viewer, tmp_path):
+    (layer,) = viewer.open_sample("napari-cdinn", "cdi")
+    stack = layer.metadata["cdinn"]["data"]
+    viewer.layers.selection = {layer}
+    tif = tmp_path / "patterns.tif"
+    viewer.layers.save(str(tif), selected=True, plugin="napari-cdinn")
+    back = io.read(tif)
+    np.testing.assert_allclose(back.intensities, stack.intensities)  # not log10(1 + I)
+    assert back.intensities.max() > 100 * layer.data.max()
