@@ -467,3 +467,10 @@ def test_amplitudes_of_a_lazily_read_stack_have_their_nan_masked():
         _squared(stack)
     assert np.isfinite(stack.intensities).all() and not stack.is_lazy
     assert not stack.mask[1, 4, 5] and stack.mask.sum() == stack.mask.size - 1
+
+
+def test_a_negative_seed_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "cdi", "-n", "1", "--seed", "-1", "-o", str(tmp_path / "s.cxi")])
+    assert exit_.value.code == 2
+    assert "--seed: -1: must be at least 0" in capsys.readouterr().err

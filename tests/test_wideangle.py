@@ -383,6 +383,22 @@ def test_a_shot_of_too_few_photons_is_refused_by_the_fit():
         run_to_end(wideangle.fit_steps(_shots(sparse, "sparse.npy")))
 
 
+def test_an_unfittable_shot_is_refused_before_the_others_are_fitted():
+    """A long fit must not end, hours in, on a bad shot found at its turn: all are checked
+    before the first simplex."""
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.errors import InputError
+
+    good = wa.log_image(
+        wa.Simulator().intensity(80.0, ico.random_orientations(1, np.random.default_rng(3))[0])
+    )
+    sparse = np.zeros((128, 128), np.float32)
+    sparse[::7, ::7] = 0.5
+    steps = wideangle.fit_steps(_shots(np.stack([good, sparse]), "two.npy"))
+    with pytest.raises(InputError, match=r"two\.npy: shot 1: 0 binned pixels"):
+        next(steps)  # at once, not after shot 0's simplex
+
+
 def test_colour_png_is_refused(tmp_path):
     import imageio.v3 as iio
 

@@ -63,7 +63,11 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
                 if isinstance(result, ObjectResult):
                     layers += layers_for_result(result)
             if not layers:
-                raise InputError(p, "results file holds no image results to show")
+                raise InputError(
+                    p, "results file holds orientations and radii only, no images to show "
+                    "(napari-cdinn info lists them; the Wide-angle dock shows its own answers "
+                    "beside the shots)",
+                )  # fmt: skip
         else:
             layers += stack_layers(io.read(p))
     return layers

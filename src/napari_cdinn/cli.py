@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", type=int, default=64, help="patterns (cdi, wideangle) or at most positions (ptycho)"
     )
     simulate.add_argument("-o", "--output", type=Path, required=True)
-    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--seed", type=_at_least(0), default=0)
     simulate.add_argument(
         "--size",
         type=POSITIVE,

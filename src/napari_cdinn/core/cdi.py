@@ -209,6 +209,16 @@ def invert_steps(
     """
     if not methods or set(methods) - set(METHODS):
         raise InputError(None, f"methods must be among {', '.join(METHODS)}; got {methods}")
+    if "refine" in methods:  # said before any work
+        path = Path(model_path) if model_path else default_model()
+        size = registry.read_card(path).get("arguments", {}).get("size")
+        if tuple(stack.frame_shape) != (size, size):
+            raise InputError(
+                stack.meta.source,
+                f"refine needs patterns of the network's own size ({size} x {size}), whose "
+                f"objects lie on the pattern grid; these are {stack.frame_shape[0]} x "
+                f"{stack.frame_shape[1]} (use the iterative method)",
+            )
     results: dict[str, ObjectResult] = {}
     network = None
     if "nn" in methods or "refine" in methods:
@@ -216,12 +226,6 @@ def invert_steps(
         if "nn" in methods:
             results["nn"] = network
     on_pattern_grid = network is not None and network.objects.shape[1:] == stack.frame_shape
-    if "refine" in methods and not on_pattern_grid:  # said now, not after the iterative run
-        raise InputError(
-            stack.meta.source,
-            f"refine needs the network's objects on the pattern grid {stack.frame_shape}; the "
-            f"network saw resampled {network.objects.shape[1:]} patterns (choose Iterative)",
-        )
     if "iterative" in methods:
         recipe = scaled_recipe(iterations, shrinkwrap_threshold)
         reference = network.objects if on_pattern_grid else None  # for twin and phase offset

@@ -273,15 +273,16 @@ def fit_steps(
     rng = np.random.default_rng(recipe.seed)
     starts = 1 if start is not None else recipe.starts
     total = len(shots) * starts
-    quaternions, radii, misfits, offsets, blurs, evaluations = [], [], [], [], [], 0
-    for n, shot in enumerate(shots):
-        fit = ShotFit(images[shot], recipe.pixels)
+    fits = [ShotFit(images[shot], recipe.pixels) for shot in shots]
+    for shot, fit in zip(shots, fits, strict=True):  # all before any work, not hours into it
         if fit.valid.sum() < MIN_FIT_PIXELS:  # a correlation over nothing: any answer fits
             raise InputError(
                 data.meta.source,
                 f"shot {shot}: {int(fit.valid.sum())} binned pixels with signal, too few to fit "
                 f"(at least {MIN_FIT_PIXELS}; a shot of very few photons?)",
             )
+    quaternions, radii, misfits, offsets, blurs, evaluations = [], [], [], [], [], 0
+    for n, (shot, fit) in enumerate(zip(shots, fits, strict=True)):
         best = (None, None, np.inf)
         for k in range(starts):
             if start is not None:

@@ -83,8 +83,8 @@ def read(
     kind = file_kind(path)
     if kind in ("hdf5", "cxi") and is_results(path):
         raise InputError(
-            path, "a napari-cdinn results file, not diffraction data (open it in napari, or "
-            "napari-cdinn info, to see its results)",
+            path, "a napari-cdinn results file, not diffraction data (napari-cdinn info lists "
+            "its results; napari opens its images)",
         )  # fmt: skip
     if kind == "cxi":
         return read_cxi(path, dataset, lazy)
