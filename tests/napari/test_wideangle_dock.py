@@ -40,7 +40,7 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     simulated = viewer.layers[f"{NAME} simulated (NN)"]
     assert simulated.data.shape == shots.data.shape
     assert simulated.translate[-1] > shots.data.shape[-1]  # beside the shots
-    result = wdock.network[f"{NAME} diffraction"]
+    result = wdock.network[shots.unique_id]
     assert result.quaternions.shape == (8, 4) and (result.radii_nm > 0).all()
     assert wdock.table.rowCount() == 1 and wdock.table.item(0, 0).text() == "NN"
     agreeing = result.flips_agreeing[wdock.current_shot()]
@@ -72,7 +72,7 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     wait(wdock, qtbot)
     assert wdock.table.rowCount() == 3
     assert wdock.table.item(0, 4).text() != ""  # misorientation of NN to the fit
-    fitted = wdock.fits[(f"{NAME} diffraction", 3, "fit")]
+    fitted = wdock.fits[(shots.unique_id, 3, "fit")]
     assert icosahedral.misorientation(fitted.quaternions, result.quaternions[3:4]).shape == (1,)
 
     viewer.layers.remove(f"{NAME} diffraction")  # its answers go with it: a layer opened
@@ -82,7 +82,8 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
 def test_refine_unsure_refines_the_shots_few_flips_agree_on(viewer, wdock, qtbot, error_messages):
     wdock.predict()
     wait(wdock, qtbot)
-    result = wdock.network[f"{NAME} diffraction"]
+    shots = viewer.layers[f"{NAME} diffraction"]
+    result = wdock.network[shots.unique_id]
     result.flips_agreeing = np.full(8, 8)
     wdock.refine_unsure()  # every answer sure: nothing to do, and the dock says so
     assert wdock.worker is None and "No unsure shots" in wdock.status.text()
@@ -93,7 +94,7 @@ def test_refine_unsure_refines_the_shots_few_flips_agree_on(viewer, wdock, qtbot
     assert not error_messages()
     refined = {shot for (_, shot, method) in wdock.fits if method == "refine"}
     assert refined == {2, 5} and "2, 5" in wdock.status.text()
-    one = wdock.fits[(f"{NAME} diffraction", 5, "refine")]
+    one = wdock.fits[(shots.unique_id, 5, "refine")]
     assert one.quaternions.shape == (1, 4) and one.provenance.parameters["shots"] == [5]
     viewer.dims.set_current_step(0, 5)  # the table shows the refined answer beside the network's
     assert wdock.table.rowCount() == 2 and wdock.table.item(1, 0).text() == "NN + simplex"
@@ -111,6 +112,30 @@ def test_removing_the_shots_while_the_network_runs_keeps_no_answers(
     assert not error_messages() and not wdock.network
     viewer.open_sample("napari-cdinn", "wideangle")  # the same file again
     assert not wdock.network and wdock.table.rowCount() == 0
+
+
+def test_the_table_follows_the_chosen_layer_and_answers_follow_a_renamed_one(
+    viewer, wdock, qtbot, error_messages
+):
+    wdock.predict()
+    wait(wdock, qtbot)
+    predicted = viewer.layers[f"{NAME} diffraction"]
+    assert wdock.table.rowCount() == 1
+    (other,) = viewer.open_sample("napari-cdinn", "wideangle")  # "... [1]": no answers yet
+    index = wdock.shots_combo.findData(other.unique_id)
+    wdock.shots_combo.setCurrentIndex(index)
+    wdock.shots_combo.activated.emit(index)  # as a user's pick
+    assert wdock.table.rowCount() == 0  # not the other layer's answer
+    predicted.name = "run 12 shots"  # a rename keeps its answers
+    index = wdock.shots_combo.findData(predicted.unique_id)
+    wdock.shots_combo.setCurrentIndex(index)
+    wdock.shots_combo.activated.emit(index)
+    assert wdock.table.rowCount() == 1 and predicted.unique_id in wdock.network
+    viewer.layers.remove(predicted)  # gone: no rows left for it
+    assert wdock.table.rowCount() == 0 and not wdock.network
+    wdock.evaluations.setValue(20)
+    wdock.fit("refine")  # the remaining layer was never predicted
+    assert any("Predict with the network first" in m for m in error_messages())
 
 
 def test_cancel_ends_a_fit(viewer, wdock, qtbot):
@@ -132,7 +157,7 @@ def test_dock_on_the_real_flash_shots(viewer, qtbot, real_data, error_messages):
     dock.predict()
     wait(dock, qtbot)
     assert not error_messages()
-    result = dock.network["barke5 shots"]
+    result = dock.network[viewer.layers["barke5 shots"].unique_id]
     assert 30 <= result.radii_nm[0] <= 160
     simulated = viewer.layers["barke5 simulated (NN)"]
     measured = viewer.layers["barke5 shots"]

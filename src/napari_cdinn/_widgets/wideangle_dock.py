@@ -57,10 +57,12 @@ class WideAngleDock(WorkerDock):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.network: dict[str, OrientationResult] = {}  # per shots layer
+        # answers per shots layer, by its unique id (they stay with it through a rename)
+        self.network: dict[str, OrientationResult] = {}
         self.fits: dict[tuple[str, int, str], OrientationResult] = {}  # (layer, shot, method)
 
         self.shots_combo = QComboBox()
+        self.shots_combo.activated.connect(self._show_current)  # the user picked another layer
         self.model_combo = QComboBox()
         self.predict_button = QPushButton("Predict (network)")
         self.predict_button.clicked.connect(self.predict)
@@ -121,11 +123,12 @@ class WideAngleDock(WorkerDock):
     def _refresh_layers(self, event: object = None) -> None:
         layers = [layer for layer in self.viewer.layers if shots_of(layer) is not None]
         refill(self.shots_combo, layers, self._refresh_layers)
-        names = [layer.name for layer in layers]
+        ids = [layer.unique_id for layer in layers]
         # answers for a layer that is gone go with it: a new layer of the same name (the same
         # file re-simulated and opened again) must not show them, nor refine from them
-        self.network = {name: result for name, result in self.network.items() if name in names}
-        self.fits = {key: result for key, result in self.fits.items() if key[0] in names}
+        self.network = {key: result for key, result in self.network.items() if key in ids}
+        self.fits = {key: result for key, result in self.fits.items() if key[0] in ids}
+        self._show_table(self.shots_combo.currentData(), self.current_shot())  # no stale rows
 
     def _layer(self, name: str) -> Layer | None:
         return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
@@ -173,7 +176,7 @@ class WideAngleDock(WorkerDock):
 
         def done(out: tuple) -> None:
             if self._still(layer_name, layer_id):  # not removed (or replaced) while it ran
-                self._show_network(layer_name, *out)
+                self._show_network(layer_name, layer_id, *out)
 
         self.start_work(worker, f"Network on {layer_name}", done)
 
@@ -187,7 +190,7 @@ class WideAngleDock(WorkerDock):
         layer_id = self._layer(layer_name).unique_id
         start = None
         if method == "refine":
-            start = self.network.get(layer_name)
+            start = self.network.get(layer_id)
             if start is None:
                 show_error("Predict with the network first: Refine starts from its answer.")
                 return
@@ -206,7 +209,7 @@ class WideAngleDock(WorkerDock):
             if not self._still(layer_name, layer_id):
                 return  # the shots' layer went (or another took its name) while it ran
             for k, shot in enumerate(shots):
-                self.fits[(layer_name, int(shot), method)] = wideangle.one_shot(result, k)
+                self.fits[(layer_id, int(shot), method)] = wideangle.one_shot(result, k)
             if unsure:
                 self.status.setText(
                     f"Refined {len(shots)} unsure shot(s): {', '.join(map(str, shots))}"
@@ -221,9 +224,9 @@ class WideAngleDock(WorkerDock):
 
     # -- display ---------------------------------------------------------------------------------
     def _show_network(
-        self, layer_name: str, result: OrientationResult, simulated: np.ndarray
+        self, layer_name: str, layer_id: str, result: OrientationResult, simulated: np.ndarray
     ) -> None:
-        self.network[layer_name] = result
+        self.network[layer_id] = result
         self.viewer.canvas.grid.enabled = False  # beside the shots, not in cells of a grid
         shots = self._layer(layer_name)
         name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} simulated (NN)"
@@ -254,12 +257,12 @@ class WideAngleDock(WorkerDock):
         )
 
     def _answers(
-        self, layer_name: str, shot: int
+        self, layer_id: str | None, shot: int
     ) -> list[tuple[str, np.ndarray, float, float, str, str]]:
         """(method, quaternion, radius, similarity or nan, the beam offset the fit found as
         text, the network's flips agreeing as text) for the shot, network first."""
         rows = []
-        network = self.network.get(layer_name)
+        network = self.network.get(layer_id)
         if network is not None and shot < len(network.radii_nm):
             agree = network.flips_agreeing
             agreeing = "" if agree is None else f"{agree[shot]} of 8"
@@ -267,7 +270,7 @@ class WideAngleDock(WorkerDock):
                 ("NN", network.quaternions[shot], network.radii_nm[shot], np.nan, "", agreeing)
             )
         for method in ("fit", "refine"):
-            fitted = self.fits.get((layer_name, shot, method))
+            fitted = self.fits.get((layer_id, shot, method))
             if fitted is not None:
                 found = fitted.provenance.parameters
                 offset = ", ".join(f"{d:+d}" for d in found["beam_offsets_px"][0])
@@ -279,10 +282,16 @@ class WideAngleDock(WorkerDock):
         """Table and cluster for the shot on view.  Only after work ends (``create``) may the
         cluster layer be added; on a change of shot it is only updated, so that the dock never
         adds layers while napari removes them (e.g. when closing)."""
-        layer_name = self.shots_combo.currentText()
+        layer_name, layer_id = self.shots_combo.currentText(), self.shots_combo.currentData()
         shot = self.current_shot()
-        rows = self._answers(layer_name, shot)
-        fitted = self.fits.get((layer_name, shot, "fit"))
+        rows = self._show_table(layer_id, shot)
+        if rows and self._layer(layer_name) is not None:
+            self._show_cluster(layer_name, shot, rows[0][1], rows[0][2], create)
+
+    def _show_table(self, layer_id: str | None, shot: int) -> list[tuple]:
+        """The table of the shot's answers (empty for a layer without any); returns its rows."""
+        rows = self._answers(layer_id, shot)
+        fitted = self.fits.get((layer_id, shot, "fit"))
         self.table.setRowCount(len(rows))
         for row, (method, quaternion, radius, similarity, offset, agreeing) in enumerate(rows):
             to_fit = ""
@@ -297,8 +306,7 @@ class WideAngleDock(WorkerDock):
             for column, text in enumerate(cells):
                 self.table.setItem(row, column, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
-        if rows and self._layer(layer_name) is not None:
-            self._show_cluster(layer_name, shot, rows[0][1], rows[0][2], create)
+        return rows
 
     def _show_cluster(
         self, layer_name: str, shot: int, quaternion: np.ndarray, radius: float, create: bool
