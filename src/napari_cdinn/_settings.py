@@ -30,6 +30,14 @@ def set_device_choice(choice: str) -> None:
         compute.device = choice
 
 
+def on_device_change(callback) -> None:
+    """Call ``callback(event)`` (``event.value`` the new choice) whenever the device setting
+    changes, in the preferences too; napari holds a bound method weakly."""
+    compute = _compute_settings()
+    if compute is not None and hasattr(compute, "events"):
+        compute.events.device.connect(callback)
+
+
 def invert_on_open() -> bool:
     """Whether every diffraction file opened is inverted by the network at once."""
     return bool(getattr(_section("cdi"), "invert_on_open", False))

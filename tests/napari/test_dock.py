@@ -150,6 +150,8 @@ def test_device_combo_reads_and_writes_the_plugin_setting(make_napari_viewer):
         assert "cuda" in saved.read_text()  # persisted (in a temporary folder)
         dock.device_combo.setCurrentText("auto")
         assert compute.device == "auto"
+        compute.device = "cpu"  # as the preferences dialog sets it
+        assert dock.device_combo.currentText() == "cpu"
     finally:
         compute.device = original
     assert get_plugin_settings("napari-cdinn").compute.device == original

@@ -3,6 +3,7 @@ layer holds, and pick the compute device."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,7 @@ class DataDock(QWidget):
         self.device_combo.addItems(DEVICE_CHOICES)
         self.device_combo.setCurrentText(_settings.device_choice())
         self.device_combo.currentTextChanged.connect(_settings.set_device_choice)
+        _settings.on_device_change(self._show_device)  # chosen in the preferences too
 
         self.info = QPlainTextEdit()
         self.info.setReadOnly(True)
@@ -78,6 +80,11 @@ class DataDock(QWidget):
         self._show_active()
 
     # -- opening -------------------------------------------------------------------------------
+    def _show_device(self, event: object) -> None:
+        """The device setting changed (here or in the preferences): show it."""
+        with contextlib.suppress(RuntimeError):  # the combo went with its window
+            self.device_combo.setCurrentText(str(event.value))
+
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open diffraction data")
         if path:
