@@ -100,6 +100,11 @@ def test_dock_runs_epie_network_and_retraining_then_reinverts(
     assert viewer.layers[f"{NAME} amplitude (NN)"] is network  # the bundled model's, untouched
     assert network.metadata["cdinn_result"].provenance.model_name == "ptycho_nn"
     assert not [layer.name for layer in viewer.layers if "1 in 4" in layer.name]
+    pdock.every.setValue(1)
+    pdock.from_network.setChecked(True)  # ePIE from the retrained model's image
+    reconstruct(pdock, qtbot, epochs=3)
+    refined = [layer.name for layer in viewer.layers if "NN+ePIE" in layer.name]
+    assert refined and all(saved[0].stem in name for name in refined), refined  # previews too
 
 
 def test_epie_can_start_from_the_network_image(viewer, pdock, qtbot, error_messages):

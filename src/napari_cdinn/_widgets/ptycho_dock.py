@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _settings
-from .._layers import dataset_of, layers_for_result, source_name
+from .._layers import dataset_of, layers_for_result, result_label, source_name
 from ..core import ptycho
 from ..core.data import ObjectResult, Provenance, PtychoScan
 from ..core.nn.registry import (
@@ -252,8 +252,14 @@ class PtychoDock(WorkerDock):
             show_error("No ptychography model to start from: load one or retrain.")
             return
 
+        try:  # previews name the model as the result will (its layers' names)
+            model_name = read_card(model).get("name") if method == "refine" else None
+        except Exception as err:  # the model file gone or damaged since the list was made
+            report_error(err)
+            return
+
         def preview(obj: np.ndarray, probe: np.ndarray, epoch: int) -> None:
-            self._preview = (name, obj, probe, epoch, method)  # picked up in the GUI thread
+            self._preview = (name, obj, probe, epoch, method, model_name)  # for the GUI thread
 
         if method == "refine":
             steps = ptycho.refine_steps, scan, model, recipe
@@ -272,11 +278,13 @@ class PtychoDock(WorkerDock):
         )
 
     def _show_preview(self) -> None:
-        name, obj, probe, epoch, method = self._preview
+        name, obj, probe, epoch, method, model_name = self._preview
         self._preview = None
         self._shown_at = time.monotonic()
         label = ptycho.LABELS[method]
-        provenance = Provenance(method=label, source=name, parameters={"epochs_done": epoch})
+        provenance = Provenance(
+            method=label, model_name=model_name, source=name, parameters={"epochs_done": epoch}
+        )
         result = ObjectResult(obj, provenance, probe=probe, origin=self._grid.origin)
         self._show_result(name, result, final=False)
         self.status.setText(f"{label} epoch {epoch}")
@@ -343,7 +351,7 @@ class PtychoDock(WorkerDock):
         for layer_data in layers_for_result(result, name):
             self._run_layers.show(layer_data)
         if result.probe is not None:
-            probe_name = f"{name} probe amplitude ({result.provenance.method})"
+            probe_name = f"{name} probe amplitude ({result_label(result.provenance)})"
             settings = {"name": probe_name, "colormap": "magma", "visible": False}
             self._run_layers.show((np.abs(result.probe), settings, "image"))
         if final:
