@@ -176,7 +176,9 @@ def test_data_of_the_wrong_mode_is_refused_and_nothing_written(tmp_path, capsys)
     assert main(["invert", sample, "--mode", "ptycho", "-o", str(out)]) == 1
     assert "no scan positions" in capsys.readouterr().err
     assert not out.exists()
-    assert main(["train", "wideangle"]) == 1
+    with pytest.raises(SystemExit):  # a usage error: training/train_wideangle.py trains it
+        main(["train", "wideangle"])
+    assert "invalid choice: 'wideangle'" in capsys.readouterr().err
     assert main(["train", "ptycho"]) == 1
     assert "needs SCAN" in capsys.readouterr().err
 
@@ -194,7 +196,9 @@ def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, caps
     assert main(argv) == 0
     assert "fine-tuned on" in capsys.readouterr().out
     assert model.exists() and model.with_suffix(".json").exists()
-    assert json.loads(model.with_suffix(".json").read_text())["training"]["simulated_pairs"] == 200
+    training = json.loads(model.with_suffix(".json").read_text())["training"]
+    assert training["simulated_pairs"] == 200 and training["reference_file"] == str(epie)
+    assert training["reference"].startswith("ePIE reconstruction of")
     out = tmp_path / "nn.h5"
     assert main(["invert", scan, "--mode", "ptycho", "--model", str(model), "-o", str(out)]) == 0
     (network,) = io.read_results(out)
@@ -232,6 +236,13 @@ def test_invert_cdi_network_writes_documented_layout(tmp_path, capsys):
     assert result.provenance.model_name == "cdi_nn"
     assert result.provenance.wall_time_s > 0
     assert result.chi2.shape == (4,)
+    argv = ["invert", str(SAMPLES / "cdi_crystals.cxi"), "--frames", "0:2", "--method", "refine",
+            "--iterations", "5", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    network, refined = io.read_results(out)
+    assert refined.provenance.method == "NN+RAAR/ER"
+    assert refined.provenance.model_name == "cdi_nn"  # the model whose answer it refined
+    assert refined.provenance.parameters["device"] == network.provenance.parameters["device"]
 
 
 def test_results_record_the_file_frames_they_answer_for(tmp_path):
@@ -474,3 +485,14 @@ def test_a_negative_seed_is_a_usage_error_not_a_traceback(tmp_path, capsys):
         main(["simulate", "cdi", "-n", "1", "--seed", "-1", "-o", str(tmp_path / "s.cxi")])
     assert exit_.value.code == 2
     assert "--seed: -1: must be at least 0" in capsys.readouterr().err
+
+
+def test_more_than_ten_shots_print_ten_and_count_the_rest(tmp_path, capsys):
+    shots = tmp_path / "shots.cxi"
+    assert main(["simulate", "wideangle", "-n", "12", "-o", str(shots)]) == 0
+    out = tmp_path / "answers.h5"
+    assert main(["invert", str(shots), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("  shot ") == 10 and f"and 2 more shot(s): all are in {out}" in printed
+    (result,) = io.read_results(out)
+    assert len(result.radii_nm) == 12

@@ -306,6 +306,8 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
                 f"  shot {frames[numbers[n]]}: radius {r:.1f} nm, quaternion "
                 f"{np.round(q, 4).tolist()}{agree}"
             )
+        if len(result.radii_nm) > 10:
+            print(f"  ... and {len(result.radii_nm) - 10} more shot(s): all are in {args.output}")
     return results
 
 
@@ -326,8 +328,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     """cdi: train on simulated data; ptycho: fine-tune on a region of a scan's reconstruction."""
     if args.mode == "ptycho":
         return _train_ptycho(args)
-    if args.mode != "cdi":
-        raise CdinnError(f"train: mode '{args.mode}' is not available yet (available: cdi, ptycho)")
     from .core.nn.train_cdi import train
 
     weights = train(args)
@@ -363,6 +363,7 @@ def _train_ptycho(args: argparse.Namespace) -> int:
         scan, reference, region, run, args.seconds, args.device, simulated=args.simulated
     )
     run_to_end(steps)
+    run.source["reference_file"] = str(args.reference)  # the card names the teacher's file
     output = args.output or user_dir() / (
         f"{Path(args.scan).stem}_retrained_{time.strftime('%Y%m%d_%H%M%S')}.safetensors"
     )
@@ -486,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="cdi: train on simulated data; ptycho: fine-tune on a region of a reconstructed scan",
     )
-    train.add_argument("mode", choices=MODES)
+    train.add_argument(
+        "mode", choices=("cdi", "ptycho"),
+        help="wideangle trains with training/train_wideangle.py (a GPU helps: README)",
+    )  # fmt: skip
     train.add_argument("scan", type=Path, nargs="?", help="ptycho: the scan to learn from")
     add_cdi_arguments(train)
     few_shot = train.add_argument_group("ptycho fine-tuning")

@@ -399,6 +399,7 @@ class PtychoDock(WorkerDock):
             return
         self.run = ptycho.FineTuning(model)
         self._base_card = card
+        self._reference_name = self.reference_combo.currentText()
         self._trained = (name, scan)
         self.figure.clear()
         worker = create_worker(
@@ -430,6 +431,7 @@ class PtychoDock(WorkerDock):
             self.training_status.setText("No epoch finished: the model is unchanged.")
             return
         self._plot_losses(run)
+        run.source["reference_layer"] = self._reference_name  # the card names its teacher
         stem = f"{source_name(scan, 'scan')}_retrained_{time.strftime('%Y%m%d_%H%M%S')}"
         region = f"shapes of layer '{name} training region'"
         try:

@@ -173,7 +173,8 @@ def _iterative_result(
     0.0032 against 0.0004 for the raw iterate), computed as the network's is, so the methods'
     chi2 compare."""
     provenance = Provenance(
-        method=LABELS[method], parameters={"device": device, **recipe.as_dict()},
+        method=LABELS[method],
+        parameters={"device": str(resolve_device(device)), **recipe.as_dict()},  # not "auto"
         wall_time_s=time.perf_counter() - start, source=stack.meta.source,
     )  # fmt: skip
     return ObjectResult(objects, provenance, support=supports, chi2=chi2(objects, *measured))
@@ -235,6 +236,9 @@ def invert_steps(
             stack, network.objects, refine_iterations, device,
             shrinkwrap_threshold=shrinkwrap_threshold,
         )  # fmt: skip
+        refined = results["refine"].provenance  # seeded by this model's answer
+        refined.model_name = network.provenance.model_name
+        refined.model_version = network.provenance.model_version
     return results
 
 

@@ -406,7 +406,8 @@ def retrain_steps(
     run.model.to(torch_device)
     run.source = {
         "scan": scan.meta.source,
-        "reference": reference.provenance.source,
+        "reference": f"{reference.provenance.method} reconstruction of "
+        f"{reference.provenance.source}",
         "positions": len(chosen),
         "simulated_pairs": 0 if extra is None else len(extra[0]),
         "device": str(torch_device),

@@ -27,8 +27,9 @@ def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, 
     parser.add_argument("--threads", type=int, default=2, help="CPU threads and processes")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto",
-        help="where the network trains (auto: a CUDA GPU when there is one; the bundled models "
-        "were trained on 2 CPU cores); the simulation runs on the CPU",
+        help="where the network trains (auto: a CUDA GPU when there is one; the bundled cdi "
+        "and ptycho models were trained on 2 CPU cores, the wideangle one on a GPU); the "
+        "simulation runs on the CPU",
     )  # fmt: skip
 
 
