@@ -217,6 +217,7 @@ def stitch(
 
 # The fine-tuned model's share when its weights are averaged with its base's (WiSE-FT).
 FINE_TUNED_SHARE = 0.5
+MIN_LR_DIVISOR = 8  # halving stops at 1/8 of the start: longer budgets keep learning
 
 
 @dataclass
@@ -301,7 +302,9 @@ def fine_tune(
     else:
         learning = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
     optimizer = torch.optim.Adam(learning, lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=0.5, patience=2, min_lr=learning_rate / MIN_LR_DIVISOR
+    )
     per_epoch = -(-len(training) // batch_size)
     total = per_epoch * max_epochs
     level = featureless_loss(targets[validation], weight)
