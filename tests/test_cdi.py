@@ -276,6 +276,30 @@ def test_nan_pixels_of_a_lazily_read_stack_are_masked_when_it_is_loaded():
     assert np.isfinite(intensities).all() and not mask[1, 5, 7] and mask.sum() == mask.size - 1
 
 
+def test_a_lazy_stack_is_read_once_in_pieces_that_progress_and_can_be_stopped(device):
+    """All methods from one read (each read the file again), the read itself yielding progress
+    so Cancel acts during a long one, its NaN masked once."""
+    import dask.array as da
+
+    frames = simulate_cdi(70, seed=3).intensities.copy()
+    frames[1, 5, 7] = np.nan
+    reads = []
+    lazy = da.from_array(frames, chunks=(10, 64, 64)).map_blocks(
+        lambda block: reads.append(len(block)) or block, dtype=np.float32
+    )
+    stack = DiffractionStack(lazy, None, Metadata("big.h5"))
+    steps = cdi.invert_steps(stack, ["nn", "refine"], refine_iterations=2, device=device)
+    assert next(steps) == (40, 70)  # the first piece read (whole chunks), before any method
+    with pytest.warns(InputWarning, match=r"big\.h5: 1 NaN/Inf") as caught:
+        results = run_to_end(steps)
+    assert len([w for w in caught if "NaN" in str(w.message)]) == 1
+    assert sum(reads) == 70  # read once for both methods
+    assert np.isfinite(results["refine"].objects).all()
+    stopped = cdi.invert_steps(stack, ["nn"], device=device)
+    next(stopped)
+    stopped.close()  # what Cancel does between pieces
+
+
 def test_the_networks_chi2_leaves_out_masked_pixels_as_the_iterative_one_does(device):
     """A beam stop masked: the network's chi2 is taken over the measured pixels only (it was
     counting the masked ones as measured zeros), the same measure the iterative methods use."""

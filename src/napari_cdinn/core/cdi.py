@@ -18,7 +18,7 @@ from . import postprocess
 from .data import DiffractionStack, ObjectResult, Provenance
 from .device import resolve_device
 from .errors import InputError, InputWarning
-from .io.checks import frames_in_memory
+from .io.checks import frames_in_memory, loaded
 from .metrics import chi2
 from .nn import registry
 from .nn.cdi import inference_model, predict
@@ -220,6 +220,7 @@ def invert_steps(
                 f"objects lie on the pattern grid; these are {stack.frame_shape[0]} x "
                 f"{stack.frame_shape[1]} (use the iterative method)",
             )
+    stack = yield from loaded(stack)  # a lazy stack read once, in pieces, for every method
     results: dict[str, ObjectResult] = {}
     network = None
     if "nn" in methods or "refine" in methods:

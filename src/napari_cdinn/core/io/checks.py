@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +67,34 @@ def frames_in_memory(stack: Any) -> tuple[np.ndarray, np.ndarray | None]:
     if stack.is_lazy and intensities.size:
         intensities, mask = repair_intensities(intensities, mask, stack.meta.source)
     return intensities, mask
+
+
+def loaded(stack: Any, chunk: int = 32) -> Generator[tuple[int, int], None, Any]:
+    """A lazily read :class:`DiffractionStack` read into memory ``chunk`` frames at a time
+    (yielding (frames read, frames), so progress shows and Cancel acts between pieces: a large
+    compressed file takes many seconds), its NaN/Inf pixels masked; an eager stack as it is.
+    Read once, it serves every method after it (each read the file again before)."""
+    if not stack.is_lazy or stack.n_frames == 0:
+        return stack
+    frames = np.empty(stack.shape, np.float32)
+    ends = _piece_ends(getattr(stack.intensities, "chunks", None), stack.n_frames, chunk)
+    for lo, hi in zip([0, *ends[:-1]], ends, strict=True):
+        frames[lo:hi] = stack.frames(lo, hi)
+        yield hi, stack.n_frames
+    frames, mask = repair_intensities(frames, stack.mask, stack.meta.source)
+    return replace(stack, intensities=frames, mask=mask)
+
+
+def _piece_ends(chunks: Any, n: int, size: int) -> list[int]:
+    """Where the pieces of about ``size`` frames end: on the lazy array's own chunk boundaries
+    along the frames (a piece that split a chunk would read it twice)."""
+    bounds = np.cumsum(chunks[0]).tolist() if chunks else list(range(1, n + 1))
+    ends, start = [], 0
+    for bound in bounds:
+        if bound - start >= size or bound == n:
+            ends.append(bound)
+            start = bound
+    return ends
 
 
 def repair_intensities(
