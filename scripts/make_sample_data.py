@@ -3,6 +3,7 @@
 python scripts/make_sample_data.py
 """
 
+import argparse
 from pathlib import Path
 
 from napari_cdinn.core.io.cxi_writer import write_cxi, write_shots
@@ -13,6 +14,7 @@ from napari_cdinn.core.simulate.wideangle import WAVELENGTH, simulate_intensitie
 OUT = Path(__file__).resolve().parents[1] / "sample_data"
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help must not regenerate
     OUT.mkdir(exist_ok=True)
     write_cxi(OUT / "cdi_crystals.cxi", simulate_cdi(32, size=64, seed=1, photons=1e7))
     write_cxi(OUT / "ptycho_scan.cxi", simulate_ptycho(seed=2, photons=1e6))
