@@ -344,3 +344,13 @@ def test_a_zero_starting_object_is_refined_from_the_box_not_left_at_zero(device)
     result = run_to_end(cdi.refine_steps(stack, zeros, iterations=200, device=device))
     assert result.support.any(axis=(1, 2)).all()
     assert (result.chi2 < 0.5).all(), result.chi2
+
+
+def test_one_reference_serves_a_whole_stack():
+    """A single (H, W) reference against N objects: one score per object (it was one argmax
+    over the whole stack: correlations above 1, and an IndexError in the canonical form)."""
+    stack = simulate_cdi(3, seed=1)
+    scores = metrics.registered_correlation(stack.truth, stack.truth[0])
+    assert scores.shape == (3,) and scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert (scores <= 1 + 1e-5).all()
+    assert postprocess.canonical(stack.truth, stack.truth[0]).shape == stack.truth.shape

@@ -496,3 +496,31 @@ def test_more_than_ten_shots_print_ten_and_count_the_rest(tmp_path, capsys):
     assert printed.count("  shot ") == 10 and f"and 2 more shot(s): all are in {out}" in printed
     (result,) = io.read_results(out)
     assert len(result.radii_nm) == 12
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n-train", "50", "--n-val", "10"], "50 training examples: fewer than one batch of 128"),
+        (["--size", "60"], "--size: 60: must be a multiple of 8"),
+        (["--batch", "0"], "--batch: 0: must be at least 1"),
+    ],
+)
+def test_train_options_that_cannot_work_are_refused_in_one_line(tmp_path, capsys, argv, message):
+    work = ["--workdir", str(tmp_path / "w"), "--log", str(tmp_path / "log"), "--minutes", "0.01"]
+    try:
+        code = main(["train", "cdi", *argv, *work, "-o", str(tmp_path / "m")])
+    except SystemExit as exit_:  # argparse's usage error
+        code = exit_.code
+    assert code in (1, 2) and message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before any simulation
+
+
+def test_train_cdi_writes_the_model_where_o_says(tmp_path, capsys):
+    model = tmp_path / "mine.safetensors"
+    argv = ["train", "cdi", "--n-train", "128", "--n-val", "8", "--batch", "64", "--minutes",
+            "0.01", "--workdir", str(tmp_path / "w"), "--log", str(tmp_path / "log"),
+            "-o", str(model)]  # fmt: skip
+    assert main(argv) == 0
+    assert model.exists() and model.with_suffix(".json").exists()
+    assert f"model written to {model}" in capsys.readouterr().out

@@ -582,3 +582,22 @@ def test_a_checkpoint_of_another_network_is_refused_by_name(tmp_path):
     other = PtychoNet(size=64, width=8, mixing=4, patch=32)
     with pytest.raises(InputError, match="another --workdir"):
         resume(checkpoint, other, torch.optim.Adam(other.parameters()), log)
+
+
+def test_a_checkpoint_of_another_recipe_is_refused_and_its_own_resumes(tmp_path):
+    """A quick try (another seed or data size) left in the work folder must not lend its
+    model to the full run, which would write it under a card describing the full recipe."""
+    from napari_cdinn.core.nn.training import Log, resume, save_checkpoint
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    log = Log(tmp_path / "log.txt")
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    quick = {"seed": 1, "n_scans": 20, "batch": 64}
+    state = resume(checkpoint, model, optimizer, log, quick)  # nothing yet: a fresh start
+    state["epoch"] = 2
+    save_checkpoint(checkpoint, model, optimizer, state)
+    same = tiny_model()
+    assert resume(checkpoint, same, torch.optim.Adam(same.parameters()), log, quick)["epoch"] == 2
+    with pytest.raises(InputError, match=r"'seed': 1.*not.*'seed': 0"):
+        resume(checkpoint, tiny_model(), optimizer, log, {**quick, "seed": 0})

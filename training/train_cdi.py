@@ -1,7 +1,9 @@
 """The recipe of the bundled CDI network (src/napari_cdinn/weights/cdi_nn.*).
 
     python training/train_cdi.py                 # 100k simulated patterns, 75 minutes, 2 threads
-    python training/train_cdi.py --minutes 2 --n-train 5000 --out /tmp/cdi     # a quick try
+    python training/train_cdi.py --minutes 2 --n-train 5000 --workdir /tmp/cdi --out /tmp/cdi --log /tmp/cdi/log  # a quick try
+    # (a quick try keeps its cache, checkpoint and log out of training/: a checkpoint resumes
+    # only a run of its own recipe, and the log here is the bundled model's)
 
 Interrupted runs resume from training/runs/cdi/checkpoint.pt; the log is training/logs/train_cdi.log.
 """

@@ -1,7 +1,7 @@
 """The recipe of the bundled ptychography network (src/napari_cdinn/weights/ptycho_nn.*).
 
     python training/train_ptycho.py              # the bundled model: 600 scans (~71k patterns), 45 min
-    python training/train_ptycho.py --minutes 1 --n-scans 20 --out /tmp/ptycho   # a quick try
+    python training/train_ptycho.py --minutes 1 --n-scans 20 --workdir /tmp/ptycho --out /tmp/ptycho --log /tmp/ptycho/log  # a quick try
 
 Interrupted runs resume from training/runs/ptycho/checkpoint.pt; the log is
 training/logs/train_ptycho.log.

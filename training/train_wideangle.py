@@ -5,7 +5,7 @@
     python training/train_wideangle.py --device cuda --threads 16 --batch 256 --minutes 5.2 --n-val 1000
     # on 2 CPU cores: 60k shots (~14 min), 68 min training, 83 min in all (2.11 deg, README)
     python training/train_wideangle.py
-    python training/train_wideangle.py --minutes 1 --n-shots 1000 --out /tmp/wa   # a quick try
+    python training/train_wideangle.py --minutes 1 --n-shots 1000 --n-val 100 --workdir /tmp/wa --out /tmp/wa --log /tmp/wa/log  # a quick try
 
 Interrupted runs resume from training/runs/wideangle/checkpoint.pt (the simulated shots are
 cached there too); the log is training/logs/train_wideangle.log.

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .core.errors import CdinnError
+from .core.nn.train_options import at_least as _at_least
 
 PROG = "napari-cdinn"
 MODES = ("cdi", "ptycho", "wideangle")
@@ -328,8 +329,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """cdi: train on simulated data; ptycho: fine-tune on a region of a scan's reconstruction."""
     if args.mode == "ptycho":
         return _train_ptycho(args)
+    from .core.nn.registry import weights_path
     from .core.nn.train_cdi import train
 
+    if args.output:  # -o names the model file (checked up front), as for ptycho
+        written = weights_path(args.output)
+        args.out, args.name = written.parent, written.stem
     weights = train(args)
     print(f"model written to {weights} (use it with: napari-cdinn invert FILE --model {weights})")
     return 0
@@ -375,22 +380,6 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     )
     print(f"model written to {path} (use it with: napari-cdinn invert SCAN --model {path})")
     return 0
-
-
-def _at_least(low: float, kind: type = int):
-    """An argparse type: a number of ``kind`` not below ``low`` (0 or negative epochs, sizes or
-    steps are refused up front instead of quietly doing nothing or taking the default)."""
-
-    def number(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not value >= low:  # NaN too
-            raise argparse.ArgumentTypeError(f"{text}: must be at least {low:g}")
-        return value
-
-    return number
 
 
 POSITIVE = _at_least(1)

@@ -65,8 +65,8 @@ def register(
     """``objects`` moved onto ``reference``: best of object/twin, integer shift, global phase.
     With ``alongside`` (real arrays of the objects' shape, such as supports) also those, given
     the same twin flip and shift."""
-    objects, reference = _stack(objects), _stack(reference)
-    out = np.empty(np.broadcast_shapes(objects.shape, reference.shape), np.complex64)
+    objects, reference = np.broadcast_arrays(_stack(objects), _stack(reference))  # one for all
+    out = np.empty(objects.shape, np.complex64)
     moved_alongside = None if alongside is None else np.empty_like(_stack(alongside))
     direct_score, direct_shift = _best_shift(reference, objects)
     twins = twin(objects)
@@ -87,7 +87,7 @@ def register(
 
 def registered_correlation(objects: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """|<a, b>| / (|a| |b|), maximised over integer translation and the twin, per pattern."""
-    objects, truth = _stack(objects), _stack(truth)
+    objects, truth = np.broadcast_arrays(_stack(objects), _stack(truth))  # one truth for all
     norms = np.linalg.norm(objects.reshape(len(objects), -1), axis=1) * np.linalg.norm(
         truth.reshape(len(truth), -1), axis=1
     )

@@ -24,7 +24,8 @@ from ..simulate.cdi import simulate_cdi
 from .cdi import inference_model, predict, training_targets, twin_invariant_loss
 from .cdi_net import CDINet, preprocess
 from .registry import save_model, user_dir
-from .training import Log, resume, train_within_budget, training_record
+from .train_options import check_counts
+from .training import Log, data_recipe, resume, train_within_budget, training_record
 
 HELD_OUT_SEED = 999_999  # never used for training data
 CHUNK = 5000
@@ -86,6 +87,7 @@ def evaluate(model: CDINet, n: int, size: int) -> dict[str, float]:
 def train(args: argparse.Namespace) -> Path:
     """Run the training described by ``args`` (see ``train_options.add_cdi_arguments``);
     returns the weights file."""
+    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
@@ -104,7 +106,7 @@ def train(args: argparse.Namespace) -> Path:
     model = CDINet(size=args.size, width=args.width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
-    state = resume(checkpoint, model, optimizer, log)
+    state = resume(checkpoint, model, optimizer, log, data_recipe(args))
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
 
     def batches():

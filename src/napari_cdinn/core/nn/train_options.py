@@ -7,24 +7,52 @@ import argparse
 import importlib
 from pathlib import Path
 
+from ..errors import CdinnError
+
+
+def at_least(low: float, kind: type = int):
+    """An argparse type: a number of ``kind`` not below ``low`` (0 or negative epochs, sizes or
+    steps are refused up front instead of quietly doing nothing or taking the default)."""
+
+    def number(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {low:g}")
+        return value
+
+    return number
+
+
+def multiple_of_8(text: str) -> int:
+    """An argparse type for pattern sizes: the networks halve them three times."""
+    value = at_least(8)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{text}: must be a multiple of 8")
+    return value
+
 
 def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, minutes: float):
     """The options every recipe has: network width, optimiser, time budget, seeds, folders."""
-    parser.add_argument("--width", type=int, default=width)
-    parser.add_argument("--batch", type=int, default=batch)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--width", type=at_least(1), default=width)
+    parser.add_argument("--batch", type=at_least(1), default=batch)
+    parser.add_argument("--lr", type=at_least(1e-12, float), default=2e-3)
     parser.add_argument(
         "--clip-norm", type=float, help="clip each step's gradient to this norm (default: none)"
     )
-    parser.add_argument("--minutes", type=float, default=minutes, help="training time budget")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--minutes", type=at_least(0.0, float), default=minutes, help="training time budget"
+    )
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument(
         "--workdir", type=Path, default=Path(f"{mode}_training"), help="cache + checkpoint"
     )
     parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
     parser.add_argument("--name", default=f"{mode}_nn")
     parser.add_argument("--log", type=Path, help=f"log file (default: WORKDIR/train_{mode}.log)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads and processes")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="CPU threads and processes")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto",
         help="where the network trains (auto: a CUDA GPU when there is one; the bundled cdi "
@@ -35,15 +63,15 @@ def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, 
 
 def add_cdi_arguments(parser: argparse.ArgumentParser) -> None:
     """CDI pretraining, shared by ``napari-cdinn train cdi`` and training/train_cdi.py."""
-    parser.add_argument("--n-train", type=int, default=100_000)
-    parser.add_argument("--n-val", type=int, default=2_000)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--n-train", type=at_least(1), default=100_000, help="at least --batch")
+    parser.add_argument("--n-val", type=at_least(1), default=2_000)
+    parser.add_argument("--size", type=multiple_of_8, default=64)
     _common(parser, "cdi", width=16, batch=128, minutes=75.0)
 
 
 def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-scans", type=int, default=600)
-    parser.add_argument("--n-val-scans", type=int, default=10)
+    parser.add_argument("--n-scans", type=at_least(2), default=600)
+    parser.add_argument("--n-val-scans", type=at_least(1), default=10, help="fewer than --n-scans")
     parser.add_argument(
         "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
     )
@@ -54,8 +82,8 @@ def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-shots", type=int, default=60_000)
-    parser.add_argument("--n-val", type=int, default=2000)
+    parser.add_argument("--n-shots", type=at_least(2), default=60_000)
+    parser.add_argument("--n-val", type=at_least(1), default=2000, help="fewer than --n-shots")
     parser.add_argument(
         "--equalise", action=argparse.BooleanOptionalAction, default=True,
         help="replace each image by its pixels' ranks first (nn.wideangle_net.equalised)",
@@ -82,6 +110,26 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
     _common(parser, "wideangle", width=16, batch=64, minutes=68.0)
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """What one option's type cannot check: validation data that leaves training data, and
+    (for recipes counted in examples, not scans) at least one batch of it: an epoch without a
+    batch divided by zero."""
+    if hasattr(args, "n_scans"):
+        total, validation = args.n_scans, args.n_val_scans
+    elif hasattr(args, "n_shots"):
+        total, validation = args.n_shots, args.n_val
+    else:
+        total, validation = args.n_train + args.n_val, args.n_val
+    if validation >= total:
+        raise CdinnError(
+            f"the validation set ({validation}) must be smaller than the data ({total})"
+        )
+    if not hasattr(args, "n_scans") and total - validation < args.batch:
+        raise CdinnError(
+            f"{total - validation} training examples: fewer than one batch of {args.batch}"
+        )
+
+
 RECIPES = {
     "cdi": add_cdi_arguments,
     "ptycho": add_ptycho_arguments,
@@ -100,4 +148,7 @@ def run_bundled_recipe(mode: str, doc: str, training_folder: Path) -> Path:
         log=training_folder / "logs" / f"train_{mode}.log",
     )
     module = importlib.import_module(f"{__package__}.train_{mode}")
-    return module.train(parser.parse_args())
+    try:
+        return module.train(parser.parse_args())
+    except CdinnError as err:  # a bad option, a checkpoint of another run: one line, exit 2
+        parser.error(str(err))

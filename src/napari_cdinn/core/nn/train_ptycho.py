@@ -28,7 +28,8 @@ from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, patch_offset, probe_weight, sample_patches
 from .ptycho_net import PtychoNet, intensity_scale, preprocess
 from .registry import save_model, user_dir
-from .training import Log, resume, train_within_budget, training_record
+from .train_options import check_counts
+from .training import Log, data_recipe, resume, train_within_budget, training_record
 
 HELD_OUT_SEED = 999_999  # the held-out scan; training scans use seed * 100_000 + index
 TRAINING_TEXTURES = tuple(t for t in TEXTURES if t not in HELD_OUT_TEXTURES)
@@ -99,6 +100,7 @@ def evaluate(model: PtychoNet, device: str = "cpu") -> dict[str, float]:
 
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
+    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
@@ -120,7 +122,7 @@ def train(args: argparse.Namespace) -> Path:
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
-    state = resume(checkpoint, model, optimizer, log)
+    state = resume(checkpoint, model, optimizer, log, data_recipe(args))
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
         x = inputs[index].float()[:, None].contiguous(memory_format=torch.channels_last)

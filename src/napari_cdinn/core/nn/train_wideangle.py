@@ -31,8 +31,10 @@ from ..simulate.wideangle import (
     simulate_shots,
 )
 from .registry import save_model, user_dir
+from .train_options import check_counts
 from .training import (
     Log,
+    data_recipe,
     resume,
     train_within_budget,
     training_precision,
@@ -124,6 +126,7 @@ def evaluate(model: WideAngleNet, n: int = 1000, device: torch.device | str = "c
 
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
+    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
@@ -146,7 +149,7 @@ def train(args: argparse.Namespace) -> Path:
     ).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     checkpoint = args.workdir / "checkpoint.pt"
-    state = resume(checkpoint, model, optimizer, log)
+    state = resume(checkpoint, model, optimizer, log, data_recipe(args))
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
     # the augmentation draws on the data's device (the CPU's stream is the bundled recipe's)
     on_device = generator

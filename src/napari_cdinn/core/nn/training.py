@@ -68,10 +68,23 @@ def training_record(script: str, loss: str, args, state: dict) -> dict:
     }
 
 
-def resume(checkpoint: Path, model, optimizer, log: Log) -> dict:
+# the options that decide a run's data and optimisation: a checkpoint resumes only its own
+RECIPE_OPTIONS = ("seed", "n_train", "n_val", "size", "n_scans", "n_val_scans", "n_shots",
+                  "batch", "lr", "clip_norm")  # fmt: skip
+
+
+def data_recipe(args) -> dict:
+    """The run's values of ``RECIPE_OPTIONS`` (those its recipe has)."""
+    return {name: getattr(args, name) for name in RECIPE_OPTIONS if hasattr(args, name)}
+
+
+def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = None) -> dict:
     """Training state from ``checkpoint`` if it exists (weights only: no code runs); a
-    checkpoint of a network with other arguments (width, patch, ...) is refused by name."""
-    state = {"epoch": 0, "elapsed_s": 0.0, "history": []}
+    checkpoint of a network with other arguments (width, patch, ...) or of another
+    ``recipe`` (seed, data sizes, batch, learning rate: ``data_recipe``) is refused by name,
+    so a quick try never lends its model to a full run (checkpoints from before the recipe
+    was recorded resume as they did)."""
+    state = {"epoch": 0, "elapsed_s": 0.0, "history": [], "recipe": recipe or {}}
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # GPU-made too
         if saved.get("arguments", model.arguments()) != model.arguments():
@@ -80,9 +93,18 @@ def resume(checkpoint: Path, model, optimizer, log: Log) -> dict:
                 f"a checkpoint of a network with arguments {saved['arguments']}, not "
                 f"{model.arguments()}: choose another --workdir or delete it to start afresh",
             )
+        if saved.get("recipe", state["recipe"]) != state["recipe"]:
+            raise InputError(
+                checkpoint,
+                f"a checkpoint of a run with {saved['recipe']}, not {state['recipe']}: choose "
+                "another --workdir or delete it to start afresh",
+            )
+        state["recipe"] = saved.get("recipe", state["recipe"])
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = {k: saved[k] for k in state}
+        state = {k: saved[k] for k in ("epoch", "elapsed_s", "history")} | {
+            "recipe": state["recipe"]
+        }
         log(f"resumed from epoch {state['epoch']} ({state['elapsed_s'] / 60:.1f} min trained)")
     return state
 
@@ -125,7 +147,7 @@ def train_within_budget(
         model.train()
         epoch_start = time.time()
         total, n_batches = 0.0, 0
-        for index in batches():
+        for index in batches():  # (never empty: the options ask for n >= batch >= 1)
             fraction = min(1.0, (state["elapsed_s"] + time.time() - epoch_start) / budget)
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(lr, fraction)
