@@ -303,12 +303,13 @@ class PtychoDock(WorkerDock):
         as stopped in their provenance; an earlier run's layers were never touched."""
         if self._preview is not None:  # an epoch newer than the one shown
             self._show_preview()
-        results = [layer.metadata.get("cdinn_result") for layer in self._run_layers.made.values()]
-        epochs = {r.provenance.parameters.get("epochs_done") for r in results if r is not None}
-        for result in results:
-            if result is not None:
-                result.provenance.parameters["stopped"] = True
-        done = max((e for e in epochs if e is not None), default=None)
+        layers = self._run_layers.made.values()
+        results = [
+            layer.metadata["cdinn_result"] for layer in layers if "cdinn_result" in layer.metadata
+        ]
+        for result in results:  # previews, each with the epoch it shows
+            result.provenance.parameters["stopped"] = True
+        done = max((r.provenance.parameters["epochs_done"] for r in results), default=None)
         self.status.setText(
             "Stopped before the first epoch" if done is None else f"Stopped at epoch {done}"
         )

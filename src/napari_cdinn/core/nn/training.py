@@ -99,12 +99,9 @@ def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = N
                 f"a checkpoint of a run with {saved['recipe']}, not {state['recipe']}: choose "
                 "another --workdir or delete it to start afresh",
             )
-        state["recipe"] = saved.get("recipe", state["recipe"])
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = {k: saved[k] for k in ("epoch", "elapsed_s", "history")} | {
-            "recipe": state["recipe"]
-        }
+        state.update({k: saved[k] for k in ("epoch", "elapsed_s", "history")})
         log(f"resumed from epoch {state['epoch']} ({state['elapsed_s'] / 60:.1f} min trained)")
     return state
 
