@@ -105,6 +105,14 @@ def test_only_files_napari_cdinn_wrote_are_replaced(tmp_path, capsys):
     ours = tmp_path / "simulated.cxi"
     assert main([*argv, str(ours)]) == 0
     assert main([*argv, str(ours), "--seed", "3"]) == 0  # an earlier output: replaced
+    simulated = ours.read_bytes()  # results never replace a simulated scan, nor the reverse
+    assert main(["invert", str(SAMPLES / "cdi_crystals.cxi"), "-o", str(ours)]) == 1
+    assert "holds simulated data, and this command writes results" in capsys.readouterr().err
+    assert ours.read_bytes() == simulated
+    results = tmp_path / "results.h5"
+    assert main(["invert", str(SAMPLES / "cdi_crystals.cxi"), "-o", str(results)]) == 0
+    assert main([*argv, str(results)]) == 1
+    assert "holds results, and this command writes simulated data" in capsys.readouterr().err
 
 
 def test_a_model_written_over_its_base_is_refused_and_the_base_kept(tmp_path, capsys):

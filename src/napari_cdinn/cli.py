@@ -582,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
             from .core.io.results import check_output
 
             for target in _written(args):  # before the work, not after it
-                check_output(target, _inputs(args), _output_suffixes(args))
+                kind = "data" if args.func is cmd_simulate else "results"
+                check_output(target, _inputs(args), _output_suffixes(args), kind)
         return int(args.func(args) or 0)
     except CdinnError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -34,7 +34,7 @@ def write_cxi(path: str | Path, data: DiffractionStack | PtychoScan) -> Path:
     energy = meta.energy_ev or SIMULATED_ENERGY_EV
     distance = meta.distance_m or simulated_distance_m(frame)
     pixel = meta.pixel_size_m or (SIMULATED_PIXEL_M, SIMULATED_PIXEL_M)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(path, writes="data") as tmp, h5py.File(tmp, "w") as h5:
         mark_as_ours(h5)
         h5["cxi_version"] = 160
         entry = h5.create_group("entry_1")
@@ -80,7 +80,7 @@ def write_shots(
     """Simulated wide-angle shots as CXI: intensities at ``/entry_1/data_1/data``, the true
     orientations (N, 4) and radii (N,) under ``/entry_1/sample_1`` (``orientation``,
     ``radius_nm``), the simulator's settings as attributes of ``sample_1``."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(path, writes="data") as tmp, h5py.File(tmp, "w") as h5:
         mark_as_ours(h5)
         h5["cxi_version"] = 160
         entry = h5.create_group("entry_1")

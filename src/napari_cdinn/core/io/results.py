@@ -43,12 +43,15 @@ def check_output(
     target: str | Path,
     inputs: Sequence[str | Path] = (),
     suffixes: tuple[str, ...] | None = None,
+    writes: str = "results",
 ) -> Path:
     """``target`` as a file that can be written: not a folder, in a folder that exists and may
     be written, none of the ``inputs`` (which it would replace: the user's data lost), ending
     in one of ``suffixes`` when given, and, if it is an HDF5 file already there, one that
-    napari-cdinn wrote (a raw data file is never replaced).  The command line checks it before
-    the work, so a mistyped path costs no minutes of computing."""
+    napari-cdinn wrote of the kind it ``writes`` ("results", or "data": a simulated scan), so
+    neither a raw data file nor a simulated scan is replaced by results, nor results by a
+    simulation.  The command line checks it before the work, so a mistyped path costs no
+    minutes of computing."""
     target = Path(target)
     if target.is_dir():
         raise CdinnError(f"{target}: is a folder; give a file name for the output")
@@ -65,11 +68,19 @@ def check_output(
             f"{target}: give a file name ending in {' or '.join(suffixes)}, the kind of file "
             "this command writes"
         )
-    if target.suffix.lower() in HDF5_SUFFIXES and target.is_file() and not _ours(target):
-        raise CdinnError(
-            f"{target}: exists and napari-cdinn did not write it (it may be your data); choose "
-            "another name, or delete it first"
-        )
+    if target.suffix.lower() in HDF5_SUFFIXES and target.is_file():
+        kind = _kind_written(target)
+        if kind is None:
+            raise CdinnError(
+                f"{target}: exists and napari-cdinn did not write it (it may be your data); "
+                "choose another name, or delete it first"
+            )
+        if kind != writes:
+            what = {"results": "results", "data": "simulated data"}
+            raise CdinnError(
+                f"{target}: exists and holds {what[kind]}, and this command writes "
+                f"{what[writes]}; choose another name, or delete it first"
+            )
     return target
 
 
@@ -79,13 +90,16 @@ def mark_as_ours(h5: h5py.File) -> None:
     h5.attrs["creator_version"] = __version__
 
 
-def _ours(path: Path) -> bool:
-    """Whether napari-cdinn wrote the HDF5 file at ``path``."""
+def _kind_written(path: Path) -> str | None:
+    """What napari-cdinn wrote in the HDF5 file at ``path``: "results", "data" (a simulated
+    scan or stack), or None when napari-cdinn did not write it."""
     try:
         with h5py.File(path, "r") as h5:
-            return h5.attrs.get("creator") == "napari-cdinn"
+            if h5.attrs.get("creator") != "napari-cdinn":
+                return None
+            return "results" if is_results_file(h5) else "data"
     except OSError:  # not HDF5, or damaged: not ours to replace
-        return False
+        return None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -106,9 +120,10 @@ def _new_file_mode(target: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
-    target = check_output(target)
+def atomic_path(target: str | Path, writes: str = "results") -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` (checked by :func:`check_output` as a file of
+    the kind it ``writes``); rename it onto ``target`` only on success."""
+    target = check_output(target, writes=writes)
     mode = _new_file_mode(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
