@@ -302,7 +302,7 @@ def test_tike_probe_shape_differs_from_frames(tmp_path):
         scan=np.zeros((1, 2, 2), np.float32),
         probe=np.ones((1, 1, 1, 1, 16, 16), np.complex64),
     )
-    refused(path, "probe shape")
+    refused(path, "its probe is 16 x 16 pixels and the frames 8 x 8")
 
 
 def test_colour_png_is_refused(tmp_path):
@@ -506,3 +506,18 @@ def test_a_damaged_chunk_of_a_lazily_read_file_names_the_file(tmp_path):
     np.testing.assert_allclose(np.asarray(stack.intensities[0]), frames[0])
     with pytest.raises(InputError, match=r"big\.h5: could not read /data"):
         np.asarray(stack.intensities[2])
+
+
+def test_a_file_whose_root_cannot_be_opened_is_not_taken_for_results(tmp_path, monkeypatch):
+    """Damaged bytes can leave h5py unable to open the root group (a KeyError, found by the
+    fuzzing above): the results check says "not results" and lets the reader name the damage,
+    instead of a traceback."""
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as h5:
+        h5["data"] = np.ones((2, 8, 8), np.float32)
+
+    def unopenable(h5):
+        raise KeyError("Unable to synchronously open object (unable to determine object type)")
+
+    monkeypatch.setattr(cio, "is_results_file", unopenable)
+    assert cio.is_results(path) is False

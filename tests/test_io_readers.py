@@ -142,6 +142,20 @@ def test_cxi_translations_become_object_pixel_positions(tmp_path, write_cxi, tra
     assert scan.meta is scan.stack.meta and scan.meta.reader == "cxi"
 
 
+def test_a_cxi_probe_with_leading_axes_reads_as_one_probe(tmp_path, write_cxi):
+    """CXI writers store the illumination as (1, 1, H, W) too: one probe of the frames' size."""
+    n, size = 4, 16
+    probe = (RNG.normal(size=(size, size)) + 1j).astype(np.complex64)
+    path = write_cxi(
+        tmp_path / "probe4.cxi", counts((n, size, size)), energy_ev=8000.0, distance_m=2.0,
+        pixel_m=(75e-6, 75e-6), translation=RNG.uniform(-1e-7, 1e-7, (n, 3)),
+        probe=probe[None, None],
+    )  # fmt: skip
+    scan = cio.read(path)
+    assert isinstance(scan, PtychoScan)
+    np.testing.assert_array_equal(scan.probe, probe)
+
+
 def test_cxi_two_entries_pick_by_dataset(tmp_path, write_cxi):
     first, second = counts((2, 8, 8)), counts((4, 12, 12))
     path = tmp_path / "two.cxi"

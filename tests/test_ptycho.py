@@ -208,9 +208,22 @@ def test_bad_scans_are_refused_with_the_reason(small_scan, device):
         ("no signal", PtychoScan(zeros, positions)),
         ("no signal", PtychoScan(unmeasured, positions, small_scan.probe)),
     ]
-    for words, scan in cases:
+    stray = positions.copy()
+    stray[5] += 1e4  # one position far off, or all in micrometres: gigabytes of object array
+    holed = small_scan.probe.copy()
+    holed[3, 3] = np.nan
+    unusable = [
+        ("a stray position", PtychoScan(stack, stray, small_scan.probe)),
+        ("another unit", PtychoScan(stack, positions * 1e6, small_scan.probe)),
+        ("probe holds 1 NaN", PtychoScan(stack, positions, holed)),
+        ("zero everywhere", PtychoScan(stack, positions, np.zeros_like(small_scan.probe))),
+    ]
+    for words, scan in cases + unusable:
         with pytest.raises(InputError, match=words):
             run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device=device))
+    for words, scan in unusable:  # the network's path too, before any array is made
+        with pytest.raises(InputError, match=words):
+            run_to_end(ptycho.network_steps(scan, device=device))
     one = run_to_end(ptycho.network_steps(cases[1][1], device=device))  # needs no overlap
     assert min(one.objects.shape) >= 64 and np.isfinite(one.objects).all()
 

@@ -132,10 +132,15 @@ def is_results(path: str | Path) -> bool:
     if file_kind(path) not in ("hdf5", "cxi"):
         return False
     try:
-        with open_h5(path) as h5:
-            return is_results_file(h5)
-    except InputError:
+        return _holds_results(path)
+    except InputError:  # unreadable or damaged: its reader says why
         return False
+
+
+@damaged_as_input_error
+def _holds_results(path: str | Path) -> bool:
+    with open_h5(path) as h5:
+        return is_results_file(h5)
 
 
 def describe(data: Dataset) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ..errors import InputError
 from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
 from .checks import (
     check_positions,
+    check_probe,
     check_stack_shape,
     checked_truth,
     repair_intensities,
@@ -137,18 +138,7 @@ def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) ->
         meta.extra["shifted"] = "patterns were in FFT order (zero frequency at [0, 0]); centred"
     stack = _stack(data, source, meta, lazy)
     positions = check_positions(np.reshape(arrays["scan"], (-1, 2)), stack.n_frames, source)
-    probe = None
-    if "probe" in arrays:
-        if np.asarray(arrays["probe"]).dtype.kind not in "biufc":
-            raise InputError(source, f"its probe is not numeric ({arrays['probe'].dtype})")
-        probe = np.asarray(arrays["probe"]).astype(np.complex64)
-        probe = probe.reshape((-1, *probe.shape[-2:]))
-        if probe.shape[0] == 1:
-            probe = probe[0]
-        if probe.shape[-2:] != stack.frame_shape:
-            raise InputError(
-                source, f"probe shape {probe.shape[-2:]} differs from frames {stack.frame_shape}"
-            )
+    probe = check_probe(arrays.get("probe"), stack.frame_shape, source)
     return PtychoScan(stack, positions, probe)
 
 

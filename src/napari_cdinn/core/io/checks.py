@@ -168,3 +168,30 @@ def check_positions(positions: Any, n_frames: int, source: object) -> np.ndarray
     if not np.isfinite(positions).all():
         raise InputError(source, "scan positions contain NaN or Inf")
     return positions
+
+
+def check_probe(probe: Any, frame_shape: tuple[int, ...], source: object) -> np.ndarray | None:
+    """A probe (guess) as complex64 ``(H, W)``, or ``(M, H, W)`` for several modes (leading axes
+    of length 1 dropped, as CXI writes ``(1, 1, H, W)``), of the frames' size, finite and not
+    zero everywhere (a probe of no light would divide by zero in every update)."""
+    if probe is None:
+        return None
+    probe = np.asarray(probe)
+    if probe.dtype.kind not in "biufc":
+        raise InputError(source, f"its probe is not numeric ({probe.dtype})")
+    if probe.ndim < 2:
+        raise InputError(source, f"its probe has shape {probe.shape}; expected (H, W)")
+    probe = probe.astype(np.complex64).reshape((-1, *probe.shape[-2:]))
+    probe = probe[0] if len(probe) == 1 else probe
+    if probe.shape[-2:] != tuple(frame_shape[-2:]):
+        raise InputError(
+            source,
+            f"its probe is {probe.shape[-2]} x {probe.shape[-1]} pixels and the frames "
+            f"{frame_shape[-2]} x {frame_shape[-1]}: not a probe of these frames",
+        )
+    bad = int(np.count_nonzero(~np.isfinite(probe)))
+    if bad:
+        raise InputError(source, f"its probe holds {bad} NaN or infinite values")
+    if not np.any(probe):
+        raise InputError(source, "its probe is zero everywhere (no light)")
+    return probe

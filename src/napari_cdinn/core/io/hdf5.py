@@ -21,6 +21,7 @@ from ..errors import InputError
 from .checks import (
     check_mask,
     check_positions,
+    check_probe,
     check_stack_shape,
     checked_truth,
     repair_intensities,
@@ -241,7 +242,7 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         probe = None
         probe_path = f"{entry}/instrument_1/source_1/illumination"
         if probe_path in h5:
-            probe = np.asarray(h5[probe_path][()]).astype(np.complex64)
+            probe = check_probe(h5[probe_path][()], stack.frame_shape, source)
         if not stack.is_lazy:
             h5.close()
         scan = _scan_from_translation(stack, translation, probe, source)

@@ -98,7 +98,7 @@ def _kind_written(path: Path) -> str | None:
             if h5.attrs.get("creator") != "napari-cdinn":
                 return None
             return "results" if is_results_file(h5) else "data"
-    except OSError:  # not HDF5, or damaged: not ours to replace
+    except (OSError, KeyError, RuntimeError, ValueError):  # not HDF5, or damaged: not ours
         return None
 
 

@@ -24,7 +24,7 @@ import torch
 from ..data import PtychoScan
 from ..device import resolve_device
 from ..errors import InputError
-from ..io.checks import frames_in_memory
+from ..io.checks import check_probe, frames_in_memory
 from .patches import exit_waves, probe_sum_workers, update_
 from .projections import intensity, set_modulus_
 
@@ -121,12 +121,30 @@ def checked_scan(
         raise InputError(source, "a scan of one position has no overlap to reconstruct from")
     if not intensities.sum(where=True if mask is None else mask) > 0:  # no masked copy
         raise InputError(source, "the scan holds no signal (all zero where measured)")
-    if scan.probe is not None and scan.probe.shape[-2:] != intensities.shape[-2:]:
+    check_probe(scan.probe, intensities.shape, source)
+    check_span(positions, intensities.shape[-2:], source)
+    return intensities, positions, mask
+
+
+# How many times the area its frames can cover an object array may span: past it, a stray
+# position or positions in another unit would make an array of gigabytes, mostly never lit.
+MAX_SPAN_RATIO = 16
+
+
+def check_span(positions: np.ndarray, frame: tuple[int, int], source: object) -> None:
+    """Refuse scan positions whose object array would dwarf what the frames see."""
+    span = positions.max(axis=0) - positions.min(axis=0)
+    height, width = (float(s) + int(f) for s, f in zip(span, frame, strict=True))
+    covered = len(positions) * int(frame[0]) * int(frame[1])
+    if height * width > MAX_SPAN_RATIO * covered:
         raise InputError(
             source,
-            f"probe is {scan.probe.shape[-2:]} but patterns are {intensities.shape[-2:]}",
+            f"its {len(positions)} scan positions span {span[0]:.4g} x {span[1]:.4g} object "
+            f"pixels, so the object array would be {height:.4g} x {width:.4g} pixels, over "
+            f"{MAX_SPAN_RATIO} times the area {len(positions)} frames of {frame[0]} x "
+            f"{frame[1]} pixels can cover: a stray position, or positions in another unit "
+            "(CXI translations are metres, converted to pixels with the detector geometry)",
         )
-    return intensities, positions, mask
 
 
 def run_epie(
