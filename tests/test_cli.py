@@ -323,6 +323,16 @@ def test_simulate_ptycho_gives_requested_positions(tmp_path):
     assert scan.truth is not None and scan.probe.shape == (64, 64)
     with h5py.File(out) as h5:
         assert h5["entry_1/sample_1/geometry_1/translation"].shape == (40, 3)
+    spiral = tmp_path / "spiral.cxi"  # a spiral fills a disc: the object grows to hold them
+    assert main(["simulate", "ptycho", "-n", "100", "--scan", "spiral", "-o", str(spiral)]) == 0
+    assert len(io.read(spiral).positions) == 100
+
+
+def test_simulate_ptycho_says_when_fewer_positions_fit(tmp_path, capsys):
+    out = tmp_path / "small.cxi"
+    assert main(["simulate", "ptycho", "-n", "500", "--object-size", "100", "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "16 scan positions on an object of 100 x 100 pixels (fewer than -n 500" in said
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 
 from napari_cdinn.core import metrics, ptycho
 from napari_cdinn.core.data import DiffractionStack, ObjectResult, Provenance, PtychoScan
-from napari_cdinn.core.errors import InputError
+from napari_cdinn.core.errors import InputError, InputWarning
 from napari_cdinn.core.nn.ptycho import (
     FineTuning,
     featureless_loss,
@@ -308,7 +308,7 @@ def test_the_network_weighs_by_the_probe_given_or_the_scan_own(small_scan, devic
         result = run_to_end(ptycho.network_steps(scan, model, device, probe=probe))
         used = result.provenance.parameters
         assert (used["probe"], used["levelled_to_counts"]) == expected
-    with pytest.raises(InputError, match="not a probe of this scan"):
+    with pytest.raises(InputError, match="not a probe of these frames"):
         run_to_end(ptycho.network_steps(bare, model, device, probe=small_scan.probe[:32, :32]))
 
 
@@ -523,6 +523,44 @@ def test_the_scanned_region_of_oblong_frames_follows_each_axis():
     assert (rows.min(), rows.max(), columns.min(), columns.max()) == (4, 11, 2, 5)
     square = ptycho.scanned_region(np.array([[0.0, 0.0]]), 8, (0.0, 0.0), (20, 20))
     assert square.sum() == 16
+
+
+def test_a_wholly_masked_frame_is_left_out_and_blanks_no_simulated_pattern(small_scan, device):
+    """A frame of NaN becomes a wholly masked one: the network leaves it out (its patch would
+    be a guess from nothing), and the simulated training pairs keep every pixel the measuring
+    frames share instead of none."""
+    mask = np.ones(small_scan.stack.shape, bool)
+    mask[3] = False
+    mask[:, 0, 0] = False
+    masked = PtychoScan(
+        replace(small_scan.stack, mask=mask), small_scan.positions, small_scan.probe
+    )
+    with pytest.warns(InputWarning, match=r"1 frame\(s\) hold no measured counts.*frames \[3\]"):
+        data = ptycho.network_input(masked, 64)
+    assert len(data.patterns) == len(small_scan.positions) - 1
+    assert data.grid == ptycho.network_input(small_scan, 64).grid  # still ePIE's grid
+    shared = ptycho.measured_everywhere(mask)
+    assert shared.sum() == shared.size - 1 and not shared[0, 0]
+    with pytest.warns(InputWarning):
+        result = run_to_end(ptycho.network_steps(masked, device=device))
+    assert np.isfinite(result.objects).all()
+
+
+def test_a_reference_is_refused_under_its_own_name(small_scan, device):
+    """The reference's file (or layer) is named when its probe or grid does not fit the scan,
+    not the scan it was made from."""
+    reference = epie_like_reference(small_scan)
+    region = np.ones(ObjectGrid.around(small_scan.positions, (64, 64)).shape, bool)
+    small_probe = replace(reference, probe=reference.probe[:32, :32])
+    shifted_grid = replace(reference, origin=(reference.origin[0] + 3, reference.origin[1]))
+    for bad, words in ((small_probe, "probe is 32 x 32"), (shifted_grid, "object array")):
+        with pytest.raises(InputError, match=f"^recon.h5: .*{words}"):
+            run_to_end(
+                ptycho.retrain_steps(
+                    small_scan, bad, region, FineTuning(tiny_model()), device=device,
+                    reference_name="recon.h5",
+                )
+            )  # fmt: skip
 
 
 def test_a_reference_of_another_scan_is_refused(small_scan, device):

@@ -105,10 +105,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         data = simulate_cdi(args.n, size=args.size, seed=args.seed, photons=args.photons)
     else:
-        from .core.simulate.ptycho import simulate_ptycho
+        from .core.simulate.ptycho import simulate_ptycho, spiral_positions
 
-        # an object just large enough for n raster positions, unless a size is given
-        side = args.object_size or int(args.size + args.step * (args.n * args.every) ** 0.5 + 2)
+        # an object just large enough for n positions (a spiral fills a disc), unless given
+        needed = args.n * args.every
+        side = args.object_size or int(args.size + args.step * needed**0.5 + 2)
+        while args.scan == "spiral" and not args.object_size:
+            if len(spiral_positions((side, side), args.size, args.step)) >= needed:
+                break
+            side += max(1, int(args.step))
         data = simulate_ptycho(
             (side, side), frame=args.size, step=args.step, scan=args.scan,
             photons=args.photons, every=args.every, seed=args.seed,
@@ -120,7 +125,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 f"object of {side} pixels at step {args.step:g}; give a larger --object-size"
             )
     write_cxi(args.output, data)
-    print(f"wrote {args.output}")
+    if args.mode == "ptycho":
+        fewer = len(data.positions) < args.n
+        print(f"wrote {args.output}: {len(data.positions)} scan positions on an object of "
+              f"{side} x {side} pixels" + (f" (fewer than -n {args.n}: no more fit)" if fewer else ""))  # fmt: skip
+    else:
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -365,8 +375,9 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
     run = FineTuning(model)
     steps = ptycho.retrain_steps(
-        scan, reference, region, run, args.seconds, args.device, simulated=args.simulated
-    )
+        scan, reference, region, run, args.seconds, args.device, simulated=args.simulated,
+        reference_name=args.reference,
+    )  # fmt: skip
     run_to_end(steps)
     run.source["reference_file"] = str(args.reference)  # the card names the teacher's file
     output = args.output or user_dir() / (

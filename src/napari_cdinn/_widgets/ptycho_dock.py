@@ -405,7 +405,7 @@ class PtychoDock(WorkerDock):
         self.figure.clear()
         worker = create_worker(
             ptycho.retrain_steps, scan, reference, region, self.run, float(self.seconds.value()),
-            _settings.device_choice(), _ignore_errors=True,
+            _settings.device_choice(), reference_name=self._reference_name, _ignore_errors=True,
         )  # fmt: skip
         self.start_work(
             worker, f"Retraining on {name}", lambda run: None, then=self._after_training

@@ -8,6 +8,7 @@ GUI runs it in a worker (progress, cancel by closing it) and the CLI runs it to 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,8 @@ from skimage.draw import polygon2mask
 from . import metrics
 from .data import ObjectResult, Provenance, PtychoScan
 from .device import resolve_device
-from .errors import InputError
+from .errors import InputError, InputWarning
+from .io.checks import check_probe
 from .nn import registry
 from .nn.cdi import inference_model
 from .nn.ptycho import (
@@ -125,12 +127,21 @@ def network_input(
         intensities = np.where(mask, intensities, 0)
     patterns = binned(intensities, factor)
     per_frame_mask = mask is not None and np.ndim(mask) == 3
-    if probe is not None and np.shape(probe)[-2:] != (frame, frame):
-        raise InputError(
-            scan.meta.source if probe_source is None else probe_source,
-            f"its probe is {np.shape(probe)[-2]} x {np.shape(probe)[-1]} pixels and the scan's "
-            f"frames {frame} x {frame}: not a probe of this scan",
+    grid = ObjectGrid.around(positions, (frame, frame))  # ePIE's, whichever frames are used
+    blank = patterns.sum(axis=(-2, -1)) <= 0  # wholly masked (a NaN frame) or no counts
+    if blank.any():  # its patch would be a guess from nothing, stitched among the others
+        warnings.warn(
+            InputWarning(
+                f"{scan.meta.source}: {int(blank.sum())} frame(s) hold no measured counts "
+                f"(wholly masked or empty; frames {np.flatnonzero(blank)[:5].tolist()}"
+                f"{' ...' if blank.sum() > 5 else ''}): the network leaves them out"
+            ),
+            stacklevel=2,
         )
+        patterns, positions = patterns[~blank], positions[~blank]
+    if probe is not None:
+        named = scan.meta.source if probe_source is None else probe_source
+        probe = check_probe(probe, (frame, frame), named)
     probe = probe if probe is not None else scan.probe
     patch = patch or size
     return NetworkInput(
@@ -140,7 +151,7 @@ def network_input(
         weight=probe_weight(probe, frame, patch),
         stitch_weight=probe_weight(probe, frame, patch, STITCH_FLOOR),
         lit=None if probe is None or per_frame_mask else probe_weight(probe, frame, patch, 0.0),
-        grid=ObjectGrid.around(positions, (frame, frame)),
+        grid=grid,
     )
 
 
@@ -281,6 +292,15 @@ def windowed_pairs(
     return far_field_intensity(probe[None] * cut), targets
 
 
+def measured_everywhere(mask: np.ndarray) -> np.ndarray:
+    """The detector pixels every frame measures: the mask itself, or of a mask per frame the
+    pixels that all frames measuring anything measure (a wholly masked frame, say one of NaN,
+    measures nothing and would otherwise blank every pixel)."""
+    if mask.ndim == 2:
+        return mask
+    return mask[mask.any(axis=(-2, -1))].all(axis=0)
+
+
 def resimulated_pairs(
     teacher: np.ndarray,
     probe: np.ndarray,
@@ -332,13 +352,22 @@ def resimulated_pairs(
         corners = candidates[rng.integers(len(candidates), size=n)]
         intensity, target = windowed_pairs(teacher, probe, corners, rng.integers(8, size=n), patch)
         if mask is not None:  # one per frame: the pixels every frame measures
-            intensity = np.where(mask if mask.ndim == 2 else mask.all(axis=0), intensity, 0)
+            intensity = np.where(measured_everywhere(mask), intensity, 0)
         intensity *= counts / max(float(intensity.sum(axis=(-2, -1)).mean()), 1e-30)
         noisy = rng.poisson(intensity) if photons else intensity
         patterns.append(binned(noisy.astype(np.float32), factor))
         targets.append(target)
         yield start + n, count
     return np.concatenate(patterns), np.concatenate(targets)
+
+
+def _grid_text(grid: ObjectGrid | ObjectResult) -> str:
+    """'H x W pixels from (y, x)' of an object array, for messages."""
+    shape = grid.shape if isinstance(grid, ObjectGrid) else grid.objects.shape
+    origin = (
+        "an unknown origin" if grid.origin is None else f"({grid.origin[0]:g}, {grid.origin[1]:g})"
+    )
+    return f"{shape[-2]} x {shape[-1]} pixels from {origin}"
 
 
 def retrain_steps(
@@ -350,24 +379,28 @@ def retrain_steps(
     device: str = "auto",
     max_epochs: int = 200,
     simulated: int = 3000,
+    reference_name: object = None,
 ) -> Generator[tuple[int, int], None, FineTuning]:
     """Fine-tune ``run.model`` on the frames whose patches lie inside ``region`` (a mask on the
     reference's grid), with the reference's patches as targets, and on ``simulated`` more pairs
     made from the reference and its probe (``resimulated_pairs``; none without a probe); see
     ``nn.ptycho.fine_tune``. The simulation counts in ``seconds``. ``run`` is updated as
-    training goes, so a stopped run still holds its best model."""
+    training goes, so a stopped run still holds its best model.  ``reference_name`` (its file,
+    or layer) names the reference in refusals; default the scan it was made from."""
     start = time.perf_counter()
+    named = reference_name if reference_name is not None else reference.provenance.source
     probe = reference.probe if reference.probe is not None else scan.probe
-    source = reference.provenance.source  # named if its probe is not one of this scan
-    data = network_input(scan, run.model.size, run.model.patch, probe, source)
+    data = network_input(scan, run.model.size, run.model.patch, probe, named)
     if (
         reference.origin is None
         or reference.objects.shape != data.grid.shape
         or tuple(reference.origin) != tuple(data.grid.origin)
     ):
         raise InputError(
-            reference.provenance.source,
-            "the reference is not a reconstruction of this scan (its grid differs)",
+            named,
+            f"the reference's object array ({_grid_text(reference)}) is not this scan's "
+            f"({_grid_text(data.grid)}): not a reconstruction of this scan (another scan, "
+            "or a selection of its frames)",
         )
     chosen = positions_in_region(data, region, run.model.patch)
     if len(chosen) < 10:
@@ -384,7 +417,7 @@ def retrain_steps(
     bad = int(np.count_nonzero(~np.isfinite(reference.objects[taught])))
     if bad:
         raise InputError(
-            reference.provenance.source,
+            named,
             f"the reference has {bad} non-finite (NaN or infinite) pixels {where}",
         )
     torch_device = resolve_device(device)
