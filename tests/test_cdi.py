@@ -230,6 +230,10 @@ def test_corrupt_or_mismatched_model_files_are_refused(tmp_path, device):
         ({**card, "arguments": {"size": -4}}, "'size' is -4"),
         ({**card, "arguments": {"size": "64"}}, "'size' is '64'"),
         ({**card, "arguments": {"width": 0}}, "'width' is 0"),
+        (
+            {**card, "mode": "wideangle"},
+            "says mode 'wideangle', but its architecture CDINet is a CDI",
+        ),
     ):
         (tmp_path / "ok.json").write_text(json.dumps(bad_card))
         with pytest.raises(InputError, match=rf"ok\.json: .*{message}"):

@@ -473,6 +473,10 @@ def test_refine_unsure_only_refines_the_shots_few_flips_agree_on(tmp_path, capsy
     unsure = np.flatnonzero(network.flips_agreeing < 6).tolist()
     assert unsure and refined.provenance.parameters["shots"] == unsure
     assert refined.radii_nm.shape == (len(unsure),)
+    # each row says which file (and frame of the stack) it answers for, the refined rows too
+    assert network.provenance.parameters["file_names"] == ["barke5.png", "barke6.png"]
+    assert refined.provenance.parameters["file_frames"] == unsure
+    assert refined.provenance.parameters["file_names"] == [f"barke{5 + k}.png" for k in unsure]
     sample = Path(__file__).resolve().parents[1] / "sample_data" / "wideangle_shots.cxi"
     capsys.readouterr()
     assert main(["invert", str(sample), *argv, "-o", str(tmp_path / "sure.h5")]) == 0

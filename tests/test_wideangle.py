@@ -381,6 +381,9 @@ def test_a_shot_of_too_few_photons_is_refused_by_the_fit():
     sparse[0, ::7, ::7] = 0.5
     with pytest.raises(InputError, match=r"sparse\.npy: shot 0: 0 binned pixels with signal"):
         run_to_end(wideangle.fit_steps(_shots(sparse, "sparse.npy")))
+    saturated = np.ones((1, 128, 128), np.float32)  # signal everywhere, but no pattern
+    with pytest.raises(InputError, match=r"flat\.npy: shot 0: the same value in every pixel"):
+        run_to_end(wideangle.fit_steps(_shots(saturated, "flat.npy")))
 
 
 def test_an_unfittable_shot_is_refused_before_the_others_are_fitted():
@@ -479,6 +482,10 @@ def test_bundled_model_orients_fresh_shots(device):
     assert np.median(ico.misorientation(q, orientations)) < 3.0
     assert np.median(np.abs(r - radii)) < 1.5
     assert np.allclose(np.linalg.norm(q, axis=1), 1) and (q[:, 0] >= 0).all()
+    lone = np.zeros((1, *images.shape[1:]), np.float32)  # one lit pixel: nothing to go on
+    lone[0, 10, 20] = 1
+    *_, agreeing = predict(inference_network(model), lone, device, agreement=True)
+    assert agreeing.tolist() == [1]  # its answer's own flip, never "0 of 8 flips agree"
 
 
 def test_an_infinite_pixel_of_a_lazily_read_shot_is_masked_not_its_peak():

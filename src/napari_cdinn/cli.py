@@ -186,14 +186,19 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray) -> Any:
-    """``result`` with the file's frames it answers for (``parse_frames``'s) and whether the
-    file held amplitudes, in its provenance: a result of ``--frames 7`` must say it is frame
-    7's."""
+def _recorded(
+    result: Any, args: argparse.Namespace, frames: np.ndarray, files: list[str] | None = None
+) -> Any:
+    """``result`` with the file's frames it answers for (``parse_frames``'s, one per row), the
+    name of each one's file when the stack was read from several (``files``, one per frame of
+    the stack), and whether the file held amplitudes, in its provenance: a result of
+    ``--frames 7`` must say it is frame 7's, and of ``a.png b.png`` which row is b's."""
     from dataclasses import replace
 
     p = result.provenance
     parameters = {**p.parameters, "file_frames": frames.tolist()}
+    if files is not None and len(files) > max(frames, default=-1):
+        parameters["file_names"] = [files[i] for i in frames]
     if args.amplitudes:
         parameters["file_held_amplitudes"] = True
     return replace(result, provenance=replace(p, parameters=parameters))
@@ -219,7 +224,8 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
         stack, methods, iterations=args.iterations if method == "iterative" else None,
         refine_iterations=args.iterations or 50, device=args.device, model_path=args.model,
     )  # fmt: skip
-    results = [_recorded(r, args, frames) for r in run_to_end(steps).values()]
+    files = data.meta.extra.get("files")
+    results = [_recorded(r, args, frames, files) for r in run_to_end(steps).values()]
     for result in results:
         p = result.provenance
         print(
@@ -305,17 +311,17 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     elif method == "fit":
         results.append(run_to_end(wideangle.fit_steps(data, recipe)))
     for k, result in enumerate(results):  # which of the file's frames each answer is for
-        results[k] = _recorded(result, args, frames)
+        numbers = result.provenance.parameters.get("shots", range(len(result.radii_nm)))
+        rows = frames[np.asarray(numbers, int)]  # a fit of some shots: its rows' frames only
+        results[k] = _recorded(result, args, rows, data.meta.extra.get("files"))
         p = results[k].provenance
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
-        numbers = p.parameters.get("shots", range(len(result.radii_nm)))  # a fit's: its shots
         for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
             agree = ""
             if result.flips_agreeing is not None:
                 agree = f", {result.flips_agreeing[n]} of 8 flips agree"
             print(
-                f"  shot {frames[numbers[n]]}: radius {r:.1f} nm, quaternion "
-                f"{np.round(q, 4).tolist()}{agree}"
+                f"  shot {rows[n]}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}{agree}"
             )
         if len(result.radii_nm) > 10:
             print(f"  ... and {len(result.radii_nm) - 10} more shot(s): all are in {args.output}")

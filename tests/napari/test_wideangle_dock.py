@@ -163,3 +163,29 @@ def test_dock_on_the_real_flash_shots(viewer, qtbot, real_data, error_messages):
     measured = viewer.layers["barke5 shots"]
     assert simulated.contrast_limits == measured.contrast_limits  # same contrast
     assert ((simulated.data > 0) <= (measured.data > 0)).all()  # no-signal pixels left out
+
+
+def test_layers_of_the_dock_names_that_it_did_not_make_are_left_alone(
+    viewer, qtbot, real_data, error_messages
+):
+    """A user's layers named as the dock names its own (say from an earlier session's saved
+    layers) are neither replaced nor removed: the dock adds its own beside them, and a second
+    prediction updates those, found by identity."""
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Wide-angle")
+    viewer.open(str(real_data("wideangle/barke5.png")), plugin="napari-cdinn")
+    mine = viewer.add_image(np.ones((1, 4, 4)), name="barke5 simulated (NN)")
+    my_surface = viewer.add_surface(
+        (np.eye(3), np.array([[0, 1, 2]]), np.ones(3)), name="barke5 cluster"
+    )
+    for _ in range(2):
+        dock.predict()
+        wait(dock, qtbot)
+    assert not error_messages()
+    assert mine in viewer.layers and mine.data.shape == (1, 4, 4) and (mine.data == 1).all()
+    assert my_surface in viewer.layers and len(my_surface.data[0]) == 3
+    shots = viewer.layers["barke5 shots"]
+    simulated = dock.shown["simulated", shots.unique_id]
+    cluster = dock.shown["cluster", shots.unique_id]
+    assert simulated is not mine and simulated.data.shape == shots.data.shape
+    assert cluster is not my_surface
+    assert len(viewer.layers) == 5  # shots, the user's two, the dock's two: none twice

@@ -60,6 +60,9 @@ class WideAngleDock(WorkerDock):
         # answers per shots layer, by its unique id (they stay with it through a rename)
         self.network: dict[str, OrientationResult] = {}
         self.fits: dict[tuple[str, int, str], OrientationResult] = {}  # (layer, shot, method)
+        # the layers this dock shows beside each shots layer ("simulated", "cluster"), by the
+        # shots layer's id: updated by identity, so a user's layer of the same name is left alone
+        self.shown: dict[tuple[str, str], Layer] = {}
 
         self.shots_combo = QComboBox()
         self.shots_combo.activated.connect(self._show_current)  # the user picked another layer
@@ -128,7 +131,13 @@ class WideAngleDock(WorkerDock):
         # file re-simulated and opened again) must not show them, nor refine from them
         self.network = {key: result for key, result in self.network.items() if key in ids}
         self.fits = {key: result for key, result in self.fits.items() if key[0] in ids}
+        self.shown = {key: layer for key, layer in self.shown.items() if key[1] in ids}
         self._show_table(self.shots_combo.currentData(), self.current_shot())  # no stale rows
+
+    def _own(self, kind: str, shots: Layer) -> Layer | None:
+        """The ``kind`` layer this dock made beside ``shots``, if it is still in the viewer."""
+        layer = self.shown.get((kind, shots.unique_id))
+        return layer if layer is not None and layer in self.viewer.layers else None
 
     def _layer(self, name: str) -> Layer | None:
         return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
@@ -241,15 +250,14 @@ class WideAngleDock(WorkerDock):
         # shots on the log scale share their contrast; intensities shown as log10(1 + I) don't
         same_scale = isinstance(shots_of(shots), ShotSet)
         kwargs["contrast_limits"] = shots.contrast_limits if same_scale else (0.0, 1.0)
-        shown = simulated
-        existing = self._layer(name)
-        if existing is not None and existing.data.shape == shown.shape:
-            existing.data = shown
+        existing = self._own("simulated", shots)
+        if existing is not None and existing.data.shape == simulated.shape:
+            existing.data = simulated
             existing.metadata = kwargs["metadata"]
         else:
             if existing is not None:
                 self.viewer.layers.remove(existing)
-            self.viewer.add_image(shown, **kwargs)
+            self.shown["simulated", shots.unique_id] = self.viewer.add_image(simulated, **kwargs)
         wall = result.provenance.wall_time_s or 0.0
         self.status.setText(
             f"NN: {len(result.radii_nm)} shot(s) in {wall:.2f} s "
@@ -333,13 +341,13 @@ class WideAngleDock(WorkerDock):
         depths = (float(seen.min()), float(max(seen.max(), seen.min() + 1e-3)))
         name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} cluster"
         metadata = {"shot": shot, "radius_nm": radius, "quaternion": quaternion}
-        existing = self._layer(name)
+        existing = self._own("cluster", shots)
         if existing is not None:
             existing.data = data
             existing.contrast_limits = depths
             existing.metadata = metadata
         elif create:
-            self.viewer.add_surface(
+            self.shown["cluster", shots.unique_id] = self.viewer.add_surface(
                 data, name=name, colormap="bop orange", contrast_limits=depths,
                 metadata=metadata, **placed,
             )  # fmt: skip

@@ -281,6 +281,12 @@ def fit_steps(
                 f"shot {shot}: {int(fit.valid.sum())} binned pixels with signal, too few to fit "
                 f"(at least {MIN_FIT_PIXELS}; a shot of very few photons?)",
             )
+        if not np.any(fit.measured):  # one value everywhere: every cluster fits it alike
+            raise InputError(
+                data.meta.source,
+                f"shot {shot}: the same value in every pixel with signal (saturated, or a "
+                "blank image), no pattern to fit",
+            )
     quaternions, radii, misfits, offsets, blurs, evaluations = [], [], [], [], [], 0
     for n, (shot, fit) in enumerate(zip(shots, fits, strict=True)):
         best = (None, None, np.inf)

@@ -30,6 +30,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "PtychoNet": PtychoNet,
     "WideAngleNet": WideAngleNet,
 }
+ARCHITECTURE_MODES = {"CDINet": "cdi", "PtychoNet": "ptycho", "WideAngleNet": "wideangle"}
 
 
 def bundled_dir() -> Path:
@@ -92,6 +93,13 @@ def read_card(weights: str | Path) -> dict[str, Any]:
     for key in ("architecture", "arguments", "mode", "name", "version"):
         if key not in card:
             raise InputError(path, f"model card lacks '{key}'")
+    made_for = ARCHITECTURE_MODES.get(card["architecture"])
+    if made_for is not None and card["mode"] != made_for:
+        raise InputError(
+            path,
+            f"model card says mode '{card['mode']}', but its architecture "
+            f"{card['architecture']} is a {MODE_NAMES[made_for]} network",
+        )
     arguments = card["arguments"]
     if not isinstance(arguments, dict):
         raise InputError(path, "model card's 'arguments' is not a JSON object")

@@ -234,7 +234,7 @@ def predict(
     :class:`WideAngleNet` or its :func:`inference_network`.  Radii are clipped to the training
     range ``RADII``: beyond it the network's answer is an extrapolation.  With ``agreement``
     also (N,) how many of the flips agree with the answer (:func:`consensus`; with two answers
-    per flip, half the agreeing answers)."""
+    per flip, half the agreeing answers, at least 1)."""
     transforms = image_transforms() if tta else image_transforms()[:1]
     undo = icosahedral.conjugate(np.stack([turn for _, turn in transforms]))
     ranked_here = getattr(model, "ranks_input", False)
@@ -253,7 +253,8 @@ def predict(
         r = r.reshape(len(q), len(x))
         orientation, radius, agree = consensus(back.transpose(1, 0, 2), r.T)
         quaternions.append(orientation)
-        agreeing.append(agree * len(undo) // len(q))  # counted in flips (two answers each)
+        # counted in flips (two answers each), at least the one the answer came from
+        agreeing.append(np.maximum(agree * len(undo) // len(q), 1))
         radii.append(np.clip(radius, *RADII))  # the network knows no clusters outside RADII
     answers = np.concatenate(quaternions), np.concatenate(radii)
     return (*answers, np.concatenate(agreeing)) if agreement else answers
