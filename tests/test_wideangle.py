@@ -273,9 +273,8 @@ def test_consensus_of_the_flips_answers_ignores_outliers_and_equivalents():
     assert ico.misorientation(everything, truth[None])[0] > 3.0
 
 
-def test_unsure_shots_and_one_shot_of_a_fit():
-    """The shots few flips agree on are the ones to refine; a fit of several shots splits into
-    one result per shot with that shot's own provenance."""
+def test_unsure_shots_are_those_few_flips_agree_on():
+    """The shots few flips agree on are the ones to refine; a fit has no count."""
     from napari_cdinn.core import wideangle
     from napari_cdinn.core.data import OrientationResult, Provenance
 
@@ -293,13 +292,6 @@ def test_unsure_shots_and_one_shot_of_a_fit():
         ),
     )  # fmt: skip
     assert wideangle.unsure_shots(fitted).size == 0  # a fit has no count
-    second = wideangle.one_shot(fitted, 1)
-    assert np.array_equal(second.quaternions, q[1:2]) and second.radii_nm.tolist() == [80.0]
-    assert second.provenance.parameters == {
-        "starts": 1, "shots": [3], "similarity": [0.9], "beam_offsets_px": [[-2, 0]],
-        "blur_sigmas_px": [2.0],
-    }  # fmt: skip
-    assert second.provenance.method == "NN + simplex"
 
 
 def test_a_long_fit_yields_between_pieces_so_cancel_is_quick(monkeypatch):
@@ -425,10 +417,15 @@ def test_refine_from_a_nearby_start_finds_the_cluster():
     image = wa.log_image(wa.Simulator().intensity(r[0], q[0]))[None]
     off = ico.multiply(q, [np.cos(np.radians(2)), 0, np.sin(np.radians(2)), 0])  # 4 degrees
     start = OrientationResult(off, r + 4, Provenance("test"))
-    result = run_to_end(wideangle.fit_steps(_shots(image), start=start))
+    finished = []  # each shot's answer as soon as it is found (kept by a cancelled fit)
+    result = run_to_end(wideangle.fit_steps(_shots(image), start=start, finished=finished))
     assert ico.misorientation(result.quaternions, q)[0] < 1.0
     assert abs(result.radii_nm[0] - r[0]) < 1.0
     assert result.provenance.parameters["similarity"][0] > 0.99
+    ((shot, alone),) = finished
+    assert shot == 0 and np.array_equal(alone.quaternions, result.quaternions)
+    assert alone.provenance.parameters["shots"] == [0]
+    assert alone.provenance.method == result.provenance.method == "NN + simplex"
 
 
 def test_fit_follows_a_blurred_beam_off_centre_through_salt_and_pepper():

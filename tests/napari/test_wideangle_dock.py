@@ -138,6 +138,23 @@ def test_the_table_follows_the_chosen_layer_and_answers_follow_a_renamed_one(
     assert any("Predict with the network first" in m for m in error_messages())
 
 
+def test_cancel_keeps_the_shots_a_refine_finished(viewer, wdock, qtbot, error_messages):
+    """Refining many unsure shots takes long: cancelled, it keeps the shots it finished."""
+    wdock.predict()
+    wait(wdock, qtbot)
+    shots = viewer.layers[f"{NAME} diffraction"]
+    wdock.network[shots.unique_id].flips_agreeing = np.full(8, 2)  # all eight unsure
+    wdock.evaluations.setValue(40)
+    wdock.refine_unsure()
+    qtbot.waitUntil(lambda: wdock.pbar is not None and wdock.pbar.n >= 2, timeout=120_000)
+    wdock.stop_work()
+    wait(wdock, qtbot, timeout=30_000)
+    assert not error_messages()
+    kept = sorted(shot for (_, shot, method) in wdock.fits if method == "refine")
+    assert 2 <= len(kept) < 8 and kept == list(range(len(kept)))  # in order, from the first
+    assert f"Refined {len(kept)} of 8 unsure shot(s)" in wdock.status.text()
+
+
 def test_cancel_ends_a_fit(viewer, wdock, qtbot):
     wdock.starts.setValue(64)
     wdock.evaluations.setValue(60)

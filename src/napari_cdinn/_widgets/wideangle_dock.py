@@ -212,20 +212,28 @@ class WideAngleDock(WorkerDock):
         recipe = wideangle.FitRecipe(
             starts=self.starts.value(), evaluations=self.evaluations.value()
         )
-        worker = create_worker(wideangle.fit_steps, data, recipe, start, shots, _ignore_errors=True)
+        finished: list[tuple[int, OrientationResult]] = []  # filled shot by shot as it runs
+        worker = create_worker(
+            wideangle.fit_steps, data, recipe, start, shots, finished, _ignore_errors=True
+        )
 
-        def done(result: OrientationResult) -> None:
+        def keep() -> None:  # however it ended: a cancelled fit keeps the shots it finished
             if not self._still(layer_name, layer_id):
                 return  # the shots' layer went (or another took its name) while it ran
-            for k, shot in enumerate(shots):
-                self.fits[(layer_id, int(shot), method)] = wideangle.one_shot(result, k)
+            for shot, result in finished:
+                self.fits[(layer_id, shot, method)] = result
+            self._show_current(create=True)
             if unsure:
+                done = [shot for shot, _ in finished]
                 self.status.setText(
-                    f"Refined {len(shots)} unsure shot(s): {', '.join(map(str, shots))}"
+                    f"Refined {len(done)} of {len(shots)} unsure shot(s): "
+                    f"{', '.join(map(str, done)) or 'none'}"
                 )
 
         what = f"{len(shots)} unsure shot(s)" if unsure else f"shot {shots[0]}"
-        self.start_work(worker, f"{wideangle.LABELS[method]} of {what}", done)
+        self.start_work(
+            worker, f"{wideangle.LABELS[method]} of {what}", lambda result: None, then=keep
+        )
 
     def refine_unsure(self) -> None:
         """Refine every shot whose network answer few flips agree with (the button)."""

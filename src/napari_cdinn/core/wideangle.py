@@ -263,9 +263,12 @@ def fit_steps(
     recipe: FitRecipe | None = None,
     start: OrientationResult | None = None,
     shots: np.ndarray | None = None,
+    finished: list[tuple[int, OrientationResult]] | None = None,
 ) -> Steps:
     """The forward fit of ``shots`` (indices, default all): from ``recipe.starts`` random
-    orientations and radii, or (refine) from ``start``'s answer for each shot."""
+    orientations and radii, or (refine) from ``start``'s answer for each shot.  Each shot's
+    answer is appended to ``finished`` (shot, result of that shot) as soon as it is found, so
+    a fit cancelled after hours keeps the shots it finished."""
     recipe = recipe or FitRecipe()
     began = time.perf_counter()
     images = shot_images(data)
@@ -309,13 +312,35 @@ def fit_steps(
         offsets.append([d * PIXELS // recipe.pixels for d in fit.best_shift])
         blurs.append(fit.best_blur * PIXELS / recipe.pixels)
         evaluations += fit.evaluations
-    method = "refine" if start is not None else "fit"
+        if finished is not None:
+            answer = (quaternions[-1:], radii[-1:], misfits[-1:], offsets[-1:], blurs[-1:])
+            settings = {**vars(recipe), "starts": starts, "simulations": fit.evaluations}
+            finished.append((int(shot), _fitted(shots[n : n + 1], *answer, settings, start, data)))
+    settings = {**vars(recipe), "starts": starts, "simulations": evaluations}
+    answers = (quaternions, radii, misfits, offsets, blurs)
+    result = _fitted(shots, *answers, settings, start, data)
+    return replace(
+        result, provenance=replace(result.provenance, wall_time_s=time.perf_counter() - began)
+    )
+
+
+def _fitted(
+    shots: np.ndarray,
+    quaternions: list,
+    radii: list,
+    misfits: list,
+    offsets: list,
+    blurs: list,
+    settings: dict,
+    start: OrientationResult | None,
+    data: ShotSet | DiffractionStack,
+) -> OrientationResult:
+    """A fit's answers for ``shots`` as a result, with its per-shot parameters."""
     similarity = [round(1 - m, 5) for m in misfits]
     per_shot = dict(zip(PER_SHOT, (shots.tolist(), similarity, offsets, blurs), strict=True))
     provenance = Provenance(
-        method=LABELS[method],
-        parameters={**vars(recipe), "starts": starts, "simulations": evaluations, **per_shot},
-        wall_time_s=time.perf_counter() - began,
+        method=LABELS["refine" if start is not None else "fit"],
+        parameters={**settings, **per_shot},
         source=data.meta.source,
     )
     return OrientationResult(np.array(quaternions), np.array(radii), provenance)
@@ -327,22 +352,6 @@ def unsure_shots(result: OrientationResult, below: int = UNSURE_BELOW) -> np.nda
     if result.flips_agreeing is None:
         return np.zeros(0, int)
     return np.flatnonzero(np.asarray(result.flips_agreeing) < below)
-
-
-def one_shot(result: OrientationResult, k: int) -> OrientationResult:
-    """The ``k``-th shot of a result as a result of its own, with the per-shot parameters of
-    its provenance (a fit of several shots, split for showing shot by shot)."""
-    parameters = {
-        name: [value[k]] if name in PER_SHOT else value
-        for name, value in result.provenance.parameters.items()
-    }
-    agreeing = result.flips_agreeing
-    return OrientationResult(
-        result.quaternions[k : k + 1],
-        result.radii_nm[k : k + 1],
-        replace(result.provenance, parameters=parameters),
-        None if agreeing is None else agreeing[k : k + 1],
-    )
 
 
 def simulated_image(orientation: np.ndarray, radius: float, like: np.ndarray | None = None):
