@@ -8,23 +8,26 @@ import numpy as np
 
 from ._layers import DISPLAY, dataset_of
 from .core import io
-from .core.data import DiffractionStack, ObjectResult, PtychoScan
+from .core.data import DiffractionStack, ObjectResult, OrientationResult, PtychoScan
 from .core.errors import CdinnError
 
 
 def write_results_h5(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
     """Write the napari-cdinn results behind the given image layers (amplitude/phase pairs are one
-    complex result) into one HDF5 file.  Layers that hold no result are refused, not guessed at."""
-    results: list[ObjectResult] = []
+    complex result; a wide-angle layer's network answers with the dock's fits and refinements of
+    its shots) into one HDF5 file.  Layers that hold no result are refused, not guessed at."""
+    results: list[ObjectResult | OrientationResult] = []
     for _data, meta, _kind in layer_data:
-        result = meta.get("metadata", {}).get("cdinn_result")
+        metadata = meta.get("metadata", {})
+        result = metadata.get("cdinn_result")
         if result is None:
             raise CdinnError(
                 f"{path}: layer '{meta.get('name')}' is not a napari-cdinn result; "
                 "save plain images as TIFF"
             )
-        if not any(result is r for r in results):
-            results.append(result)
+        for each in (result, *metadata.get("cdinn_fits", ())):  # the Wide-angle dock's fits
+            if not any(each is r for r in results):
+                results.append(each)
     io.write_results(path, results)
     return [path]
 

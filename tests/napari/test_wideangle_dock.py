@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_cdinn.core import icosahedral, wideangle
+from napari_cdinn.core import icosahedral, io, wideangle
 
 pytestmark = pytest.mark.napari
 NAME = "wideangle_shots"
@@ -79,7 +79,9 @@ def test_dock_predicts_shows_cluster_and_simulated_patterns_then_refines(
     assert not wdock.network and not wdock.fits  # again under its name starts afresh
 
 
-def test_refine_unsure_refines_the_shots_few_flips_agree_on(viewer, wdock, qtbot, error_messages):
+def test_refine_unsure_refines_the_shots_few_flips_agree_on(
+    viewer, wdock, qtbot, error_messages, tmp_path
+):
     wdock.predict()
     wait(wdock, qtbot)
     shots = viewer.layers[f"{NAME} diffraction"]
@@ -99,6 +101,14 @@ def test_refine_unsure_refines_the_shots_few_flips_agree_on(viewer, wdock, qtbot
     viewer.dims.set_current_step(0, 5)  # the table shows the refined answer beside the network's
     assert wdock.table.rowCount() == 2 and wdock.table.item(1, 0).text() == "NN + simplex"
     assert float(wdock.table.item(1, 5).text()) > 0.5
+    # File > Save Selected Layers on the simulated patterns saves every answer of the shots
+    viewer.layers.selection = {wdock.shown["simulated", shots.unique_id]}
+    path = tmp_path / "answers.h5"
+    viewer.layers.save(str(path), selected=True, plugin="napari-cdinn")
+    network, refined = io.read_results(path)
+    assert network.quaternions.shape == (8, 4) and network.flips_agreeing is not None
+    assert refined.provenance.parameters["shots"] == [2, 5]
+    np.testing.assert_array_equal(refined.quaternions[1], one.quaternions[0])
 
 
 def test_removing_the_shots_while_the_network_runs_keeps_no_answers(

@@ -222,6 +222,7 @@ class WideAngleDock(WorkerDock):
                 return  # the shots' layer went (or another took its name) while it ran
             for shot, result in finished:
                 self.fits[(layer_id, shot, method)] = result
+            self._publish(layer_name, layer_id)
             self._show_current(create=True)
             if unsure:
                 done = [shot for shot, _ in finished]
@@ -266,11 +267,30 @@ class WideAngleDock(WorkerDock):
             if existing is not None:
                 self.viewer.layers.remove(existing)
             self.shown["simulated", shots.unique_id] = self.viewer.add_image(simulated, **kwargs)
+        self._publish(layer_name, layer_id)
         wall = result.provenance.wall_time_s or 0.0
         self.status.setText(
             f"NN: {len(result.radii_nm)} shot(s) in {wall:.2f} s "
             f"({1e3 * wall / len(result.radii_nm):.1f} ms per shot)"
         )
+
+    def _publish(self, layer_name: str, layer_id: str) -> None:
+        """Put the shots' answers (the network's, then each method's fits, in shot order) in the
+        metadata of the dock's simulated layer beside them, where napari's File > Save Selected
+        Layers finds them (``_writer``): one results file with every answer of those shots."""
+        shots = self._layer(layer_name)
+        shown = None if shots is None else self._own("simulated", shots)
+        network = self.network.get(layer_id)
+        if shown is None or network is None:
+            return
+        fits = []
+        for method in ("fit", "refine"):
+            done = sorted(
+                (shot, r) for (i, shot, m), r in self.fits.items() if (i, m) == (layer_id, method)
+            )
+            if done:
+                fits.append(wideangle.merged([result for _, result in done]))
+        shown.metadata = {**shown.metadata, "cdinn_result": network, "cdinn_fits": fits}
 
     def _answers(
         self, layer_id: str | None, shot: int

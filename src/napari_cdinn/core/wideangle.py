@@ -346,6 +346,21 @@ def _fitted(
     return OrientationResult(np.array(quaternions), np.array(radii), provenance)
 
 
+def merged(fits: list[OrientationResult]) -> OrientationResult:
+    """Fits of single shots (or a few) as one result, in the order given: their rows and
+    per-shot parameters joined, their simulations summed (the dock's answers, saved as one)."""
+    first = fits[0].provenance
+    parameters = dict(first.parameters)
+    for name in PER_SHOT:
+        parameters[name] = [v for fit in fits for v in fit.provenance.parameters[name]]
+    parameters["simulations"] = sum(fit.provenance.parameters["simulations"] for fit in fits)
+    return OrientationResult(
+        np.concatenate([fit.quaternions for fit in fits]),
+        np.concatenate([fit.radii_nm for fit in fits]),
+        replace(first, parameters=parameters, wall_time_s=None),
+    )
+
+
 def unsure_shots(result: OrientationResult, below: int = UNSURE_BELOW) -> np.ndarray:
     """The shots whose network answer fewer than ``below`` of its eight flips agree with: the
     ones worth refining (none for a result without the count, such as a fit's)."""
