@@ -546,3 +546,16 @@ def test_train_cdi_writes_the_model_where_o_says(tmp_path, capsys):
     assert main(argv) == 0
     assert model.exists() and model.with_suffix(".json").exists()
     assert f"model written to {model}" in capsys.readouterr().out
+
+
+def test_options_the_method_does_not_use_are_named(tmp_path, capsys):
+    """--unsure-only, --iterations or --model given where the method has no use for them are
+    said to be ignored, not silently dropped."""
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "cdi_crystals.cxi"
+    argv = ["invert", str(sample), "--frames", "0", "--method", "iterative", "--iterations", "5"]
+    assert main([*argv, "--unsure-only", "-o", str(tmp_path / "a.h5")]) == 0
+    err = capsys.readouterr().err
+    assert "ignored with cdi iterative: --unsure-only" in err and "--iterations" not in err
+    assert main(["invert", str(sample), "--frames", "0", "--iterations", "5",
+                 "-o", str(tmp_path / "b.h5")]) == 0  # fmt: skip
+    assert "ignored with cdi nn: --iterations" in capsys.readouterr().err

@@ -175,6 +175,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         or data.meta.extra.get("mode")  # a file that says what it holds (wide-angle CXI)
         or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(type(data).__name__, "wideangle")
     )
+    _warn_unused(args, mode, args.method or "nn")
     if mode == "ptycho":
         results = _invert_ptycho(args, data)
     elif mode == "cdi":
@@ -184,6 +185,19 @@ def cmd_invert(args: argparse.Namespace) -> int:
     io.write_results(args.output, results)
     print(f"wrote {args.output}")
     return 0
+
+
+def _warn_unused(args: argparse.Namespace, mode: str, method: str) -> None:
+    """Say which given options this mode and method do not use, rather than drop them."""
+    unused = []
+    if args.unsure_only and (mode, method) != ("wideangle", "refine"):
+        unused.append("--unsure-only (for --mode wideangle --method refine)")
+    if args.iterations and method == "nn":
+        unused.append("--iterations (the network does not iterate)")
+    if args.model and method not in ("nn", "refine"):
+        unused.append(f"--model ({method} uses no network)")
+    if unused:
+        warnings.warn(f"ignored with {mode} {method}: {'; '.join(unused)}", stacklevel=2)
 
 
 def _recorded(
