@@ -218,6 +218,9 @@ def test_bad_scans_are_refused_with_the_reason(small_scan, device):
         ("probe holds 1 NaN", PtychoScan(stack, positions, holed)),
         ("zero everywhere", PtychoScan(stack, positions, np.zeros_like(small_scan.probe))),
     ]
+    metres = PtychoScan(stack, positions * 1e-7, small_scan.probe)  # all within one pixel
+    with pytest.raises(InputError, match="all lie within one object pixel"):
+        run_to_end(ptycho.epie_steps(metres, EpieRecipe(epochs=1), device=device))
     for words, scan in cases + unusable:
         with pytest.raises(InputError, match=words):
             run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device=device))

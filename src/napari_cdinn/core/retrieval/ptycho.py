@@ -122,7 +122,7 @@ def checked_scan(
     if not intensities.sum(where=True if mask is None else mask) > 0:  # no masked copy
         raise InputError(source, "the scan holds no signal (all zero where measured)")
     check_probe(scan.probe, intensities.shape, source)
-    check_span(positions, intensities.shape[-2:], source)
+    check_span(positions, intensities.shape[-2:], source, overlap)
     return intensities, positions, mask
 
 
@@ -131,9 +131,19 @@ def checked_scan(
 MAX_SPAN_RATIO = 16
 
 
-def check_span(positions: np.ndarray, frame: tuple[int, int], source: object) -> None:
-    """Refuse scan positions whose object array would dwarf what the frames see."""
+def check_span(
+    positions: np.ndarray, frame: tuple[int, int], source: object, overlap: bool = True
+) -> None:
+    """Refuse scan positions whose object array would dwarf what the frames see, or, where
+    the overlaps are needed (``overlap``: ePIE), that all lie within one pixel."""
     span = positions.max(axis=0) - positions.min(axis=0)
+    if overlap and len(positions) > 1 and (span < 1).all():
+        raise InputError(
+            source,
+            f"its {len(positions)} scan positions all lie within one object pixel "
+            f"(span {span[0]:.3g} x {span[1]:.3g}): no scan to reconstruct from (positions in "
+            "another unit, metres read as pixels?)",
+        )
     height, width = (float(s) + int(f) for s, f in zip(span, frame, strict=True))
     covered = len(positions) * int(frame[0]) * int(frame[1])
     if height * width > MAX_SPAN_RATIO * covered:
