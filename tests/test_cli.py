@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -416,6 +417,15 @@ def test_invert_wideangle_refuses_an_all_zero_shot(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "zeros.npy" in err and "hold no signal" in err
     assert not out.exists()
+    folder = tmp_path / "shots"  # shots named by their frame in the file(s), and their file
+    folder.mkdir()
+    for k, value in enumerate((200, 0, 150)):
+        image = np.zeros((128, 128), np.uint8)
+        image[60:68, 60:68] = value
+        iio.imwrite(folder / f"s{k}.png", image)
+    argv = ["invert", str(folder), "--frames", "1:3", "-o", str(out)]
+    assert main(argv) == 1
+    assert "shot(s) 1 (s1.png) hold no signal" in capsys.readouterr().err
 
 
 def test_invert_takes_several_shot_files(tmp_path, capsys):

@@ -313,6 +313,10 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         data = data.subset(frames)
         if args.amplitudes:
             _squared(data)
+    # refusals name the shots by their frame in the file(s), not their place in the selection
+    data = replace(
+        data, meta=replace(data.meta, extra={**data.meta.extra, "frames": frames.tolist()})
+    )
     results = []
     if method in ("nn", "refine"):
         results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))

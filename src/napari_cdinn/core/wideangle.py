@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -54,6 +55,18 @@ def default_model() -> Path:
     return registry.default_model("wideangle")
 
 
+def shot_names(data: ShotSet | DiffractionStack, shots: Any) -> str:
+    """Shots as the user knows them: their frame in what was read (the meta's ``frames``, when
+    a selection of it is inverted) and, for a stack read from several files, the file."""
+    frames, files = data.meta.extra.get("frames"), data.meta.extra.get("files")
+    names = []
+    for shot in list(shots)[:5]:
+        frame = frames[shot] if frames is not None and shot < len(frames) else int(shot)
+        named = files is not None and frame < len(files)
+        names.append(f"{frame} ({files[frame]})" if named else f"{frame}")
+    return ", ".join(names) + (" ..." if len(shots) > 5 else "")
+
+
 def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     """(N, 128, 128) float32 log images in [0, 1] from shots as read; refuses what the network
     cannot take (wrong size, no shots, all-zero shots), naming the file and the shots."""
@@ -84,8 +97,8 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     if bad.any():
         shots = np.flatnonzero(bad.any(axis=(1, 2)))
         warnings.warn(
-            InputWarning(f"{source}: NaN or infinite pixels in shot(s) {shots[:5].tolist()} "
-                         "taken as no signal"),
+            InputWarning(f"{source}: NaN or infinite pixels in shot(s) "
+                         f"{shot_names(data, shots)} taken as no signal"),
             stacklevel=2,
         )  # fmt: skip
         images = np.where(bad, 0, images)
@@ -93,8 +106,7 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     if len(empty):
         raise InputError(
             source,
-            f"shot(s) {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} hold no signal "
-            "(all zero); nothing to invert",
+            f"shot(s) {shot_names(data, empty)} hold no signal (all zero); nothing to invert",
         )
     return np.clip(images, 0, 1).astype(np.float32)
 
@@ -281,13 +293,15 @@ def fit_steps(
         if fit.valid.sum() < MIN_FIT_PIXELS:  # a correlation over nothing: any answer fits
             raise InputError(
                 data.meta.source,
-                f"shot {shot}: {int(fit.valid.sum())} binned pixels with signal, too few to fit "
+                f"shot {shot_names(data, [shot])}: {int(fit.valid.sum())} binned pixels with "
+                "signal, too few to fit "
                 f"(at least {MIN_FIT_PIXELS}; a shot of very few photons?)",
             )
         if not np.any(fit.measured):  # one value everywhere: every cluster fits it alike
             raise InputError(
                 data.meta.source,
-                f"shot {shot}: the same value in every pixel with signal (saturated, or a "
+                f"shot {shot_names(data, [shot])}: the same value in every pixel with signal "
+                "(saturated, or a "
                 "blank image), no pattern to fit",
             )
     quaternions, radii, misfits, offsets, blurs, evaluations = [], [], [], [], [], 0
