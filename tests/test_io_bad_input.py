@@ -294,7 +294,15 @@ def test_tike_positions_count_differs_from_frames(tmp_path):
     refused(path, "4 scan positions for 5")
 
 
-def test_tike_probe_shape_differs_from_frames(tmp_path):
+def left_out_probe(path: Path, problem: str) -> None:
+    """Read ``path``: its unusable probe is left out with a warning naming the file and the
+    problem, and its frames and positions are read all the same."""
+    with pytest.warns(InputWarning, match=rf"{path.name}: .*{problem}.*probe is left out"):
+        scan = cio.read(path)
+    assert isinstance(scan, PtychoScan) and scan.probe is None and len(scan.positions)
+
+
+def test_a_scan_with_an_unusable_probe_is_read_without_it(tmp_path, write_cxi):
     path = tmp_path / "tike.npz"
     np.savez(
         path,
@@ -302,7 +310,15 @@ def test_tike_probe_shape_differs_from_frames(tmp_path):
         scan=np.zeros((1, 2, 2), np.float32),
         probe=np.ones((1, 1, 1, 1, 16, 16), np.complex64),
     )
-    refused(path, "its probe is 16 x 16 pixels and the frames 8 x 8")
+    left_out_probe(path, "its probe is 16 x 16 pixels and the frames 8 x 8")
+    probe = np.ones((16, 16), np.complex64)
+    probe[3, 3] = np.nan
+    for bad, problem in ((probe, "1 NaN"), (np.zeros((1, 1, 16, 16)), "zero everywhere")):
+        cxi = write_cxi(
+            tmp_path / "scan.cxi", RNG.poisson(5.0, (3, 16, 16)).astype(np.float32),
+            translation=RNG.uniform(-1e-7, 1e-7, (3, 3)), probe=bad,
+        )  # fmt: skip
+        left_out_probe(cxi, problem)
 
 
 def test_colour_png_is_refused(tmp_path):
@@ -481,14 +497,14 @@ def test_true_objects_that_do_not_match_the_frames_are_refused(tmp_path, write_c
     refused(ptychonn, "true objects", "4 frames")
 
 
-def test_tike_scans_of_one_dimensional_data_or_a_text_probe_are_refused(tmp_path):
+def test_tike_scans_of_one_dimensional_data_are_refused_and_a_text_probe_left_out(tmp_path):
     scan = np.zeros((3, 2))
     flat = tmp_path / "flat.npz"
     np.savez(flat, data=RNG.random(48), scan=scan)
     refused(flat, "dimension")
     text = tmp_path / "text_probe.npz"
     np.savez(text, data=RNG.random((3, 16, 16)), scan=scan, probe=np.array(["not a probe"]))
-    refused(text, "probe is not numeric")
+    left_out_probe(text, "probe is not numeric")
 
 
 def test_a_damaged_chunk_of_a_lazily_read_file_names_the_file(tmp_path):

@@ -373,7 +373,7 @@ def test_a_shot_of_too_few_photons_is_refused_by_the_fit():
     sparse[0, ::7, ::7] = 0.5
     with pytest.raises(InputError, match=r"sparse\.npy: shot 0: 0 binned pixels with signal"):
         run_to_end(wideangle.fit_steps(_shots(sparse, "sparse.npy")))
-    saturated = np.ones((1, 128, 128), np.float32)  # signal everywhere, but no pattern
+    saturated = np.full((1, 128, 128), 200 / 255, np.float32)  # a grey image: no pattern
     with pytest.raises(InputError, match=r"flat\.npy: shot 0: the same value in every pixel"):
         run_to_end(wideangle.fit_steps(_shots(saturated, "flat.npy")))
 
@@ -408,6 +408,8 @@ def test_colour_png_is_refused(tmp_path):
 
 
 def test_refine_from_a_nearby_start_finds_the_cluster():
+    from dataclasses import replace
+
     from napari_cdinn.core import wideangle
     from napari_cdinn.core.data import OrientationResult, Provenance
     from napari_cdinn.core.progress import run_to_end
@@ -426,6 +428,33 @@ def test_refine_from_a_nearby_start_finds_the_cluster():
     assert shot == 0 and np.array_equal(alone.quaternions, result.quaternions)
     assert alone.provenance.parameters["shots"] == [0]
     assert alone.provenance.method == result.provenance.method == "NN + simplex"
+    # a fit cancelled at the step that reports a shot done keeps that shot
+    two = OrientationResult(np.repeat(off, 2, axis=0), np.repeat(r + 4, 2), Provenance("test"))
+    kept = []
+    steps = wideangle.fit_steps(
+        _shots(np.repeat(image, 2, axis=0)), wideangle.FitRecipe(evaluations=20), two, None, kept
+    )
+    while next(steps) != (1, 2):
+        pass
+    steps.close()  # what Cancel does at that step
+    assert [shot for shot, _ in kept] == [0]
+    # the dock's fits of single shots saved as one: a setting changed between them per row
+    other = wideangle.merged(
+        [
+            alone,
+            replace(
+                alone,
+                provenance=replace(
+                    alone.provenance, parameters={**alone.provenance.parameters, "evaluations": 99}
+                ),
+            ),
+        ]
+    )
+    assert other.radii_nm.shape == (2,) and other.provenance.parameters["shots"] == [0, 0]
+    assert other.provenance.parameters["evaluations"] == [
+        alone.provenance.parameters["evaluations"],
+        99,
+    ]
 
 
 def test_fit_follows_a_blurred_beam_off_centre_through_salt_and_pepper():

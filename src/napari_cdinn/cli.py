@@ -175,7 +175,6 @@ def cmd_invert(args: argparse.Namespace) -> int:
         or data.meta.extra.get("mode")  # a file that says what it holds (wide-angle CXI)
         or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(type(data).__name__, "wideangle")
     )
-    _warn_unused(args, mode, args.method or "nn")
     if mode == "ptycho":
         results = _invert_ptycho(args, data)
     elif mode == "cdi":
@@ -185,6 +184,17 @@ def cmd_invert(args: argparse.Namespace) -> int:
     io.write_results(args.output, results)
     print(f"wrote {args.output}")
     return 0
+
+
+def _numbered(data: Any, frames: np.ndarray) -> Any:
+    """``data`` (a selection of the file's frames) whose metadata says which frame of the file
+    each of its own is, so that refusals and warnings name frames as the file numbers them."""
+    from dataclasses import replace
+
+    meta = replace(data.meta, extra={**data.meta.extra, "frames": frames.tolist()})
+    if hasattr(data, "stack"):  # a scan: its stack carries the metadata
+        return replace(data, stack=replace(data.stack, meta=meta))
+    return replace(data, meta=meta)
 
 
 def _warn_unused(args: argparse.Namespace, mode: str, method: str) -> None:
@@ -229,6 +239,7 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
     method = args.method or "nn"
     if method not in cdi.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(cdi.METHODS)}")
+    _warn_unused(args, "cdi", method)
     frames = parse_frames(args.frames, data.n_frames)
     stack = data.subset(frames)
     if args.amplitudes:
@@ -269,8 +280,9 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
     method = args.method or "nn"
     if method not in ptycho.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(ptycho.METHODS)}")
+    _warn_unused(args, "ptycho", method)
     frames = parse_frames(args.frames, len(data.positions))
-    scan = data.subset(frames)
+    scan = _numbered(data.subset(frames), frames)
     if args.amplitudes:
         _squared(scan.stack)
     if method == "epie":
@@ -299,6 +311,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     method = args.method or "nn"
     if method not in wideangle.METHODS:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(wideangle.METHODS)}")
+    _warn_unused(args, "wideangle", method)
     if isinstance(data, ShotSet):
         if args.amplitudes:
             raise CdinnError(
@@ -313,10 +326,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         data = data.subset(frames)
         if args.amplitudes:
             _squared(data)
-    # refusals name the shots by their frame in the file(s), not their place in the selection
-    data = replace(
-        data, meta=replace(data.meta, extra={**data.meta.extra, "frames": frames.tolist()})
-    )
+    data = _numbered(data, frames)  # refusals name shots by their frame in the file(s)
     results = []
     if method in ("nn", "refine"):
         results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))

@@ -126,19 +126,22 @@ def network_input(
     if mask is not None:
         intensities = np.where(mask, intensities, 0)
     patterns = binned(intensities, factor)
-    per_frame_mask = mask is not None and np.ndim(mask) == 3
     grid = ObjectGrid.around(positions, (frame, frame))  # ePIE's, whichever frames are used
     blank = patterns.sum(axis=(-2, -1)) <= 0  # wholly masked (a NaN frame) or no counts
     if blank.any():  # its patch would be a guess from nothing, stitched among the others
+        numbers = np.asarray(scan.meta.extra.get("frames", np.arange(len(blank))))[blank]
         warnings.warn(
             InputWarning(
                 f"{scan.meta.source}: {int(blank.sum())} frame(s) hold no measured counts "
-                f"(wholly masked or empty; frames {np.flatnonzero(blank)[:5].tolist()}"
+                f"(wholly masked or empty; frames {numbers[:5].tolist()}"
                 f"{' ...' if blank.sum() > 5 else ''}): the network leaves them out"
             ),
             stacklevel=2,
         )
         patterns, positions = patterns[~blank], positions[~blank]
+        mask = mask[~blank] if mask is not None and np.ndim(mask) == 3 else mask
+    # the counts of two frames compare (levelling) unless their masks differ
+    per_frame_mask = mask is not None and np.ndim(mask) == 3 and bool((mask != mask[:1]).any())
     if probe is not None:
         named = scan.meta.source if probe_source is None else probe_source
         probe = check_probe(probe, (frame, frame), named)

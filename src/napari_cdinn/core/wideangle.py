@@ -191,6 +191,10 @@ class ShotFit:
         border[max_shift : pixels - max_shift, max_shift : pixels - max_shift] = True
         self.valid = valid & border  # a shifted simulation still covers every valid pixel
         centred = blocks.mean(axis=(1, 3))[self.valid]
+        # one value everywhere (saturated, a blank grey image): no pattern; the centring would
+        # leave rounding residues that the normalisation blows up into a "pattern"
+        peak = float(np.abs(centred).max()) if centred.size else 0.0
+        self.flat = bool(centred.size) and float(np.ptp(centred)) <= 1e-6 * max(peak, 1e-30)
         centred -= centred.mean() if centred.size else 0.0  # none: fit_steps refuses the shot
         self.measured = centred / max(np.linalg.norm(centred), 1e-30)  # for the correlation
         self.max_shift = max_shift
@@ -297,7 +301,7 @@ def fit_steps(
                 "signal, too few to fit "
                 f"(at least {MIN_FIT_PIXELS}; a shot of very few photons?)",
             )
-        if not np.any(fit.measured):  # one value everywhere: every cluster fits it alike
+        if fit.flat:  # one value everywhere: every cluster fits it alike
             raise InputError(
                 data.meta.source,
                 f"shot {shot_names(data, [shot])}: the same value in every pixel with signal "
@@ -319,7 +323,8 @@ def fit_steps(
             )
             if found[2] < best[2]:
                 best = found
-            yield n * starts + k + 1, total
+            if k + 1 < starts:  # the shot's last step is yielded once its answer is handed over
+                yield n * starts + k + 1, total
         quaternions.append(best[0])
         radii.append(best[1])
         misfits.append(best[2])
@@ -330,6 +335,7 @@ def fit_steps(
             answer = (quaternions[-1:], radii[-1:], misfits[-1:], offsets[-1:], blurs[-1:])
             settings = {**vars(recipe), "starts": starts, "simulations": fit.evaluations}
             finished.append((int(shot), _fitted(shots[n : n + 1], *answer, settings, start, data)))
+        yield (n + 1) * starts, total  # a Cancel here keeps this shot
     settings = {**vars(recipe), "starts": starts, "simulations": evaluations}
     answers = (quaternions, radii, misfits, offsets, blurs)
     result = _fitted(shots, *answers, settings, start, data)
@@ -362,11 +368,18 @@ def _fitted(
 
 def merged(fits: list[OrientationResult]) -> OrientationResult:
     """Fits of single shots (or a few) as one result, in the order given: their rows and
-    per-shot parameters joined, their simulations summed (the dock's answers, saved as one)."""
+    per-shot parameters joined, their simulations summed, a setting that differs between them
+    (starts, evaluations) given per row (the dock's answers, saved as one)."""
     first = fits[0].provenance
     parameters = dict(first.parameters)
     for name in PER_SHOT:
         parameters[name] = [v for fit in fits for v in fit.provenance.parameters[name]]
+    for name in set(parameters) - set(PER_SHOT):  # a setting changed between fits: one per row
+        values = [fit.provenance.parameters.get(name) for fit in fits]
+        if any(value != values[0] for value in values) and name != "simulations":
+            parameters[name] = [
+                v for fit, v in zip(fits, values, strict=True) for _ in fit.radii_nm
+            ]
     parameters["simulations"] = sum(fit.provenance.parameters["simulations"] for fit in fits)
     return OrientationResult(
         np.concatenate([fit.quaternions for fit in fits]),

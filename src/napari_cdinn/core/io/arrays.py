@@ -22,11 +22,11 @@ from ..errors import InputError
 from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
 from .checks import (
     check_positions,
-    check_probe,
     check_stack_shape,
     checked_truth,
     repair_intensities,
     to_stack,
+    usable_probe,
 )
 
 # What numpy, zipfile, zlib and bz2 raise on damaged files (a mangled header, a bad zip member;
@@ -138,7 +138,7 @@ def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) ->
         meta.extra["shifted"] = "patterns were in FFT order (zero frequency at [0, 0]); centred"
     stack = _stack(data, source, meta, lazy)
     positions = check_positions(np.reshape(arrays["scan"], (-1, 2)), stack.n_frames, source)
-    probe = check_probe(arrays.get("probe"), stack.frame_shape, source)
+    probe = usable_probe(arrays.get("probe"), stack.frame_shape, source)
     return PtychoScan(stack, positions, probe)
 
 

@@ -192,6 +192,20 @@ def check_probe(probe: Any, frame_shape: tuple[int, ...], source: object) -> np.
     bad = int(np.count_nonzero(~np.isfinite(probe)))
     if bad:
         raise InputError(source, f"its probe holds {bad} NaN or infinite values")
-    if not np.any(probe):
+    if not np.any(probe if probe.ndim == 2 else probe[0]):  # the first mode is the one used
         raise InputError(source, "its probe is zero everywhere (no light)")
     return probe
+
+
+def usable_probe(probe: Any, frame_shape: tuple[int, ...], source: object) -> np.ndarray | None:
+    """A file's probe as :func:`check_probe` passes it, or None with a warning saying why: the
+    frames stay usable (ePIE starts from a probe guessed from the data, the network without
+    levelling), where refusing the probe would refuse the whole file."""
+    try:
+        return check_probe(probe, frame_shape, source)
+    except InputError as err:
+        warnings.warn(
+            InputWarning(f"{err}; the file's probe is left out (ePIE guesses one from the data)"),
+            stacklevel=2,
+        )
+        return None

@@ -21,11 +21,11 @@ from ..errors import InputError
 from .checks import (
     check_mask,
     check_positions,
-    check_probe,
     check_stack_shape,
     checked_truth,
     repair_intensities,
     to_stack,
+    usable_probe,
 )
 
 LAZY_BYTES = 256 * 2**20  # datasets larger than this stay on disk (dask) unless asked otherwise
@@ -242,7 +242,7 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         probe = None
         probe_path = f"{entry}/instrument_1/source_1/illumination"
         if probe_path in h5:
-            probe = check_probe(h5[probe_path][()], stack.frame_shape, source)
+            probe = usable_probe(h5[probe_path][()], stack.frame_shape, source)
         if not stack.is_lazy:
             h5.close()
         scan = _scan_from_translation(stack, translation, probe, source)

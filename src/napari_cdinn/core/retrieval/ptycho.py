@@ -126,9 +126,11 @@ def checked_scan(
     return intensities, positions, mask
 
 
-# How many times the area its frames can cover an object array may span: past it, a stray
-# position or positions in another unit would make an array of gigabytes, mostly never lit.
-MAX_SPAN_RATIO = 16
+# An object array both this many times the area its frames can cover and of more than
+# MAX_UNLIT_PIXELS is refused: a stray position or positions in another unit would make an
+# array of gigabytes, mostly never lit (real scans, sparse or in a line, stay far below).
+MAX_SPAN_RATIO = 4
+MAX_UNLIT_PIXELS = 2**24  # 128 MB of complex64
 
 
 def check_span(
@@ -146,13 +148,14 @@ def check_span(
         )
     height, width = (float(s) + int(f) for s, f in zip(span, frame, strict=True))
     covered = len(positions) * int(frame[0]) * int(frame[1])
-    if height * width > MAX_SPAN_RATIO * covered:
+    if height * width > max(MAX_SPAN_RATIO * covered, MAX_UNLIT_PIXELS):
         raise InputError(
             source,
             f"its {len(positions)} scan positions span {span[0]:.4g} x {span[1]:.4g} object "
             f"pixels, so the object array would be {height:.4g} x {width:.4g} pixels, over "
             f"{MAX_SPAN_RATIO} times the area {len(positions)} frames of {frame[0]} x "
-            f"{frame[1]} pixels can cover: a stray position, or positions in another unit "
+            f"{frame[1]} pixels can cover and over {MAX_UNLIT_PIXELS:,} pixels: a stray "
+            "position, or positions in another unit "
             "(CXI translations are metres, converted to pixels with the detector geometry)",
         )
 
