@@ -89,7 +89,11 @@ def _tiff_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, range | None]:
     except Exception as err:
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
     if colour:
-        raise InputError(path, "a colour (RGB) TIFF; diffraction frames are greyscale intensities")
+        raise InputError(
+            path,
+            "a colour (RGB) TIFF; diffraction frames are greyscale intensities (a stack of 3 or 4 "
+            "frames saved by tifffile is tagged RGB unless written with photometric='minisblack')",
+        )
     return shape, dtype, pages
 
 
