@@ -548,6 +548,14 @@ def test_a_wholly_masked_frame_is_left_out_and_blanks_no_simulated_pattern(small
     assert len(data.patterns) == len(small_scan.positions) - 1
     assert data.grid == ptycho.network_input(small_scan, 64).grid  # still ePIE's grid
     assert data.lit is not None  # the others share one mask: their counts still level
+    # frames named as the file numbers them (--frames 100:), through a further selection too
+    n = len(small_scan.positions)
+    numbered = replace(
+        masked.stack, meta=replace(masked.meta, extra={"frames": [*range(100, 100 + n)]})
+    )
+    part = PtychoScan(numbered, small_scan.positions, small_scan.probe).subset(slice(2, None))
+    with pytest.warns(InputWarning, match=r"frames \[103\]"):
+        ptycho.network_input(part, 64)
     shared = ptycho.measured_everywhere(mask)
     assert shared.sum() == shared.size - 1 and not shared[0, 0]
     with pytest.warns(InputWarning):

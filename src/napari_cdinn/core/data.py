@@ -8,7 +8,7 @@ Stacks that do not fit in memory are dask arrays and stay lazy until an algorith
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,18 @@ class Metadata:
             return None
         lz = self.wavelength_m * self.distance_m
         return (lz / (shape[0] * self.pixel_size_m[0]), lz / (shape[1] * self.pixel_size_m[1]))
+
+    def frame_numbers(self, indices: Any) -> list[int]:
+        """Frames ``indices`` of the data as the file numbers them: ``extra["frames"]`` when
+        the data is a selection of the file's frames (the command line's ``--frames``)."""
+        frames = self.extra.get("frames")
+        return [int(i) if frames is None else int(frames[i]) for i in indices]
+
+    def selected(self, indices: np.ndarray) -> Metadata:
+        """This metadata for a selection ``indices`` of its frames (their file numbers kept)."""
+        if "frames" not in self.extra:
+            return self
+        return replace(self, extra={**self.extra, "frames": self.frame_numbers(indices)})
 
     def as_dict(self) -> dict[str, Any]:
         """A flat, JSON-friendly summary (for layer metadata, `info` and result files)."""
@@ -85,7 +97,7 @@ class DiffractionStack:
         indices = np.arange(self.n_frames)[indices]
         mask = self.mask[indices] if self.mask is not None and self.mask.ndim == 3 else self.mask
         truth = self.truth[indices] if self.truth is not None else None
-        return DiffractionStack(self.intensities[indices], mask, self.meta, truth)
+        return DiffractionStack(self.intensities[indices], mask, self.meta.selected(indices), truth)
 
     def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` as an in-memory float32 array (computes lazy stacks piecewise)."""

@@ -129,11 +129,11 @@ def network_input(
     grid = ObjectGrid.around(positions, (frame, frame))  # ePIE's, whichever frames are used
     blank = patterns.sum(axis=(-2, -1)) <= 0  # wholly masked (a NaN frame) or no counts
     if blank.any():  # its patch would be a guess from nothing, stitched among the others
-        numbers = np.asarray(scan.meta.extra.get("frames", np.arange(len(blank))))[blank]
+        numbers = scan.meta.frame_numbers(np.flatnonzero(blank)[:5])
         warnings.warn(
             InputWarning(
                 f"{scan.meta.source}: {int(blank.sum())} frame(s) hold no measured counts "
-                f"(wholly masked or empty; frames {numbers[:5].tolist()}"
+                f"(wholly masked or empty; frames {numbers}"
                 f"{' ...' if blank.sum() > 5 else ''}): the network leaves them out"
             ),
             stacklevel=2,

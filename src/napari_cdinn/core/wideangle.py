@@ -58,10 +58,9 @@ def default_model() -> Path:
 def shot_names(data: ShotSet | DiffractionStack, shots: Any) -> str:
     """Shots as the user knows them: their frame in what was read (the meta's ``frames``, when
     a selection of it is inverted) and, for a stack read from several files, the file."""
-    frames, files = data.meta.extra.get("frames"), data.meta.extra.get("files")
+    files = data.meta.extra.get("files")
     names = []
-    for shot in list(shots)[:5]:
-        frame = frames[shot] if frames is not None and shot < len(frames) else int(shot)
+    for frame in data.meta.frame_numbers(list(shots)[:5]):
         named = files is not None and frame < len(files)
         names.append(f"{frame} ({files[frame]})" if named else f"{frame}")
     return ", ".join(names) + (" ..." if len(shots) > 5 else "")
@@ -298,15 +297,13 @@ def fit_steps(
             raise InputError(
                 data.meta.source,
                 f"shot {shot_names(data, [shot])}: {int(fit.valid.sum())} binned pixels with "
-                "signal, too few to fit "
-                f"(at least {MIN_FIT_PIXELS}; a shot of very few photons?)",
+                f"signal, too few to fit (at least {MIN_FIT_PIXELS}; a shot of very few photons?)",
             )
         if fit.flat:  # one value everywhere: every cluster fits it alike
             raise InputError(
                 data.meta.source,
                 f"shot {shot_names(data, [shot])}: the same value in every pixel with signal "
-                "(saturated, or a "
-                "blank image), no pattern to fit",
+                "(saturated, or a blank image), no pattern to fit",
             )
     quaternions, radii, misfits, offsets, blurs, evaluations = [], [], [], [], [], 0
     for n, (shot, fit) in enumerate(zip(shots, fits, strict=True)):
@@ -374,9 +371,9 @@ def merged(fits: list[OrientationResult]) -> OrientationResult:
     parameters = dict(first.parameters)
     for name in PER_SHOT:
         parameters[name] = [v for fit in fits for v in fit.provenance.parameters[name]]
-    for name in set(parameters) - set(PER_SHOT):  # a setting changed between fits: one per row
+    for name in set(parameters) - {*PER_SHOT, "simulations"}:  # a setting changed: one per row
         values = [fit.provenance.parameters.get(name) for fit in fits]
-        if any(value != values[0] for value in values) and name != "simulations":
+        if any(value != values[0] for value in values):
             parameters[name] = [
                 v for fit, v in zip(fits, values, strict=True) for _ in fit.radii_nm
             ]

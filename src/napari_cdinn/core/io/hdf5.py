@@ -31,7 +31,7 @@ from .checks import (
 LAZY_BYTES = 256 * 2**20  # datasets larger than this stay on disk (dask) unless asked otherwise
 
 # What h5py raises on damaged metadata found after the file opened (links, headers, dtypes).
-_DAMAGED = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+DAMAGED = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 _Reader = TypeVar("_Reader", bound=Callable[..., Any])
 
 
@@ -42,7 +42,7 @@ def damaged_as_input_error(reader: _Reader) -> _Reader:
     def wrapper(path: str | Path, *args: Any, **kwargs: Any) -> Any:
         try:
             return reader(path, *args, **kwargs)
-        except _DAMAGED as err:
+        except DAMAGED as err:
             detail = err.args[0] if isinstance(err, KeyError) and err.args else err
             raise InputError(path, f"damaged HDF5 file (corrupt structure?): {detail}") from None
 

@@ -34,7 +34,7 @@ import tifffile
 from ... import __version__
 from ..data import ObjectResult, OrientationResult, Provenance, Result
 from ..errors import CdinnError, InputError
-from .hdf5 import damaged_as_input_error, open_h5
+from .hdf5 import DAMAGED, damaged_as_input_error, open_h5
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs")
 
@@ -98,7 +98,7 @@ def _kind_written(path: Path) -> str | None:
             if h5.attrs.get("creator") != "napari-cdinn":
                 return None
             return "results" if is_results_file(h5) else "data"
-    except (OSError, KeyError, RuntimeError, ValueError):  # not HDF5, or damaged: not ours
+    except DAMAGED:  # not HDF5, or damaged: not ours to replace
         return None
 
 
