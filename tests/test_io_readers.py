@@ -15,7 +15,7 @@ from PIL import Image
 
 from napari_cdinn.core import io as cio
 from napari_cdinn.core.data import DiffractionStack, PtychoScan, ShotSet
-from napari_cdinn.core.errors import InputError
+from napari_cdinn.core.errors import InputError, InputWarning
 from napari_cdinn.core.io import hdf5 as hdf5_module
 
 RNG = np.random.default_rng(20240601)
@@ -244,6 +244,53 @@ def test_nexus_signal_wins_over_larger_dataset(tmp_path, as_bytes):
     stack = cio.read(path)
     assert_stack(stack, signal)
     assert stack.meta.dataset == "entry/data/counts"
+
+
+def eiger_master(tmp_path, parts: list[np.ndarray], mask: np.ndarray | None = None):
+    """An Eiger/Jungfrau-style NeXus master: its frames in data files reached by external
+    links ``entry/data/data_NNNNNN``, a pixel mask (non-zero = bad) beside them."""
+    master = tmp_path / "run_master.h5"
+    with h5py.File(master, "w") as h5:
+        data = h5.create_group("entry/data")
+        data.attrs["NX_class"] = "NXdata"  # no signal attribute, as the detectors write it
+        for number, frames in enumerate(parts, start=1):
+            name = f"run_data_{number:06d}.h5"
+            with h5py.File(tmp_path / name, "w") as part:
+                part["entry/data/data"] = frames
+            data[f"data_{number:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+        if mask is not None:
+            h5["entry/instrument/detector/detectorSpecific/pixel_mask"] = mask
+    return master
+
+
+def test_an_eiger_master_reads_its_linked_data_files_as_one_stack_with_the_pixel_mask(tmp_path):
+    parts = [counts((4, 8, 8), "uint32"), counts((3, 8, 8), "uint32")]
+    mask = np.zeros((8, 8), np.uint32)
+    mask[2, 5] = 1  # a dead pixel
+    master = eiger_master(tmp_path, parts, mask)
+    stack = cio.read(master)
+    assert_stack(stack, np.concatenate(parts))  # the whole series, in order (not the mask)
+    assert stack.meta.dataset == "entry/data"
+    assert stack.mask is not None and not stack.mask[2, 5] and stack.mask.sum() == 63
+    lazy = cio.read(master, lazy=True)
+    assert lazy.is_lazy
+    np.testing.assert_array_equal(np.asarray(lazy.frames()), np.concatenate(parts))
+    listed = [(name, shape) for name, shape, _ in cio.list_datasets(master)]
+    assert listed[:3] == [
+        ("entry/data", (7, 8, 8)),
+        ("entry/data/data_000001", (4, 8, 8)),
+        ("entry/data/data_000002", (3, 8, 8)),
+    ]
+    assert_stack(cio.read(master, dataset="entry/data/data_000002"), parts[1])
+
+
+def test_a_master_whose_data_file_is_missing_reads_what_is_there(tmp_path):
+    parts = [counts((4, 8, 8), "float32")]
+    master = eiger_master(tmp_path, parts)
+    with h5py.File(master, "a") as h5:
+        h5["entry/data/data_000002"] = h5py.ExternalLink("gone.h5", "/entry/data/data")
+    with pytest.warns(InputWarning, match="entry/data/data_000002"):
+        assert_stack(cio.read(master), parts[0])
 
 
 def test_a_one_dimensional_nexus_plot_gives_way_to_the_frames(tmp_path):

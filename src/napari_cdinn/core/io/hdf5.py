@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +19,7 @@ import h5py
 import numpy as np
 
 from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from .checks import (
     check_mask,
     check_positions,
@@ -90,16 +92,70 @@ def _cxi_frames_path(h5: h5py.File, entry: str) -> str | None:
     return None
 
 
+def linked_objects(h5: h5py.File, dangling: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """Every group and dataset reachable by a link, hard, soft or external, each once (by the
+    first name found): NeXus master files of Eiger and Jungfrau detectors reach their frames
+    through external links to data files, which h5py's ``visititems`` does not follow.  Links
+    that do not resolve (a data file missing) are passed over, their names added to
+    ``dangling``."""
+    names: list[str] = []
+    h5.visit_links(names.append)
+    seen: set[tuple[str, str]] = set()
+    for name in names:
+        try:
+            obj = h5.get(name)
+        except DAMAGED:
+            obj = None
+        if obj is None and dangling is not None:
+            dangling.append(name)
+        if obj is None or (key := (obj.file.filename, obj.name)) in seen:
+            continue
+        seen.add(key)
+        yield name, obj
+
+
 def numeric_datasets(h5: h5py.File) -> list[tuple[str, tuple[int, ...], str]]:
-    """Every real numeric dataset of 2 to 4 dimensions: (path, shape, dtype), largest first."""
-    found: list[tuple[str, tuple[int, ...], str]] = []
+    """Every real numeric dataset of 2 to 4 dimensions, (path, shape, dtype), largest first,
+    after any detector series (:func:`detector_series`) named by its group, as one stack."""
+    found = [
+        (name, tuple(obj.shape), str(obj.dtype))
+        for name, obj in linked_objects(h5)
+        if _frames_like(obj)
+    ]
+    series = [
+        (
+            group,
+            (sum(h5[n].shape[0] for n in names), *h5[names[0]].shape[1:]),
+            str(h5[names[0]].dtype),
+        )
+        for group, names in detector_series(h5).items()
+    ]
+    return series + sorted(found, key=lambda item: -int(np.prod(item[1])))
 
-    def visit(name: str, obj: Any) -> None:
-        if _frames_like(obj):
-            found.append((name, tuple(obj.shape), str(obj.dtype)))
 
-    h5.visititems(visit)
-    return sorted(found, key=lambda item: -int(np.prod(item[1])))
+SERIES_PART = re.compile(r"data_\d+")
+
+
+def detector_series(h5: h5py.File) -> dict[str, list[str]]:
+    """Groups whose ``data_NNNNNN`` datasets are parts of one series of frames (how Eiger and
+    Jungfrau master files list their data files, in order): {group: [dataset paths]}, where
+    there are two or more parts of one frame shape and dtype."""
+    series: dict[str, list[str]] = {}
+    for name, obj in linked_objects(h5):
+        if not isinstance(obj, h5py.Group):
+            continue
+        parts = sorted(k for k in obj if SERIES_PART.fullmatch(k))
+        try:
+            datasets = [obj[k] for k in parts]
+        except DAMAGED:
+            continue
+        if len(datasets) >= 2 and all(
+            _frames_like(d) and d.ndim == 3 and d.shape[1:] == datasets[0].shape[1:]
+            and d.dtype == datasets[0].dtype
+            for d in datasets
+        ):  # fmt: skip
+            series[name] = [f"{name}/{k}" for k in parts]
+    return series
 
 
 def _frames_like(obj: Any) -> bool:
@@ -115,18 +171,12 @@ def _frames_like(obj: Any) -> bool:
 def _nxdata_signal(h5: h5py.File) -> str | None:
     """The path of the first NXdata group's ``signal`` dataset (NeXus default plottable data)
     that can hold frames (a 1-D default plot is passed over)."""
-    found: list[str] = []
-
-    def visit(name: str, obj: Any) -> None:
-        if found or not isinstance(obj, h5py.Group):
-            return
-        if _attr_str(obj.attrs.get("NX_class")) == "NXdata" and "signal" in obj.attrs:
-            signal = _attr_str(obj.attrs["signal"])
-            if signal in obj and _frames_like(obj[signal]):
-                found.append(f"{name}/{signal}")
-
-    h5.visititems(visit)
-    return found[0] if found else None
+    for name, obj in linked_objects(h5):
+        if isinstance(obj, h5py.Group) and _attr_str(obj.attrs.get("NX_class")) == "NXdata":
+            signal = _attr_str(obj.attrs.get("signal"))
+            if signal and signal in obj and _frames_like(obj[signal]):
+                return f"{name}/{signal}"
+    return None
 
 
 def _attr_str(value: Any) -> str | None:
@@ -285,27 +335,79 @@ def _scan_from_translation(
 
 @damaged_as_input_error
 def read_hdf5(path: str | Path, dataset: str | None = None, lazy: bool | None = None):
-    """Read plain HDF5 or NeXus: ``dataset`` if given, else the NXdata signal, else the largest
-    2-4-D numeric dataset.  CXI-structured files are handed to :func:`read_cxi`."""
+    """Read plain HDF5 or NeXus: ``dataset`` if given (a detector series by its group), else
+    the NXdata signal, else the first detector series, else the largest 2-4-D numeric dataset.
+    CXI-structured files are handed to :func:`read_cxi`."""
     source = str(path)
     with _closed_on_error(open_h5(path)) as h5:
         if is_cxi(h5) and (dataset is None or not dataset.strip("/").startswith("data")):
             h5.close()
             return read_cxi(path, dataset, lazy)
+        _warn_dangling(h5, source)
+        series = detector_series(h5)
         if dataset:
             name = dataset.strip("/")
-            if name not in h5 or not isinstance(h5[name], h5py.Dataset):
+            if name not in series and (name not in h5 or not isinstance(h5[name], h5py.Dataset)):
                 choices = ", ".join(p for p, _, _ in numeric_datasets(h5)[:8]) or "none"
                 raise InputError(source, f"no dataset '{dataset}' (numeric datasets: {choices})")
         else:
-            name = _nxdata_signal(h5)
+            name = _nxdata_signal(h5) or next(iter(series), None)
             if name is None:
                 candidates = numeric_datasets(h5)
                 if not candidates:
                     raise InputError(source, "no numeric dataset of 2 to 4 dimensions in the file")
                 name = candidates[0][0]
         meta = Metadata(source=source, reader="hdf5", dataset=name)
-        stack = _finish(_frames(h5[name], source, lazy), None, meta)
+        if name in series:
+            meta.extra["series"] = series[name]
+        frames = _series_frames([h5[n] for n in series.get(name, [name])], source, lazy)
+        mask_path = _pixel_mask_path(h5, tuple(frames.shape[-2:]))
+        mask = None
+        if mask_path is not None:
+            meta.extra["mask"] = mask_path
+            mask = np.asarray(h5[mask_path][()]) == 0
+        stack = _finish(frames, mask, meta)
         if not stack.is_lazy:
             h5.close()
         return stack
+
+
+def _warn_dangling(h5: h5py.File, source: str) -> None:
+    """Say which links lead nowhere (a detector's data file missing or moved): their frames
+    cannot be read, and what is read may be only part of the run."""
+    dangling: list[str] = []
+    for _ in linked_objects(h5, dangling):
+        pass
+    if dangling:
+        warnings.warn(
+            InputWarning(
+                f"{source}: {len(dangling)} link(s) lead to nothing that opens (a data file "
+                f"missing or moved?): {', '.join(dangling[:3])}{' ...' if len(dangling) > 3 else ''}"
+                "; what they hold is not read"
+            ),
+            stacklevel=3,
+        )
+
+
+def _pixel_mask_path(h5: h5py.File, frame_shape: tuple[int, int]) -> str | None:
+    """A NeXus detector's ``pixel_mask`` of the frames' shape (0 = good pixel; Eiger and
+    Jungfrau masters keep it in ``detectorSpecific`` too), or None."""
+    for name, obj in linked_objects(h5):
+        if (
+            name.rsplit("/", 1)[-1] == "pixel_mask"
+            and isinstance(obj, h5py.Dataset)
+            and obj.shape == frame_shape
+            and obj.dtype.kind in "biu"
+        ):
+            return name
+    return None
+
+
+def _series_frames(parts: list[h5py.Dataset], source: str, lazy: bool | None) -> Any:
+    """One stack from a dataset, or from the parts of a detector series joined in order."""
+    if len(parts) == 1:
+        return _frames(parts[0], source, lazy)
+    if lazy is None:
+        lazy = sum(d.size * d.dtype.itemsize for d in parts) > LAZY_BYTES
+    frames = [_frames(d, source, lazy) for d in parts]
+    return da.concatenate(frames) if lazy else np.concatenate(frames)
