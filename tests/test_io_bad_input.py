@@ -294,6 +294,34 @@ def test_tike_positions_count_differs_from_frames(tmp_path):
     refused(path, "4 scan positions for 5")
 
 
+@pytest.mark.parametrize(
+    "scan, problem",
+    [
+        (np.zeros((3, 3)), "shape (3, 3); expected (N, 2)"),  # was reshaped to pairs
+        (np.zeros((4, 3)), "shape (4, 3); expected (N, 2)"),  # was read as 6 (y, x) pairs
+        (np.array(["a", "b"]), "not real numbers"),
+        (np.zeros((1, 4, 2), complex), "not real numbers"),  # imaginary parts were dropped
+    ],
+    ids=["3x3", "4x3", "text", "complex"],
+)
+def test_tike_scans_of_the_wrong_shape_or_kind_are_refused(tmp_path, scan, problem):
+    path = tmp_path / "tike.npz"
+    np.savez(path, data=np.ones((1, 4, 8, 8), np.float32), scan=scan)
+    refused(path, problem)
+
+
+def test_a_nan_pixel_does_not_hide_that_a_tike_scan_is_in_fft_order(tmp_path):
+    frames = np.zeros((3, 16, 16), np.float32)
+    frames[:, 0, 0] = frames[:, 0, 1] = frames[:, 1, 0] = 100.0  # zero frequency at [0, 0]
+    frames[0, 5, 5] = np.nan
+    path = tmp_path / "tike.npz"
+    np.savez(path, data=frames[None], scan=np.zeros((1, 3, 2), np.float32))
+    with pytest.warns(InputWarning, match="NaN"):
+        scan = cio.read(path)
+    assert "FFT order" in scan.meta.extra["shifted"]
+    assert scan.stack.frames()[0, 8, 8] == 100.0  # centred
+
+
 def left_out_probe(path: Path, problem: str) -> None:
     """Read ``path``: its unusable probe is left out with a warning naming the file and the
     problem, and its frames and positions are read all the same."""

@@ -120,8 +120,11 @@ def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = N
 
 def in_fft_order(frames: np.ndarray) -> bool:
     """Whether patterns have their zero frequency at [0, 0] (tike's convention) rather than at
-    the centre: the mean pattern is brighter at its corners than at its middle."""
-    mean = np.asarray(frames[: min(len(frames), 64)], np.float64).mean(axis=0)
+    the centre: the mean pattern is brighter at its corners than at its middle (NaN and Inf
+    pixels, gaps the readers mask, left out of the mean)."""
+    values = np.asarray(frames[: min(len(frames), 64)], np.float64)
+    finite = np.isfinite(values)
+    mean = np.where(finite, values, 0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
     h, w = mean.shape
     ry, rx = max(1, h // 16), max(1, w // 16)
     corners = np.fft.fftshift(mean)[h // 2 - ry : h // 2 + ry, w // 2 - rx : w // 2 + rx]
@@ -137,7 +140,7 @@ def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) ->
         data = np.fft.fftshift(data, axes=(-2, -1))  # tike keeps the zero frequency at [0, 0]
         meta.extra["shifted"] = "patterns were in FFT order (zero frequency at [0, 0]); centred"
     stack = _stack(data, source, meta, lazy)
-    positions = check_positions(np.reshape(arrays["scan"], (-1, 2)), stack.n_frames, source)
+    positions = check_positions(arrays["scan"], stack.n_frames, source)
     probe = usable_probe(arrays.get("probe"), stack.frame_shape, source)
     return PtychoScan(stack, positions, probe)
 

@@ -154,8 +154,12 @@ def check_mask(mask: np.ndarray, stack_shape: tuple[int, ...], source: object) -
 
 
 def check_positions(positions: Any, n_frames: int, source: object) -> np.ndarray:
-    """Scan positions as float64 ``(N, 2)``, one finite (y, x) pair per frame."""
-    positions = np.asarray(positions, dtype=np.float64)
+    """Scan positions as float64 ``(N, 2)`` (tike's ``(1, N, 2)`` too), one finite, real
+    (y, x) pair per frame."""
+    positions = np.asarray(positions)
+    if positions.dtype.kind not in "biuf":
+        raise InputError(source, f"scan positions are not real numbers (dtype {positions.dtype})")
+    positions = positions.astype(np.float64)
     if positions.ndim == 3 and positions.shape[0] == 1:
         positions = positions[0]
     if positions.ndim != 2 or positions.shape[1] != 2:
