@@ -129,6 +129,24 @@ def test_refinement_from_a_perturbed_start_improves_it(device):
     assert np.median(after) > 0.95
 
 
+def test_refinement_does_not_depend_on_the_intensity_units(device):
+    """The network answers amplitudes near 1 whatever the data's units; refinement from that
+    start used to leave, outside the support, more of the start than the data (here 0.980
+    against 0.998 for the same patterns times 1e-9, and 0.5 to 0.8 at 1e-12). Now the start
+    is scaled to the counts first."""
+    stack = simulate_cdi(4, seed=3, photons=None)
+    rng = np.random.default_rng(1)
+    start = stack.truth * np.exp(0.3j * rng.standard_normal(stack.truth.shape))
+    start = postprocess.zero_phase_outside(start).astype(np.complex64)
+    scores = []
+    for units in (1.0, 1e-9):
+        scaled = DiffractionStack(stack.intensities * units, None, stack.meta)
+        result = run_to_end(cdi.refine_steps(scaled, start, iterations=50, device=device))
+        scores.append(np.median(metrics.registered_correlation(result.objects, stack.truth)))
+    assert scores[0] > 0.99
+    assert abs(scores[1] - scores[0]) < 2e-3, scores
+
+
 def test_postprocess_centres_and_zeroes_phase_outside():
     truth = simple_object()
     shifted = np.roll(truth, (9, -6), axis=(0, 1)) * np.exp(0.5j)

@@ -154,6 +154,7 @@ def refine_steps(
             f"refinement needs start objects on the pattern grid {intensities.shape}; got "
             f"{start_objects.shape} (the network saw resampled patterns)",
         )
+    start_objects = scaled_to_counts(start_objects, intensities, mask)
     recipe = refine_recipe(iterations, shrinkwrap_threshold)
     objects, supports, _ = yield from run_retrieval(
         intensities, mask, start=start_objects, recipe=recipe, device=device
@@ -161,6 +162,21 @@ def refine_steps(
     objects, supports = postprocess.canonical_with(objects, supports, start_objects, threshold)
     measured = (intensities, mask)
     return _iterative_result("refine", objects, supports, recipe, device, start, stack, measured)
+
+
+def scaled_to_counts(
+    objects: np.ndarray, intensities: np.ndarray, mask: np.ndarray | None
+) -> np.ndarray:
+    """Each object scaled so that its far field carries its pattern's counts over the measured
+    pixels (Parseval). The network answers amplitudes near 1 whatever the data's units; from a
+    start of the wrong scale, what RAAR keeps of it outside the support outweighs the data, and
+    shrink-wrap follows it (the same patterns in other units refined worse)."""
+    far_field = np.abs(np.fft.fftshift(np.fft.fft2(objects), axes=(-2, -1))) ** 2
+    valid = np.ones(intensities.shape[-2:], bool) if mask is None else mask
+    model = np.where(valid, far_field, 0).sum(axis=(-2, -1))
+    counts = np.where(valid, intensities, 0).sum(axis=(-2, -1))
+    scale = np.sqrt(np.divide(counts, model, out=np.ones_like(model), where=model > 0))
+    return (objects * scale[:, None, None]).astype(np.complex64)
 
 
 def _iterative_result(
