@@ -263,6 +263,37 @@ def test_negative_intensities_are_clipped_with_a_warning(tmp_path, fmt):
     assert stack.mask is None  # clipped, not masked
 
 
+@pytest.mark.parametrize("fmt", ["npy", "h5", "tif"])
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32"])
+def test_integer_detector_marks_for_no_measurement_are_masked(tmp_path, fmt, dtype):
+    """Eiger writes the type's largest value in gaps and dead pixels, Pilatus -1 and -2: not
+    counts. Read as counts, one such pixel was the pattern's brightest (the network saw a blank
+    pattern) and a -1 a measured zero."""
+    array = RNG.integers(0, 1000, (3, 8, 8)).astype(dtype)
+    marked = np.zeros(array.shape, bool)
+    marked[0, 1, 2] = marked[2, 4, 4] = True
+    array[marked] = np.iinfo(dtype).max
+    if dtype == "int32":
+        array[1, 7, 0], array[1, 7, 1] = -1, -2
+        marked[1, 7, :2] = True
+    path = write_in(fmt, tmp_path / "eiger", array)
+    with pytest.warns(InputWarning, match=f"{int(marked.sum())} NaN/Inf pixel"):
+        stack = cio.read(path)
+    np.testing.assert_array_equal(np.broadcast_to(stack.mask, stack.shape), ~marked)
+    np.testing.assert_array_equal(stack.intensities[~marked], array[~marked])
+    lazy = cio.read(path, lazy=True)  # marked now, masked when a method loads it
+    assert np.isnan(np.asarray(lazy.frames())[marked]).all()
+
+
+def test_eight_bit_white_is_a_value_not_a_mark(tmp_path):
+    array = np.full((2, 8, 8), 255, np.uint8)
+    array[:, 0, 0] = 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        stack = cio.read(save_npy(tmp_path / "white.npy", array))
+    assert stack.mask is None and stack.intensities.max() == 255
+
+
 def test_clean_data_gives_no_warning(tmp_path):
     path = save_npy(tmp_path / "clean.npy", RNG.uniform(0, 5, (2, 8, 8)))
     with warnings.catch_warnings():

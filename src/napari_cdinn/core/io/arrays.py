@@ -21,6 +21,7 @@ from ..data import DiffractionStack, Metadata, PtychoScan
 from ..errors import InputError
 from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
 from .checks import (
+    as_intensities,
     check_positions,
     check_stack_shape,
     checked_truth,
@@ -63,10 +64,10 @@ def _stack(array: Any, source: str, meta: Metadata, lazy: bool | None) -> Diffra
     if lazy is None:
         lazy = array.nbytes > hdf5.LAZY_BYTES
     if lazy:
-        return DiffractionStack(
-            to_stack(da.from_array(array), source).astype(np.float32), None, meta
-        )
-    frames, mask = repair_intensities(to_stack(np.asarray(array, np.float32), source), None, source)
+        return DiffractionStack(as_intensities(to_stack(da.from_array(array), source)), None, meta)
+    frames, mask = repair_intensities(
+        as_intensities(to_stack(np.asarray(array), source)), None, source
+    )
     return DiffractionStack(frames, mask, meta)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from ..errors import InputError, InputWarning
@@ -97,10 +98,28 @@ def _piece_ends(chunks: Any, n: int, size: int) -> list[int]:
     return ends
 
 
+def as_intensities(frames: Any) -> Any:
+    """Frames (numpy or dask) as float32 intensities, with the values integer detectors write
+    where they measured nothing turned to NaN, which the readers then mask: the integer type's
+    largest value (Eiger's and Jungfrau's gaps and dead pixels, 65535 or 4294967295; a saturated
+    pixel's true count is unknown too) and, for signed types, negative values (Pilatus's -1 gaps
+    and -2 bad pixels). 8-bit frames keep 255: they are display images, where it is white."""
+    dtype = np.dtype(frames.dtype)
+    values = frames.astype(np.float32)
+    if dtype.kind not in "iu" or dtype.itemsize < 2:
+        return values
+    marked = frames == np.iinfo(dtype).max
+    if dtype.kind == "i":
+        marked = marked | (frames < 0)
+    where = da.where if isinstance(frames, da.Array) else np.where
+    return where(marked, np.float32(np.nan), values)
+
+
 def repair_intensities(
     intensities: np.ndarray, mask: np.ndarray | None, source: object
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mask NaN/Inf pixels and clip negative values to zero, warning once for each repair.
+    """Mask NaN/Inf pixels (and the integer detectors' markers, which :func:`as_intensities`
+    made NaN) and clip negative values to zero, warning once for each repair.
 
     Detector gaps often arrive as NaN and background subtraction leaves small negatives: both are
     usable data, so they are repaired and reported rather than refused.  A stack without a single
@@ -112,7 +131,8 @@ def repair_intensities(
         raise InputError(source, "no finite intensity values (all NaN or Inf)")
     if n_bad:
         warnings.warn(
-            f"{source}: {n_bad} NaN/Inf pixel value(s) were masked as invalid",
+            f"{source}: {n_bad} NaN/Inf pixel value(s) (or integer detector marks for no "
+            "measurement: the type's largest value, or below 0) were masked as invalid",
             InputWarning,
             stacklevel=3,
         )

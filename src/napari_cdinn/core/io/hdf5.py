@@ -21,6 +21,7 @@ import numpy as np
 from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
 from ..errors import InputError, InputWarning
 from .checks import (
+    as_intensities,
     check_mask,
     check_positions,
     check_stack_shape,
@@ -225,9 +226,9 @@ def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
     if lazy:
         chunks = (1,) * (dset.ndim - 2) + tuple(dset.shape[-2:])
         lazy_frames = da.from_array(_NamedReads(dset, source), chunks=chunks, inline_array=True)
-        return to_stack(lazy_frames, source).astype(np.float32)
+        return as_intensities(to_stack(lazy_frames, source))
     try:
-        return to_stack(np.asarray(dset[()], dtype=np.float32), source)
+        return as_intensities(to_stack(np.asarray(dset[()]), source))
     except OSError as err:
         raise InputError(source, f"could not read {dset.name} (truncated file?): {err}") from None
 

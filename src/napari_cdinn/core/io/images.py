@@ -14,7 +14,7 @@ import tifffile
 from ..data import DiffractionStack, Metadata, ShotSet
 from ..errors import InputError
 from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
-from .checks import check_stack_shape, repair_intensities, to_stack
+from .checks import as_intensities, check_stack_shape, repair_intensities, to_stack
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SUFFIXES = (".png",)
@@ -117,13 +117,13 @@ def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> Diffra
         parts = [
             da.from_delayed(dask.delayed(_read_tiff_frame)(*r, frame), frame, dtype) for r in reads
         ]
-        return DiffractionStack(da.stack(parts).astype(np.float32), None, meta)
+        return DiffractionStack(as_intensities(da.stack(parts)), None, meta)
     arrays = [_read_tiff_file(f, first_pages) for f in files]
     for f, a in zip(files, arrays, strict=True):
         if a.shape != first_shape:
             raise InputError(f, f"frame shape {a.shape} differs from the first frame {first_shape}")
     frames = np.stack(arrays) if pages else arrays[0]
-    frames, mask = repair_intensities(to_stack(frames.astype(np.float32), source), None, source)
+    frames, mask = repair_intensities(as_intensities(to_stack(frames, source)), None, source)
     return DiffractionStack(frames, mask, meta)
 
 
