@@ -195,14 +195,28 @@ def test_fitting_a_pattern_to_the_network_keeps_its_zero_frequency_in_the_middle
     assert np.unravel_index(fitted[0].argmax(), fitted[0].shape) == (32, 32)
 
 
-def test_bad_input_all_zero_pattern_is_refused(device):
+def test_bad_input_all_zero_pattern_is_refused_alone_and_left_out_of_a_stack(device):
     intensities = far_field_intensity(simulate_cdi(3, seed=7).truth)
     intensities[1] = 0
     stack = DiffractionStack(intensities, meta=Metadata(source="zeros.cxi"))
-    with pytest.raises(InputError, match=r"zeros.cxi: pattern\(s\) \[1\] hold no signal"):
+    with pytest.raises(InputError, match=r"zeros.cxi: 1 frame\(s\) \[1\] hold no measured"):
         run_to_end(cdi.network_steps(stack, device=device))
-    with pytest.raises(InputError, match="hold no signal"):
+    with pytest.raises(InputError, match="hold no measured signal"):
         run_to_end(cdi.iterative_steps(stack, device=device))
+    # a missed shot in a series: the others invert, it is named (as the file numbers it)
+    numbered = DiffractionStack(
+        intensities, meta=Metadata("zeros.cxi", extra={"frames": [5, 6, 7]})
+    )
+    with pytest.warns(InputWarning, match=r"zeros.cxi: 1 frame\(s\) \[6\] hold no measured"):
+        results = run_to_end(cdi.invert_steps(numbered, ["nn", "refine"], device=device))
+    for result in results.values():
+        assert len(result.objects) == 3 and not result.objects[1].any()
+        assert np.isnan(result.chi2[1]) and (result.chi2[[0, 2]] < 0.5).all(), result.chi2
+    alone = run_to_end(cdi.network_steps(stack.subset([0, 2]), device=device))
+    np.testing.assert_allclose(results["nn"].objects[[0, 2]], alone.objects, atol=1e-5)
+    blank = DiffractionStack(np.zeros((2, 64, 64), np.float32), meta=Metadata("blank.npy"))
+    with pytest.raises(InputError, match=r"blank.npy: 2 frame\(s\) \[0, 1\] hold no"):
+        run_to_end(cdi.invert_steps(blank, ["nn"], device=device))
 
 
 def test_bad_input_nan_pixels_are_masked_by_the_reader(tmp_path, device):

@@ -254,6 +254,22 @@ def test_invert_cdi_network_writes_documented_layout(tmp_path, capsys):
     assert refined.provenance.parameters["device"] == network.provenance.parameters["device"]
 
 
+def test_invert_cdi_names_a_missed_shot_by_its_frame_in_the_file(tmp_path, capsys):
+    """Frame 7 of the file blank (a missed shot), frames 5:10 asked for: the warning names
+    frame 7 (it said [2], and refused the whole stack), the others invert."""
+    stack = io.read(SAMPLES / "cdi_crystals.cxi")
+    frames = np.array(stack.intensities)
+    frames[7] = 0
+    path = tmp_path / "series.npy"
+    np.save(path, frames)
+    out = tmp_path / "out.h5"
+    assert main(["invert", str(path), "--frames", "5:10", "-o", str(out)]) == 0
+    assert "series.npy: 1 frame(s) [7] hold no measured signal" in capsys.readouterr().err
+    (result,) = io.read_results(out)
+    assert result.provenance.parameters["file_frames"] == [5, 6, 7, 8, 9]
+    assert np.isnan(result.chi2[2]) and np.isfinite(result.chi2[[0, 1, 3, 4]]).all()
+
+
 def test_results_record_the_file_frames_they_answer_for(tmp_path):
     """``--frames -1`` on a 32-frame file: a result that says it is frame 31's (and that the
     file held amplitudes, when it did), in every mode."""

@@ -100,7 +100,8 @@ def network_layers(data: object) -> list[LayerData]:
     from .core import cdi  # imports torch (seconds, ~200 MB): only when a network runs
 
     try:
-        result = run_to_end(cdi.network_steps(data, device=_settings.device_choice()))
+        steps = cdi.invert_steps(data, ["nn"], device=_settings.device_choice())
+        result = run_to_end(steps)["nn"]
     except CdinnError as err:
         warnings.warn(f"invert on open: {err}", InputWarning, stacklevel=2)
         return []

@@ -241,7 +241,7 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
         raise CdinnError(f"invert: method '{method}' is not one of {', '.join(cdi.METHODS)}")
     _warn_unused(args, "cdi", method)
     frames = parse_frames(args.frames, data.n_frames)
-    stack = data.subset(frames)
+    stack = _numbered(data.subset(frames), frames)  # refusals name frames as the file does
     if args.amplitudes:
         _squared(stack)
     methods = ["nn", "refine"] if method == "refine" else [method]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +36,32 @@ def default_model() -> Path:
 
 
 def checked_patterns(stack: DiffractionStack) -> tuple[np.ndarray, np.ndarray | None]:
-    """The stack's frames in memory and its mask; refuses empty or all-zero patterns; NaN/Inf
-    pixels of a lazily read stack (repaired only now that it is in memory) masked."""
+    """The stack's frames in memory and its mask; refuses empty stacks and patterns without
+    measured signal (:func:`invert_steps` leaves those out first); NaN/Inf pixels of a lazily
+    read stack (repaired only now that it is in memory) masked."""
     intensities, mask = frames_in_memory(stack)
     if intensities.size == 0:
         raise InputError(stack.meta.source, "empty stack: no patterns to invert")
-    valid = mask if mask is not None else np.ones(intensities.shape[-2:], bool)
-    measured = np.where(valid, intensities, 0).sum(axis=(-2, -1))
-    empty = np.flatnonzero(measured <= 0)
-    if len(empty):
+    blank = blank_patterns(intensities, mask)
+    if blank.any():
         raise InputError(
-            stack.meta.source,
-            f"pattern(s) {empty[:5].tolist()}{'...' if len(empty) > 5 else ''} hold no signal "
-            "(all zero); nothing to invert",
-        )
+            stack.meta.source, f"{_frames_named(stack, blank)} hold no measured signal (all zero "
+            "or masked); nothing to invert",
+        )  # fmt: skip
     return intensities, mask
+
+
+def blank_patterns(intensities: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Per pattern: whether its measured pixels hold no counts at all (a missed shot)."""
+    valid = mask if mask is not None else np.ones(intensities.shape[-2:], bool)
+    return np.where(valid, intensities, 0).sum(axis=(-2, -1)) <= 0
+
+
+def _frames_named(stack: DiffractionStack, which: np.ndarray) -> str:
+    """'frame(s) [3, 7]' as the file numbers them (at most five named)."""
+    indices = np.flatnonzero(which)
+    more = " ..." if len(indices) > 5 else ""
+    return f"{len(indices)} frame(s) {stack.meta.frame_numbers(indices[:5])}{more}"
 
 
 def fit_to_network(
@@ -237,6 +249,21 @@ def invert_steps(
                 f"{stack.frame_shape[1]} (use the iterative method)",
             )
     stack = yield from loaded(stack)  # a lazy stack read once, in pieces, for every method
+    blank = blank_patterns(*frames_in_memory(stack)) if stack.n_frames else np.zeros(0, bool)
+    if blank.any() and not blank.all():  # a missed shot in a series: the others still invert
+        warnings.warn(
+            InputWarning(
+                f"{stack.meta.source}: {_frames_named(stack, blank)} hold no measured signal "
+                "(all zero or masked): left out, their objects zero and chi2 NaN"
+            ),
+            stacklevel=2,
+        )
+        kept = np.flatnonzero(~blank)
+        results = yield from invert_steps(
+            stack.subset(kept), methods, iterations, refine_iterations, shrinkwrap_threshold,
+            device, model_path,
+        )  # fmt: skip
+        return {method: _spread(result, kept, len(blank)) for method, result in results.items()}
     results: dict[str, ObjectResult] = {}
     network = None
     if "nn" in methods or "refine" in methods:
@@ -257,6 +284,19 @@ def invert_steps(
         refined.model_name = network.provenance.model_name
         refined.model_version = network.provenance.model_version
     return results
+
+
+def _spread(result: ObjectResult, kept: np.ndarray, n: int) -> ObjectResult:
+    """``result`` of the ``kept`` patterns placed among ``n``: the others zero, chi2 NaN."""
+    objects = np.zeros((n, *result.objects.shape[1:]), result.objects.dtype)
+    objects[kept] = result.objects
+    support = None
+    if result.support is not None:
+        support = np.zeros((n, *result.support.shape[1:]), bool)
+        support[kept] = result.support
+    chi2 = np.full(n, np.nan)
+    chi2[kept] = result.chi2
+    return replace(result, objects=objects, support=support, chi2=chi2)
 
 
 def scaled_recipe(iterations: int | None, shrinkwrap_threshold: float = 0.2) -> RetrievalRecipe:
