@@ -35,12 +35,16 @@ def write_results_h5(path: str, layer_data: list[tuple[Any, dict, str]]) -> list
 def write_image_tiff(path: str, data: Any, meta: dict) -> list[str]:
     """Write one image layer's data as float32 TIFF with its name and scale in the description;
     for a diffraction layer, the intensities it shows as log10(1 + I), not the display values
-    (which would read back as intensities)."""
+    (which would read back as intensities), NaN where its mask says nothing was measured (the
+    readers mask NaN again; a zero would read back as a measured zero)."""
     description = {"name": meta.get("name"), "scale": list(np.ravel(meta.get("scale", [])))}
     cdinn = meta.get("metadata", {}).get("cdinn", {})
     dataset = dataset_of(meta.get("metadata", {}))
     if cdinn.get("display") == DISPLAY and isinstance(dataset, DiffractionStack | PtychoScan):
-        data = getattr(dataset, "stack", dataset).frames()
-        description["values"] = "intensities"
+        stack = getattr(dataset, "stack", dataset)
+        data = stack.frames()
+        if stack.mask is not None:
+            data = np.where(np.broadcast_to(stack.mask, data.shape), data, np.float32(np.nan))
+        description["values"] = "intensities, NaN where not measured"
     io.write_tiff(path, np.asarray(data), description)
     return [path]

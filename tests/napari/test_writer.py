@@ -122,3 +122,24 @@ def test_a_diffraction_layer_saves_its_intensities_not_the_log_display(viewer, t
     back = io.read(tif)
     np.testing.assert_allclose(back.intensities, stack.intensities)  # not log10(1 + I)
     assert back.intensities.max() > 100 * layer.data.max()
+
+
+def test_a_diffraction_layer_saved_as_tiff_keeps_its_mask(viewer, tmp_path):
+    """Unmeasured pixels are saved as NaN, which the reader masks again: saved as zeros they
+    read back as measured zeros."""
+    frames = np.random.default_rng(0).uniform(1, 50, (3, 16, 16)).astype(np.float32)
+    frames[:, 4, 5] = np.nan  # a gap in every frame
+    frames[1, 9, 9] = np.nan  # and a pixel of one frame
+    source = tmp_path / "gaps.npy"
+    np.save(source, frames)
+    with pytest.warns(UserWarning, match="NaN"):
+        layers = viewer.open(str(source), plugin="napari-cdinn")
+    (layer,) = [x for x in layers if x.name == "gaps diffraction"]  # beside its mask layer
+    viewer.layers.selection = {layer}
+    tif = tmp_path / "gaps.tif"
+    viewer.layers.save(str(tif), selected=True, plugin="napari-cdinn")
+    with pytest.warns(UserWarning, match="4 NaN"):
+        back = io.read(tif)
+    np.testing.assert_array_equal(np.broadcast_to(back.mask, back.shape), np.isfinite(frames))
+    measured = np.isfinite(frames)
+    np.testing.assert_array_equal(back.intensities[measured], frames[measured])
