@@ -155,6 +155,34 @@ def test_a_damaged_results_file_is_refused_by_name(tmp_path, damage):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("data", np.bytes_("abc"), "holds data of shape ()"),
+        ("data", np.arange(5.0), "holds data of shape (5,)"),
+        ("parameters", "[1, 2]", "parameters that are not a JSON object"),
+        ("parameters", '{"object_pixel_scale": ["abc", "abc"]}', "object_pixel_scale"),
+        ("parameters", '{"object_pixel_scale": [1, 1, 2, 3]}', "object_pixel_scale"),
+        ("support", np.ones((3, 3), bool), "support of shape (3, 3)"),
+        ("quaternion", np.ones((2, 3)), "not N quaternions"),
+    ],
+)
+def test_a_results_file_of_foreign_contents_is_refused_by_name(tmp_path, field, value, problem):
+    """Contents no writer of ours makes (an edited file): refused with the file's name, where
+    the napari reader crashed on them or made layers of the wrong shape or scale."""
+    path = cio.write_results(tmp_path / "out.h5", [object_result(), orientation_result()])
+    with h5py.File(path, "r+") as h5:
+        if field == "parameters":
+            h5["entry_1/image_1/process_1"].attrs["parameters"] = value
+        else:
+            group = h5["entry_1/orientation_1" if field == "quaternion" else "entry_1/image_1"]
+            del group[field]
+            group[field] = value
+    with pytest.raises(InputError, match="damaged results file") as info:
+        cio.read_results(path)
+    assert str(path) in str(info.value) and problem in str(info.value)
+
+
 def test_results_file_is_not_mistaken_for_data(tmp_path):
     path = cio.write_results(tmp_path / "out.h5", [object_result()])
     not_results = tmp_path / "data.h5"

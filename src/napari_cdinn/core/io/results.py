@@ -9,6 +9,7 @@
 /entry_1/image_K/chi2           float64 (N,), optional reciprocal-space error per pattern
 /entry_1/orientation_K/quaternion  float64 (N, 4), unit quaternions (w, x, y, z)
 /entry_1/orientation_K/radius_nm   float64 (N,)
+/entry_1/orientation_K/flips_agreeing  int8 (N,), optional: of the network's 8 test-time flips
 every image_K / orientation_K group has a process_1 group whose attrs are
   method, model_name, model_version, parameters (JSON), wall_time_s, source, created
 ```
@@ -211,6 +212,38 @@ def _read_provenance(group: h5py.Group) -> Provenance:
     )
 
 
+def _misfit(result: Result) -> str | None:
+    """What in a result read back is not of the shapes and kinds :func:`write_results` writes
+    (a file edited or written by another program), or None; the layers and docks rely on them."""
+    parameters = result.provenance.parameters
+    if not isinstance(parameters, dict):
+        return "has parameters that are not a JSON object"
+    scale = parameters.get("object_pixel_scale")
+    if scale is not None and not (
+        isinstance(scale, list)
+        and len(scale) in (1, 2)
+        and all(isinstance(v, int | float) and v > 0 for v in scale)
+    ):
+        return f"has object_pixel_scale {scale!r}; expected one or two positive numbers"
+    if isinstance(result, OrientationResult):
+        n = len(np.atleast_1d(result.radii_nm))
+        shapes = [(result.quaternions, (n, 4)), (result.radii_nm, (n,))]
+        if result.flips_agreeing is not None:
+            shapes.append((result.flips_agreeing, (n,)))
+        for array, shape in shapes:
+            if np.asarray(array).dtype.kind not in "biuf" or np.shape(array) != shape:
+                return "holds orientations that are not N quaternions (N, 4) with N radii"
+        return None
+    objects = np.asarray(result.objects)
+    if objects.dtype.kind not in "biufc" or objects.ndim not in (2, 3):
+        return f"holds data of shape {objects.shape} ({objects.dtype}); expected 2-D or 3-D numbers"
+    if result.support is not None and np.shape(result.support) != objects.shape:
+        return f"has a support of shape {np.shape(result.support)} for objects {objects.shape}"
+    if result.chi2 is not None and np.shape(result.chi2) != objects.shape[:1]:
+        return f"has chi2 of shape {np.shape(result.chi2)} for {len(objects)} objects"
+    return None
+
+
 def _optional(group: h5py.Group, key: str) -> np.ndarray | None:
     return group[key][()] if key in group else None
 
@@ -245,25 +278,27 @@ def read_results(path: str | Path) -> list[Result]:
         for name in sorted(entry, key=_in_order):
             group = entry[name]
             if name.startswith("image_"):
-                results.append(
-                    ObjectResult(
-                        objects=group["data"][()],
-                        provenance=_read_provenance(group),
-                        probe=_optional(group, "probe"),
-                        support=_optional(group, "support"),
-                        chi2=_optional(group, "chi2"),
-                        origin=_origin(group["data"]),
-                    )
+                result = ObjectResult(
+                    objects=group["data"][()],
+                    provenance=_read_provenance(group),
+                    probe=_optional(group, "probe"),
+                    support=_optional(group, "support"),
+                    chi2=_optional(group, "chi2"),
+                    origin=_origin(group["data"]),
                 )
             elif name.startswith("orientation_"):
-                results.append(
-                    OrientationResult(
-                        group["quaternion"][()],
-                        group["radius_nm"][()],
-                        _read_provenance(group),
-                        _optional(group, "flips_agreeing"),
-                    )
+                result = OrientationResult(
+                    group["quaternion"][()],
+                    group["radius_nm"][()],
+                    _read_provenance(group),
+                    _optional(group, "flips_agreeing"),
                 )
+            else:
+                continue
+            problem = _misfit(result)
+            if problem:
+                raise InputError(path, f"damaged results file: {name} {problem}")
+            results.append(result)
     return results
 
 
