@@ -301,6 +301,18 @@ def test_refine_of_resampled_patterns_is_refused_before_the_iterative_run(device
         next(steps)
 
 
+def test_refine_with_a_missing_model_or_one_of_another_mode_says_so(tmp_path):
+    """The size check read the card first: a wide-angle model was refused for the patterns'
+    size, a missing file for its missing card."""
+    from napari_cdinn.core.nn.registry import default_model
+
+    stack = simulate_cdi(1, seed=2)
+    with pytest.raises(InputError, match=r"nope\.safetensors: model file not found"):
+        next(cdi.invert_steps(stack, ["refine"], model_path=tmp_path / "nope.safetensors"))
+    with pytest.raises(InputError, match="wide-angle|wideangle"):
+        next(cdi.invert_steps(stack, ["refine"], model_path=default_model("wideangle")))
+
+
 def test_nan_pixels_of_a_lazily_read_stack_are_masked_when_it_is_loaded():
     import dask.array as da
 

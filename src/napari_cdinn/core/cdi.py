@@ -240,7 +240,7 @@ def invert_steps(
         raise InputError(None, f"methods must be among {', '.join(METHODS)}; got {methods}")
     if "refine" in methods:  # said before any work
         path = Path(model_path) if model_path else default_model()
-        size = registry.read_card(path).get("arguments", {}).get("size")
+        size = registry.checked_card(path, "cdi")["arguments"].get("size")
         if tuple(stack.frame_shape) != (size, size):
             raise InputError(
                 stack.meta.source,

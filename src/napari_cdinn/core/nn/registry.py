@@ -141,12 +141,22 @@ def require_mode(card: dict[str, Any], mode: str, source: object) -> None:
         raise InputError(source, f"a {card.get('mode')} model, not a {MODE_NAMES[mode]} one")
 
 
-def load_model(weights: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Build the card's architecture and load the weights; a bad file gets a clear InputError."""
+def checked_card(weights: str | Path, mode: str | None = None) -> dict[str, Any]:
+    """The card of the model file ``weights``, refused by name when the file is missing or
+    (``mode`` given) the model is of another mode: what to check before any work."""
     weights = Path(weights)
     if not weights.is_file():
         raise InputError(weights, "model file not found")
     card = read_card(weights)
+    if mode is not None:
+        require_mode(card, mode, weights)
+    return card
+
+
+def load_model(weights: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Build the card's architecture and load the weights; a bad file gets a clear InputError."""
+    weights = Path(weights)
+    card = checked_card(weights)
     architecture = ARCHITECTURES.get(card["architecture"])
     if architecture is None:
         raise InputError(weights, f"unknown architecture '{card['architecture']}' in its card")
