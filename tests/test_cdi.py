@@ -309,7 +309,7 @@ def test_refine_with_a_missing_model_or_one_of_another_mode_says_so(tmp_path):
     stack = simulate_cdi(1, seed=2)
     with pytest.raises(InputError, match=r"nope\.safetensors: model file not found"):
         next(cdi.invert_steps(stack, ["refine"], model_path=tmp_path / "nope.safetensors"))
-    with pytest.raises(InputError, match="wide-angle|wideangle"):
+    with pytest.raises(InputError, match=r"wide-angle|wideangle"):
         next(cdi.invert_steps(stack, ["refine"], model_path=default_model("wideangle")))
 
 
