@@ -394,6 +394,17 @@ def test_a_zero_starting_object_is_refined_from_the_box_not_left_at_zero(device)
     assert (result.chi2 < 0.5).all(), result.chi2
 
 
+@pytest.mark.parametrize("iterations", [1, 5, 7, 10, 40, 99, 100, 619, 621, 1000])
+def test_the_recipe_scaled_to_n_iterations_runs_n_with_shrink_wraps(iterations):
+    """Each of the 7 stages was rounded on its own (1, 5 and 10 asked for ran 7, 7 and 13),
+    and a run under 20 iterations never shrink-wrapped."""
+    recipe = cdi.scaled_recipe(iterations)
+    assert recipe.n_iterations == iterations
+    assert all(n >= 1 for _, n in recipe.schedule)
+    assert iterations // recipe.shrinkwrap_every >= min(4, iterations)
+    assert recipe.average_last <= recipe.schedule[-1][1]
+
+
 def test_one_reference_serves_a_whole_stack():
     """A single (H, W) reference against N objects: one score per object (it was one argmax
     over the whole stack: correlations above 1, and an IndexError in the canonical form)."""
