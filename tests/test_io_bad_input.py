@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from napari_cdinn._reader import get_reader
 from napari_cdinn.core import io as cio
 from napari_cdinn.core.data import PtychoScan, ShotSet
 from napari_cdinn.core.errors import CdinnError, InputError, InputWarning
@@ -131,7 +132,26 @@ def test_corrupt_npz_and_bz2(tmp_path):
 def test_pickled_npy_is_refused_without_running_it(tmp_path):
     path = tmp_path / "objects.npy"
     np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-    refused(path, "pickle", "not a readable")
+    error = refused(path, "never loads")
+    assert "allow_pickle" not in str(error)  # numpy's advice to unpickle is not passed on
+    archive = tmp_path / "objects.npz"
+    np.savez(archive, x=np.array([{"a": 1}, None], dtype=object))
+    refused(archive, "never loads")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+def test_a_file_that_may_not_be_read_says_so(tmp_path, monkeypatch, suffix):
+    """(Permissions are not enforced for root, as these tests may run: the error is raised
+    where the libraries raise it.)"""
+    path = tmp_path / f"locked{suffix}"
+    np.save(path, np.ones((2, 4, 4))) if suffix == ".npy" else h5py.File(path, "w").close()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(np, "load", denied)
+    monkeypatch.setattr(h5py, "File", denied)
+    refused(path, "permission denied")
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +165,32 @@ def test_hdf5_without_numeric_dataset(tmp_path):
         h5["title"] = "a scan"
         h5["notes/lines"] = np.array([b"one", b"two", b"three"])
         h5["notes/table"] = np.array([["a", "b"], ["c", "d"]], dtype=h5py.string_dtype())
+    refused(path, "dataset 'notes/table' is not numeric")
+    with h5py.File(path, "a") as h5:
+        del h5["notes/table"]
     refused(path, "no numeric dataset")
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (np.ones((3, 8, 8), np.complex64), "'data' is complex (complex64)"),
+        (np.ones((0, 8, 8), np.float32), "'data' is an empty stack (0, 8, 8)"),
+    ],
+    ids=["complex", "empty"],
+)
+def test_a_file_holding_only_a_near_miss_says_why(tmp_path, content, problem):
+    """Such files were 'no numeric dataset of 2 to 4 dimensions', and the napari reader
+    declined them saying so, where the README promises the reason."""
+    path = tmp_path / "near.h5"
+    with h5py.File(path, "w") as h5:
+        h5["data"] = content
+    refused(path, problem)
+    with pytest.warns(InputWarning, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        assert get_reader(str(path)) is None
+    archive = tmp_path / "near.npz"
+    np.savez(archive, data=content)
+    refused(archive, "is complex" if "complex" in problem else "empty stack")
 
 
 @pytest.mark.parametrize(

@@ -35,10 +35,10 @@ def get_reader(path: str | list[str]) -> ReaderFunction | None:
         # a results file holds complex objects, which are not "numeric datasets": never decline it
         if io.file_kind(p) in ("hdf5", "cxi") and not io.is_results(p):
             try:
-                if not io.list_datasets(p):
+                reason = io.no_frames_reason(p)
+                if reason:
                     warnings.warn(
-                        f"{p}: no numeric dataset of 2 to 4 dimensions; napari-cdinn cannot "
-                        "show it",
+                        f"{p}: {reason}; napari-cdinn cannot show it",
                         InputWarning,
                         stacklevel=2,
                     )

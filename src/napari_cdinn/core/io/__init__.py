@@ -14,7 +14,14 @@ import numpy as np
 from ..data import Dataset, DiffractionStack, PtychoScan, ShotSet
 from ..errors import InputError
 from .arrays import read_npy, read_npz
-from .hdf5 import damaged_as_input_error, numeric_datasets, open_h5, read_cxi, read_hdf5
+from .hdf5 import (
+    damaged_as_input_error,
+    numeric_datasets,
+    open_h5,
+    read_cxi,
+    read_hdf5,
+)
+from .hdf5 import no_frames_reason as _no_frames_reason
 from .images import PNG_SUFFIXES, TIFF_SUFFIXES, frame_files, read_png, read_tiff
 from .results import is_results_file, read_results, write_results, write_tiff
 
@@ -118,6 +125,13 @@ def _read_frame_files(files: list[Path], lazy: bool | None) -> Dataset:
                 f"{kinds[files[0]] or 'of an unknown type'}",
             )
     return read_png(files) if kinds[files[0]] == "png" else read_tiff(files, lazy)
+
+
+@damaged_as_input_error
+def no_frames_reason(path: str | Path) -> str | None:
+    """Why an HDF5 file holds no frames to show (its nearest miss), or None when it does."""
+    with open_h5(path) as h5:
+        return None if numeric_datasets(h5) else _no_frames_reason(h5)
 
 
 @damaged_as_input_error

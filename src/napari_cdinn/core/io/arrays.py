@@ -53,10 +53,19 @@ def _load(path: Path, mmap: bool) -> Any:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except PermissionError:
+        raise InputError(path, "permission denied: the file cannot be read") from None
     except _DAMAGED as err:
-        raise InputError(
-            path, f"not a readable NumPy file (truncated or corrupt?): {err}"
-        ) from None
+        raise InputError(path, _unreadable("not a readable NumPy file", err)) from None
+
+
+def _unreadable(what: str, err: Exception) -> str:
+    """Why a NumPy file did not load: Python objects (which need unpickling: never done here,
+    whatever numpy's own message suggests), else damage."""
+    text = str(err)
+    if "pickle" in text or "Python objects" in text or "Object arrays" in text:
+        return f"{what}: it holds Python objects, which napari-cdinn never loads (unpickling a file can run code)"
+    return f"{what} (truncated or corrupt?): {text}"
 
 
 def _stack(array: Any, source: str, meta: Metadata, lazy: bool | None) -> DiffractionStack:
@@ -93,7 +102,9 @@ def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = N
     try:
         arrays = {key: archive[key] for key in archive.files}
     except _DAMAGED as err:
-        raise InputError(source, f"an array in the archive is unreadable: {err}") from None
+        raise InputError(
+            source, _unreadable("an array in the archive is unreadable", err)
+        ) from None
     finally:
         archive.close()
     if dataset:
@@ -112,6 +123,9 @@ def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         return stack
     numeric = [k for k, a in arrays.items() if a.dtype.kind in "biuf" and 2 <= a.ndim <= 4]
     if not numeric:
+        for key, array in arrays.items():  # a near miss says why (complex, empty)
+            if 2 <= array.ndim <= 4:
+                check_stack_shape(array.shape, array.dtype, source, f"array '{key}'")
         raise InputError(
             source, f"no numeric array of 2 to 4 dimensions (arrays: {sorted(arrays)})"
         )

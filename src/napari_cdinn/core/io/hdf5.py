@@ -69,6 +69,8 @@ def open_h5(path: str | Path) -> h5py.File:
         return h5py.File(path, "r")
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except PermissionError:
+        raise InputError(path, "permission denied: the file cannot be read") from None
     except OSError as err:
         raise InputError(path, f"not a readable HDF5 file (truncated or corrupt?): {err}") from None
 
@@ -157,6 +159,23 @@ def detector_series(h5: h5py.File) -> dict[str, list[str]]:
         ):  # fmt: skip
             series[name] = [f"{name}/{k}" for k in parts]
     return series
+
+
+def no_frames_reason(h5: h5py.File) -> str:
+    """Why a file holds nothing :func:`numeric_datasets` lists: its nearest miss (a complex
+    or empty stack, said as such), else that there is no dataset of 2 to 4 dimensions."""
+    misses = [
+        (name, obj)
+        for name, obj in linked_objects(h5)
+        if isinstance(obj, h5py.Dataset) and 2 <= obj.ndim <= 4
+    ]
+    misses.sort(key=lambda item: (item[1].dtype.kind != "c", item[1].size == 0))
+    for name, obj in misses:
+        try:
+            check_stack_shape(obj.shape, obj.dtype, None, f"dataset '{name}'")
+        except InputError as err:
+            return f"no usable frames: {err.problem}"
+    return "no numeric dataset of 2 to 4 dimensions in the file"
 
 
 def _frames_like(obj: Any) -> bool:
@@ -356,7 +375,7 @@ def read_hdf5(path: str | Path, dataset: str | None = None, lazy: bool | None = 
             if name is None:
                 candidates = numeric_datasets(h5)
                 if not candidates:
-                    raise InputError(source, "no numeric dataset of 2 to 4 dimensions in the file")
+                    raise InputError(source, no_frames_reason(h5))
                 name = candidates[0][0]
         meta = Metadata(source=source, reader="hdf5", dataset=name)
         if name in series:
