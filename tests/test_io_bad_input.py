@@ -469,7 +469,10 @@ def test_unsupported_suffix(tmp_path):
 
 def test_folder_without_frames(tmp_path):
     (tmp_path / "readme.txt").write_text("nothing to see")
-    refused(tmp_path, "unsupported file type")
+    refused(tmp_path, "a folder holding no .tif/.tiff or .png frames")
+    named_like_a_file = tmp_path / "run.h5"  # a folder: not an unsupported file type
+    named_like_a_file.mkdir()
+    refused(named_like_a_file, "a folder holding no")
 
 
 def test_scan_subset_keeps_positions_and_frames_together(tmp_path):

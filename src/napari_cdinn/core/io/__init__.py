@@ -88,6 +88,11 @@ def read(
     if not path.exists():
         raise InputError(path, "file not found")
     kind = file_kind(path)
+    if kind is None and path.is_dir():
+        raise InputError(
+            path, "a folder holding no .tif/.tiff or .png frames (napari-cdinn reads a folder of "
+            "frames, or a file)",
+        )  # fmt: skip
     if kind in ("hdf5", "cxi") and is_results(path):
         raise InputError(
             path, "a napari-cdinn results file, not diffraction data (napari-cdinn info lists "

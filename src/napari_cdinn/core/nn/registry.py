@@ -146,7 +146,8 @@ def checked_card(weights: str | Path, mode: str | None = None) -> dict[str, Any]
     (``mode`` given) the model is of another mode: what to check before any work."""
     weights = Path(weights)
     if not weights.is_file():
-        raise InputError(weights, "model file not found")
+        found = "a folder, not a model file" if weights.is_dir() else "model file not found"
+        raise InputError(weights, found)
     card = read_card(weights)
     if mode is not None:
         require_mode(card, mode, weights)
