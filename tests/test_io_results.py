@@ -264,6 +264,19 @@ def test_written_files_get_the_users_permissions_not_owner_only(tmp_path):
         os.umask(old)
 
 
+def test_writing_never_changes_the_process_umask(tmp_path, monkeypatch):
+    """It was set to 0 for a moment to be read, so files other threads (the docks' workers,
+    napari) created then were world-writable."""
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *_: pytest.fail("the umask was changed"))
+        target = cio.write_results(tmp_path / "out.h5", [object_result()])
+        assert target.stat().st_mode & 0o777 == 0o640  # a new file, under the umask
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+
+
 def test_write_onto_a_folder_or_nothing_is_refused(tmp_path):
     with pytest.raises(CdinnError, match="is a folder"):
         cio.write_results(tmp_path, [object_result()])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,14 +110,17 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _new_file_mode(target: Path) -> int:
-    """The permissions the written file gets: the old file's when it replaces one, else those
-    of a newly created file under the user's umask (a temporary file is made owner-only)."""
-    if target.exists():
-        return target.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _fresh_file_beside(target: Path) -> Path:
+    """A new, empty file beside ``target``, created as any new file is, under the user's umask
+    (read this way: setting the process-wide umask to read it would, for that moment, give
+    files that other threads create no protection)."""
+    while True:
+        candidate = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
 
 
 @contextlib.contextmanager
@@ -125,13 +128,12 @@ def atomic_path(target: str | Path, writes: str = "results") -> Iterator[Path]:
     """Yield a temporary path beside ``target`` (checked by :func:`check_output` as a file of
     the kind it ``writes``); rename it onto ``target`` only on success."""
     target = check_output(target, writes=writes)
-    mode = _new_file_mode(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp_path = _fresh_file_beside(target)
     except OSError as err:
         raise CdinnError(f"{target}: cannot be written ({err.strerror or err})") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # the old file's permissions when it replaces one, else those of a new file
+    mode = (target if target.exists() else tmp_path).stat().st_mode & 0o777
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
