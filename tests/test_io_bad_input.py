@@ -425,6 +425,14 @@ def test_a_scan_with_an_unusable_probe_is_read_without_it(tmp_path, write_cxi):
         left_out_probe(cxi, problem)
 
 
+def test_a_file_of_another_format_named_png_is_refused(tmp_path):
+    """imageio decodes by content: a 3-page float TIFF named .png read as one display image of
+    values up to 1e6 (pages 2 and 3 dropped)."""
+    path = tmp_path / "shot.png"
+    tifffile.imwrite(path, RNG.uniform(0, 1e6, (3, 8, 8)).astype(np.float32))
+    refused(path, "not a PNG image")
+
+
 def test_colour_png_is_refused(tmp_path):
     rgb = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     path = tmp_path / "colour.png"

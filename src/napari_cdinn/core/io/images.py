@@ -127,13 +127,25 @@ def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> Diffra
     return DiffractionStack(frames, mask, meta)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _read_png_file(path: Path) -> np.ndarray:
+    """One greyscale PNG image: its values as stored (8 or 16 bits). A file of another format
+    named .png is refused, not decoded as what it is (a float TIFF misread as a display image)."""
     try:
-        image = iio.imread(path)
+        with open(path, "rb") as handle:
+            if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise InputError(path, "not a PNG image (its first bytes are not PNG's signature)")
+        image = iio.imread(path, extension=".png")
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except InputError:
+        raise
     except Exception as err:
         raise InputError(path, f"not a readable PNG image (truncated or corrupt?): {err}") from None
+    if image.dtype.kind not in "ui":
+        raise InputError(path, f"a PNG of {image.dtype} values; PNG shots are 8- or 16-bit")
     if image.ndim == 3:
         colour = image[..., :1] if image.shape[-1] == 2 else image[..., :3]  # grey+alpha: grey
         if not (colour == colour[..., :1]).all():
@@ -162,7 +174,7 @@ def read_png(path: str | Path | list[Path]) -> ShotSet:
             raise InputError(
                 f, f"a {image.dtype} image among {images[0].dtype} ones ({files[0].name})"
             )
-    depth = float(np.iinfo(images[0].dtype).max) if images[0].dtype.kind in "ui" else 1.0
+    depth = float(np.iinfo(images[0].dtype).max)
     stack = np.stack(images).astype(np.float32) / depth
     meta = Metadata(source=source, reader="png", extra={"files": [f.name for f in files]})
     return ShotSet(stack, meta, scaling=f"display value / {depth:g}")
