@@ -501,7 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
         "wideangle: its detector's 128)",
     )
     simulate.add_argument(
-        "--photons", type=_at_least(1e-9, float), help="counts per pattern (Poisson); default none"
+        "--photons",
+        type=_at_least(1e-9, float, high=1e15),
+        help="counts per pattern (Poisson; at most 1e15, where its noise is below float32's "
+        "precision); default none: noiseless",
     )
     simulate.add_argument(
         "--object-size", type=POSITIVE, help="ptycho: object side (default: fits n)"

@@ -10,9 +10,10 @@ from pathlib import Path
 from ..errors import CdinnError
 
 
-def at_least(low: float, kind: type = int):
+def at_least(low: float, kind: type = int, high: float = float("inf")):
     """An argparse type: a number of ``kind`` not below ``low`` (0 or negative epochs, sizes or
-    steps are refused up front instead of quietly doing nothing or taking the default)."""
+    steps are refused up front instead of quietly doing nothing or taking the default) and not
+    above ``high``."""
 
     def number(text: str):
         try:
@@ -21,6 +22,8 @@ def at_least(low: float, kind: type = int):
             raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
         if not value >= low:  # NaN too
             raise argparse.ArgumentTypeError(f"{text}: must be at least {low:g}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text}: must be at most {high:g}")
         return value
 
     return number
