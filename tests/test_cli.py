@@ -288,6 +288,22 @@ def test_results_record_the_file_frames_they_answer_for(tmp_path):
     assert "file_held_amplitudes" not in result.provenance.parameters
 
 
+def test_results_record_the_input_by_absolute_path_and_dataset(tmp_path, monkeypatch):
+    """A relative source and no dataset: a result could not tell /a/data's from /b/data's."""
+    import h5py
+
+    stack = io.read(SAMPLES / "cdi_crystals.cxi")
+    with h5py.File(tmp_path / "two.h5", "w") as h5:
+        h5["a/data"] = stack.intensities[:2]
+        h5["b/data"] = stack.intensities[2:5]
+    monkeypatch.chdir(tmp_path)
+    assert main(["invert", "two.h5", "--dataset", "/b/data", "-o", "r.h5"]) == 0
+    (result,) = io.read_results(tmp_path / "r.h5")
+    assert result.provenance.source == str((tmp_path / "two.h5").resolve())
+    assert result.provenance.parameters["file_dataset"] == "b/data"
+    assert len(result.objects) == 3
+
+
 def test_amplitudes_are_refused_for_log_scale_shots(tmp_path, capsys):
     from PIL import Image
 
@@ -331,6 +347,13 @@ def test_simulate_cdi_roundtrip(tmp_path):
     centred = np.fft.ifftshift(data.truth, axes=(1, 2))
     expected = np.abs(np.fft.fftshift(np.fft.fft2(centred), axes=(1, 2))) ** 2
     np.testing.assert_allclose(data.intensities, expected, rtol=1e-4, atol=1e-3)
+    # how it was made travels with it (it was dropped: a file could not say its seed or dose)
+    assert data.meta.extra["simulation"] == {
+        "mode": "cdi", "n": 5, "size": 32, "seed": 3, "photons": None,
+    }  # fmt: skip
+    scan_file = tmp_path / "scan.cxi"
+    assert main(["simulate", "ptycho", "-n", "9", "--photons", "1e5", "-o", str(scan_file)]) == 0
+    assert io.read(scan_file).stack.meta.extra["simulation"]["photons"] == 1e5
 
 
 def test_simulate_ptycho_gives_requested_positions(tmp_path):

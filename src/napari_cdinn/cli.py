@@ -210,22 +210,28 @@ def _warn_unused(args: argparse.Namespace, mode: str, method: str) -> None:
         warnings.warn(f"ignored with {mode} {method}: {'; '.join(unused)}", stacklevel=2)
 
 
-def _recorded(
-    result: Any, args: argparse.Namespace, frames: np.ndarray, files: list[str] | None = None
-) -> Any:
-    """``result`` with the file's frames it answers for (``parse_frames``'s, one per row), the
-    name of each one's file when the stack was read from several (``files``, one per frame of
-    the stack), and whether the file held amplitudes, in its provenance: a result of
-    ``--frames 7`` must say it is frame 7's, and of ``a.png b.png`` which row is b's."""
+def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: Any) -> Any:
+    """``result`` with what it answers for in its provenance: the input file's absolute path
+    (a result file outlives the folder it was made in), the dataset read from it, the file's
+    frames (``parse_frames``'s, one per row), the name of each one's file when the stack was
+    read from several (``meta.extra["files"]``, one per frame of the stack), and whether the
+    file held amplitudes: a result of ``--frames 7`` must say it is frame 7's, of ``a.png
+    b.png`` which row is b's, and of ``--dataset /b/data`` that it is not /a/data's."""
     from dataclasses import replace
 
     p = result.provenance
     parameters = {**p.parameters, "file_frames": frames.tolist()}
+    if meta.dataset:
+        parameters["file_dataset"] = meta.dataset
+    files = meta.extra.get("files")
     if files is not None and len(files) > max(frames, default=-1):
         parameters["file_names"] = [files[i] for i in frames]
     if args.amplitudes:
         parameters["file_held_amplitudes"] = True
-    return replace(result, provenance=replace(p, parameters=parameters))
+    source = p.source  # "a.png and 3 more files" stays as it is
+    if source and Path(source).exists():
+        source = str(Path(source).resolve())
+    return replace(result, provenance=replace(p, parameters=parameters, source=source))
 
 
 def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
@@ -249,8 +255,7 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
         stack, methods, iterations=args.iterations if method == "iterative" else None,
         refine_iterations=args.iterations or 50, device=args.device, model_path=args.model,
     )  # fmt: skip
-    files = data.meta.extra.get("files")
-    results = [_recorded(r, args, frames, files) for r in run_to_end(steps).values()]
+    results = [_recorded(r, args, frames, data.meta) for r in run_to_end(steps).values()]
     for result in results:
         p = result.provenance
         print(
@@ -295,7 +300,7 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
         result = run_to_end(ptycho.network_steps(scan, args.model, device=args.device))
     p = result.provenance
     print(f"{p.method}: {len(scan.positions)} positions in {p.wall_time_s:.3f} s")
-    return [_recorded(result, args, frames)]
+    return [_recorded(result, args, frames, data.stack.meta)]
 
 
 def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
@@ -341,7 +346,7 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     for k, result in enumerate(results):  # which of the file's frames each answer is for
         numbers = result.provenance.parameters.get("shots", range(len(result.radii_nm)))
         rows = frames[np.asarray(numbers, int)]  # a fit of some shots: its rows' frames only
-        results[k] = _recorded(result, args, rows, data.meta.extra.get("files"))
+        results[k] = _recorded(result, args, rows, data.meta)
         p = results[k].provenance
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
         for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):

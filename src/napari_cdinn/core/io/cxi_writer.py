@@ -1,11 +1,14 @@
 """Write diffraction stacks and ptychography scans as CXI 1.6 files that :func:`read_cxi` reads.
 
 Simulated truth goes to ``/entry_1/sample_1/true_object`` (complex64; ``(N, H, W)`` objects for a
-stack of independent patterns, one ``(Ho, Wo)`` object for a scan), so anyone can score results.
+stack of independent patterns, one ``(Ho, Wo)`` object for a scan), so anyone can score results,
+and the simulation's settings (seed, photons, sizes) to that group's ``simulation`` attribute
+(JSON).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -66,6 +69,9 @@ def write_cxi(path: str | Path, data: DiffractionStack | PtychoScan) -> Path:
             entry.create_dataset(
                 "sample_1/true_object", data=truth.astype(np.complex64), compression="gzip"
             )
+        if "simulation" in meta.extra:  # how it was made: seed, dose, sizes
+            sample = entry.require_group("sample_1")
+            sample.attrs["simulation"] = json.dumps(meta.extra["simulation"], default=str)
     return Path(path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -290,6 +291,14 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         )
         if f"{entry}/sample_1/orientation" in h5:  # wide-angle shots (cxi_writer.write_shots)
             meta.extra["mode"] = "wideangle"
+        simulation = (
+            _attr_str(h5[f"{entry}/sample_1"].attrs.get("simulation"))
+            if f"{entry}/sample_1" in h5
+            else None
+        )
+        if simulation:  # how a simulated file was made (cxi_writer)
+            with contextlib.suppress(ValueError):
+                meta.extra["simulation"] = json.loads(simulation)
         frames = _frames(h5[frames_path], source, lazy)
         mask = None
         for mask_path in (f"{detector}/mask", f"{entry}/data_1/mask"):
