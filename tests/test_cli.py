@@ -599,6 +599,29 @@ def test_train_cdi_writes_the_model_where_o_says(tmp_path, capsys):
     assert f"model written to {model}" in capsys.readouterr().out
 
 
+def test_train_cdi_without_o_never_replaces_a_model_and_names_unused_options(
+    tmp_path, capsys, monkeypatch
+):
+    """Two runs to the user models folder: the second replaced the first, under the bundled
+    model's name; and --model/--seconds (ptycho fine-tuning's) were dropped without a word."""
+    from napari_cdinn.core.nn import registry
+
+    monkeypatch.setattr(registry, "user_dir", lambda: tmp_path / "models")
+    monkeypatch.setattr("napari_cdinn.core.nn.train_cdi.user_dir", lambda: tmp_path / "models")
+    argv = ["train", "cdi", "--n-train", "128", "--n-val", "8", "--batch", "64", "--minutes",
+            "0.01", "--workdir", str(tmp_path / "w"), "--log", str(tmp_path / "log"),
+            "--model", "base.safetensors", "--seconds", "30"]  # fmt: skip
+    assert main(argv) == 0
+    assert "ignored with train cdi: --model, --seconds" in capsys.readouterr().err
+    first = sorted((tmp_path / "models").glob("*.safetensors"))
+    assert len(first) == 1 and first[0].stem.startswith("cdi_nn_")
+    card = json.loads(first[0].with_suffix(".json").read_text())
+    assert card["name"] == first[0].stem  # not the bundled model's name
+    monkeypatch.setattr("time.strftime", lambda *_: "20990101_000000")  # a later run
+    assert main(argv) == 0
+    assert len(list((tmp_path / "models").glob("*.safetensors"))) == 2
+
+
 def test_options_the_method_does_not_use_are_named(tmp_path, capsys):
     """--unsure-only, --iterations or --model given where the method has no use for them are
     said to be ignored, not silently dropped."""

@@ -374,8 +374,26 @@ def parse_region(spec: str) -> tuple[float, float, float, float]:
     return y0, y1, x0, x1
 
 
+# the options of one training mode that the other does not use
+PTYCHO_TRAINING = ("scan", "reference", "region", "model", "seconds", "simulated", "dataset")
+CDI_TRAINING = ("n_train", "n_val", "size", "width", "batch", "lr", "clip_norm", "minutes",
+                "seed", "workdir", "out", "name", "log", "threads")  # fmt: skip
+
+
+def _warn_unused_training(args: argparse.Namespace) -> None:
+    """Name the given options that the other training mode uses, rather than drop them (train
+    cdi --model base.safetensors trained from scratch without a word)."""
+    defaults = vars(build_parser().parse_args(["train", args.mode]))
+    other = CDI_TRAINING if args.mode == "ptycho" else PTYCHO_TRAINING
+    given = [name for name in other if getattr(args, name) != defaults[name]]
+    if given:
+        named = ", ".join("SCAN" if n == "scan" else "--" + n.replace("_", "-") for n in given)
+        warnings.warn(f"ignored with train {args.mode}: {named}", stacklevel=2)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """cdi: train on simulated data; ptycho: fine-tune on a region of a scan's reconstruction."""
+    _warn_unused_training(args)
     if args.mode == "ptycho":
         return _train_ptycho(args)
     from .core.nn.registry import weights_path
@@ -384,6 +402,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.output:  # -o names the model file (checked up front), as for ptycho
         written = weights_path(args.output)
         args.out, args.name = written.parent, written.stem
+    elif args.out is None and args.name == "cdi_nn":  # the user models folder: a new name, so
+        args.name = f"cdi_nn_{time.strftime('%Y%m%d_%H%M%S')}"  # no earlier model is replaced
     weights = train(args)
     print(f"model written to {weights} (use it with: napari-cdinn invert FILE --model {weights})")
     return 0
