@@ -300,10 +300,31 @@ def test_write_tiff_round_trip_with_metadata(tmp_path):
         assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
     assert data.dtype == np.float32
     np.testing.assert_array_equal(data, image.astype(np.float32))
-    assert json.loads(description) == {"kind": "phase", "units": "rad"}
+    assert json.loads(description) == {"creator": "napari-cdinn", "kind": "phase", "units": "rad"}
     assert [p.name for p in tmp_path.iterdir()] == ["phase.tif"]
     lazy = cio.read(path, lazy=True)  # the project's own reader pages through it frame by frame
     np.testing.assert_array_equal(lazy.frames(), image.astype(np.float32))
+    cio.write_tiff(path, image[:1])  # its own TIFF it replaces; one frame of shape (1, H, W),
+    lazy = cio.read(path, lazy=True)  # which a lazy read refused as "(1, 8, 10) differs"
+    np.testing.assert_array_equal(lazy.frames(), image[:1].astype(np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".json"])
+def test_a_tiff_or_json_napari_cdinn_did_not_write_is_not_replaced(tmp_path, suffix):
+    """The TIFF writer (napari's Save) and info -o replaced any such file: a raw data TIFF
+    among them."""
+    theirs = tmp_path / f"raw{suffix}"
+    if suffix == ".tif":
+        tifffile.imwrite(theirs, np.ones((2, 4, 4), np.uint16))
+    else:
+        theirs.write_text('{"beamtime": 42}')
+    before = theirs.read_bytes()
+    with pytest.raises(CdinnError, match="napari-cdinn did not write it"):
+        if suffix == ".tif":
+            cio.write_tiff(theirs, np.zeros((4, 4)))
+        else:
+            results_module.check_output(theirs, writes="summary")
+    assert theirs.read_bytes() == before
 
 
 def test_write_tiff_refuses_complex_and_keeps_old_file_on_failure(tmp_path, monkeypatch):

@@ -50,10 +50,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         print(f"{key:>{width}}: {value}")
     if args.output:
-        from .core.io.results import atomic_path
+        from .core.io.results import CREATOR, atomic_path
 
-        with atomic_path(args.output) as tmp:
-            tmp.write_text(json.dumps(summary, indent=2, default=str))
+        with atomic_path(args.output, writes="summary") as tmp:
+            tmp.write_text(json.dumps({"creator": CREATOR, **summary}, indent=2, default=str))
         print(f"summary written to {args.output}")
     return 0
 
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             from .core.io.results import check_output
 
             for target in _written(args):  # before the work, not after it
-                kind = "data" if args.func is cmd_simulate else "results"
+                kind = {cmd_simulate: "data", cmd_info: "summary"}.get(args.func, "results")
                 check_output(target, _inputs(args), _output_suffixes(args), kind)
         return int(args.func(args) or 0)
     except CdinnError as err:

@@ -99,7 +99,8 @@ def test_plain_image_saves_as_tiff_but_not_as_results(viewer, tmp_path):
         descriptions = [t.value for t in handle.pages[0].tags if t.name == "ImageDescription"]
     assert back.dtype == np.float32
     np.testing.assert_array_equal(back, data.astype(np.float32))
-    assert json.loads(descriptions[0]) == {"name": "plain image", "scale": [2.0, 0.5]}
+    expected = {"creator": "napari-cdinn", "name": "plain image", "scale": [2.0, 0.5]}
+    assert json.loads(descriptions[0]) == expected
 
     h5 = tmp_path / "refused.h5"
     with pytest.raises(CdinnError) as excinfo:

@@ -54,7 +54,7 @@ def _read_tiff_file(path: Path, page: int | range | None = None) -> np.ndarray:
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
 
 
-def _read_tiff_frame(path: Path, page: int | None, frame: tuple[int, ...]) -> np.ndarray:
+def _read_tiff_frame(path: Path, page: int, frame: tuple[int, ...]) -> np.ndarray:
     """One frame of a lazily read stack, refused by name when it is not of the first one's
     shape (only the first file's header is read when the stack is opened)."""
     image = _read_tiff_file(path, page)
@@ -112,7 +112,7 @@ def read_tiff(path: str | Path | list[Path], lazy: bool | None = None) -> Diffra
     meta = Metadata(source=source, reader="tiff", extra={"n_files": len(files)})
     if lazy:  # one delayed read per frame: napari reads only the frames it shows
         per_file = int(np.prod(first_shape[:-2]))  # frames in each file (multi-page files too)
-        reads = [(f, i if per_file > 1 else None) for f in files for i in range(per_file)]
+        reads = [(f, i) for f in files for i in range(per_file)]  # page i: a (1, H, W) file too
         frame = shape[-2:]
         parts = [
             da.from_delayed(dask.delayed(_read_tiff_frame)(*r, frame), frame, dtype) for r in reads

@@ -36,8 +36,12 @@ from ... import __version__
 from ..data import ObjectResult, OrientationResult, Provenance, Result
 from ..errors import CdinnError, InputError
 from .hdf5 import DAMAGED, damaged_as_input_error, open_h5
+from .images import TIFF_SUFFIXES
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs")
+
+
+CREATOR = "napari-cdinn"  # what marks the files it writes (HDF5 attrs, TIFF and JSON)
 
 
 def check_output(
@@ -69,6 +73,12 @@ def check_output(
             f"{target}: give a file name ending in {' or '.join(suffixes)}, the kind of file "
             "this command writes"
         )
+    ours_only = target.suffix.lower() in TIFF_SUFFIXES or writes == "summary"
+    if ours_only and target.is_file() and not _written_by_us(target):
+        raise CdinnError(
+            f"{target}: exists and napari-cdinn did not write it (it may be your data); "
+            "choose another name, or delete it first"
+        )
     if target.suffix.lower() in HDF5_SUFFIXES and target.is_file():
         kind = _kind_written(target)
         if kind is None:
@@ -85,9 +95,23 @@ def check_output(
     return target
 
 
+def _written_by_us(target: Path) -> bool:
+    """Whether an existing TIFF (its description) or JSON file (its entries) says
+    ``"creator": "napari-cdinn"``, as the ones :func:`write_tiff` and ``info -o`` write do."""
+    try:
+        if target.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(target) as tif:
+                content = json.loads(tif.pages[0].description or "{}")
+        else:
+            content = json.loads(target.read_text())
+    except Exception:  # not readable as such: not ours
+        return False
+    return isinstance(content, dict) and content.get("creator") == CREATOR
+
+
 def mark_as_ours(h5: h5py.File) -> None:
     """Sign a file napari-cdinn writes: only such files are replaced by a later output."""
-    h5.attrs["creator"] = "napari-cdinn"
+    h5.attrs["creator"] = CREATOR
     h5.attrs["creator_version"] = __version__
 
 
@@ -96,7 +120,7 @@ def _kind_written(path: Path) -> str | None:
     scan or stack), or None when napari-cdinn did not write it."""
     try:
         with h5py.File(path, "r") as h5:
-            if h5.attrs.get("creator") != "napari-cdinn":
+            if h5.attrs.get("creator") != CREATOR:
                 return None
             return "results" if is_results_file(h5) else "data"
     except DAMAGED:  # not HDF5, or damaged: not ours to replace
@@ -310,7 +334,7 @@ def write_tiff(path: str | Path, image: np.ndarray, metadata: dict[str, Any] | N
     if np.iscomplexobj(image):
         raise CdinnError(f"{path}: TIFF holds real images; write amplitude and phase separately")
     with atomic_path(path) as tmp:
-        description = json.dumps(metadata or {}, default=str)
+        description = json.dumps({"creator": CREATOR, **(metadata or {})}, default=str)
         tifffile.imwrite(  # minisblack: a 3- or 4-frame stack must not become an RGB image
             tmp, image.astype(np.float32), description=description, photometric="minisblack"
         )
