@@ -21,7 +21,7 @@ from .core.data import (
     Result,
     ShotSet,
 )
-from .core.io import describe
+from .core.io import SUPPORTED_SUFFIXES, describe
 
 LayerData = tuple[Any, dict[str, Any], str]
 DISPLAY = "log10(1 + I)"
@@ -32,7 +32,7 @@ def source_name(data: Dataset | Result, fallback: str = "data") -> str:
     if not source:
         return fallback
     name = Path(source).name
-    for suffix in (".bz2", ".npz", ".npy", ".cxi", ".h5", ".hdf5", ".nxs", ".tiff", ".tif", ".png"):
+    for suffix in (".bz2", *SUPPORTED_SUFFIXES):  # x.npz.bz2: .bz2, then .npz
         name = name.removesuffix(suffix)
     return name or fallback
 
