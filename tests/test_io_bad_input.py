@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -610,6 +611,21 @@ def test_true_objects_that_do_not_match_the_frames_are_refused(tmp_path, write_c
     ptychonn = tmp_path / "pairs.npz"
     np.savez(ptychonn, reciprocal=RNG.random((4, 16, 16)), real=np.ones((2, 16, 16), complex))
     refused(ptychonn, "true objects", "4 frames")
+
+
+@pytest.mark.parametrize(
+    "truth, problem",
+    [(np.ones(3, np.complex64), "has shape (3,)"), (np.array([b"a", b"b"]), "is not numeric")],
+    ids=["1-d", "text"],
+)
+def test_a_scans_unusable_true_object_is_left_out(tmp_path, write_cxi, truth, problem):
+    """It was kept unchecked (the training scripts index it) or failed as a 'damaged' file."""
+    path = write_cxi(tmp_path / "scan.cxi", RNG.random((2, 16, 16)), translation=np.zeros((2, 3)))
+    with h5py.File(path, "a") as h5:
+        h5["entry_1/sample_1/true_object"] = truth
+    with pytest.warns(InputWarning, match=rf"scan.cxi: its true object {re.escape(problem)}"):
+        scan = cio.read(path)
+    assert isinstance(scan, PtychoScan) and scan.truth is None and len(scan.positions) == 2
 
 
 def test_tike_scans_of_one_dimensional_data_are_refused_and_a_text_probe_left_out(tmp_path):

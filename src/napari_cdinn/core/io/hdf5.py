@@ -307,7 +307,7 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
                 break
         stack = _finish(frames, mask, meta)
         truth_path = f"{entry}/sample_1/true_object"  # simulated files (see cxi_writer)
-        truth = np.asarray(h5[truth_path][()], np.complex64) if truth_path in h5 else None
+        truth = _true_object(h5, truth_path, source)
         translation = None
         for tr_path in (f"{entry}/sample_1/geometry_1/translation", f"{entry}/data_1/translation"):
             if tr_path in h5:
@@ -325,8 +325,29 @@ def read_cxi(path: str | Path, dataset: str | None = None, lazy: bool | None = N
         if not stack.is_lazy:
             h5.close()
         scan = _scan_from_translation(stack, translation, probe, source)
+        if truth is not None and truth.ndim != 2:  # a scan's truth is one object
+            _warn_truth_left_out(source, f"has shape {truth.shape}, not one 2-D object")
+            truth = None
         scan.truth = truth
         return scan
+
+
+def _true_object(h5: h5py.File, path: str, source: str) -> np.ndarray | None:
+    """A simulated file's true object(s) as complex64, or None (left out with a warning when
+    they are not numbers: the frames stay usable, only scoring against the truth is lost)."""
+    if path not in h5 or not isinstance(h5[path], h5py.Dataset):
+        return None
+    truth = h5[path][()]
+    if np.asarray(truth).dtype.kind not in "biufc":
+        _warn_truth_left_out(source, f"is not numeric ({np.asarray(truth).dtype})")
+        return None
+    return np.asarray(truth, np.complex64)
+
+
+def _warn_truth_left_out(source: str, problem: str) -> None:
+    warnings.warn(
+        InputWarning(f"{source}: its true object {problem}; it is left out"), stacklevel=4
+    )
 
 
 def _pick_cxi_frames(h5: h5py.File, dataset: str | None, source: str) -> tuple[str, str]:
