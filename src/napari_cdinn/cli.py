@@ -257,10 +257,11 @@ def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
     )  # fmt: skip
     results = [_recorded(r, args, frames, data.meta) for r in run_to_end(steps).values()]
     for result in results:
-        p = result.provenance
+        p, chi2 = result.provenance, result.chi2  # NaN for patterns left out (nothing measured)
+        worst = int(np.nanargmax(chi2))
         print(
-            f"{p.method}: {len(result.objects)} pattern(s) in {p.wall_time_s:.3f} s, "
-            f"median chi2 {np.median(result.chi2):.4g}"
+            f"{p.method}: {len(result.objects)} pattern(s) in {p.wall_time_s:.3f} s, median "
+            f"chi2 {np.nanmedian(chi2):.4g}, worst {chi2[worst]:.4g} (frame {frames[worst]})"
         )
     return results
 
