@@ -15,6 +15,7 @@ from napari_cdinn.core.errors import CdinnError, InputError, InputWarning
 from napari_cdinn.core.nn.registry import default_model as registry_default
 from napari_cdinn.core.nn.registry import load_model, save_model
 from napari_cdinn.core.progress import run_to_end
+from napari_cdinn.core.retrieval import cdi as retrieval_cdi
 from napari_cdinn.core.retrieval import projections
 from napari_cdinn.core.retrieval.cdi import RetrievalRecipe, outside_update, run_retrieval
 from napari_cdinn.core.simulate.cdi import far_field_intensity, simulate_cdi
@@ -395,14 +396,23 @@ def test_a_zero_starting_object_is_refined_from_the_box_not_left_at_zero(device)
 
 
 @pytest.mark.parametrize("iterations", [1, 5, 7, 10, 40, 99, 100, 619, 621, 1000])
-def test_the_recipe_scaled_to_n_iterations_runs_n_with_shrink_wraps(iterations):
+def test_the_recipe_scaled_to_n_iterations_runs_n_with_shrink_wraps(iterations, monkeypatch):
     """Each of the 7 stages was rounded on its own (1, 5 and 10 asked for ran 7, 7 and 13),
-    and a run under 20 iterations never shrink-wrapped."""
+    and a run under 20 iterations never shrink-wrapped. Shrink-wraps counted by running the
+    retrieval, which does them after every ``shrinkwrap_every`` iterations, not after the last."""
     recipe = cdi.scaled_recipe(iterations)
     assert recipe.n_iterations == iterations
     assert all(n >= 1 for _, n in recipe.schedule)
-    assert iterations // recipe.shrinkwrap_every >= min(4, iterations)
     assert recipe.average_last <= recipe.schedule[-1][1]
+    if iterations <= 100:
+        calls = []
+        real = retrieval_cdi.shrinkwrap
+        monkeypatch.setattr(
+            retrieval_cdi, "shrinkwrap", lambda *a, **k: calls.append(1) or real(*a, **k)
+        )
+        recipe.n_starts = 1
+        run_to_end(run_retrieval(far_field_intensity(simple_object())[None], None, recipe=recipe))
+        assert len(calls) >= min(4, iterations - 1), (len(calls), recipe.shrinkwrap_every)
 
 
 def test_one_reference_serves_a_whole_stack():

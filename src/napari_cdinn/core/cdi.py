@@ -302,9 +302,10 @@ def _spread(result: ObjectResult, kept: np.ndarray, n: int) -> ObjectResult:
 def scaled_recipe(iterations: int | None, shrinkwrap_threshold: float = 0.2) -> RetrievalRecipe:
     """The default ER/HIO recipe, stretched or shrunk to exactly ``iterations`` in total when
     given (each stage in proportion, the rounding spread over the stages; ER alone when there
-    are fewer iterations than stages), with at least four shrink-wraps in any run: at 40
-    iterations, shrink-wrap every 20 scored a median correlation of 0.946 on noisy simulated
-    patterns, every 10 0.992 (at 100 and more the default's 20 stays best)."""
+    are fewer iterations than stages), shrink-wrapping at least four times when it runs more
+    than four: at 40 iterations, shrink-wrap every 20 scored a median correlation of 0.946 on
+    noisy simulated patterns (16, seed 4242, 1e6 photons), every 9 0.990 (at 100 and more the
+    default's 20 stays best)."""
     recipe = RetrievalRecipe(shrinkwrap_threshold=shrinkwrap_threshold)
     if iterations is None or iterations == recipe.n_iterations:
         return recipe
@@ -314,16 +315,12 @@ def scaled_recipe(iterations: int | None, shrinkwrap_threshold: float = 0.2) -> 
     else:
         exact = np.array([n for _, n in recipe.schedule]) * iterations / recipe.n_iterations
         counts = np.maximum(1, np.floor(exact)).astype(int)
-        by_remainder = np.argsort(counts - exact)  # largest fractional parts first
-        for i in by_remainder[: iterations - counts.sum()]:
-            counts[i] += 1
-        while counts.sum() > iterations:  # the floor of 1 took too many: trim the largest
-            counts[counts.argmax()] -= 1
+        for i in np.argsort(counts - exact)[: max(0, iterations - counts.sum())]:
+            counts[i] += 1  # the largest fractional parts first
+        while counts.sum() > iterations:  # the floor of 1 took too many: from the most over
+            counts[np.argmax(np.where(counts > 1, counts - exact, -np.inf))] -= 1
         recipe.schedule = [(name, int(n)) for name, n in zip(names, counts, strict=True)]
     recipe.average_last = min(recipe.average_last, recipe.schedule[-1][1])
-    recipe.shrinkwrap_every = min(recipe.shrinkwrap_every, max(1, iterations // 4))
-    return recipe
-    factor = iterations / recipe.n_iterations
-    recipe.schedule = [(name, max(1, round(n * factor))) for name, n in recipe.schedule]
-    recipe.average_last = min(recipe.average_last, recipe.schedule[-1][1])
+    # the loop shrink-wraps after iterations every, 2 every, ... short of the last one
+    recipe.shrinkwrap_every = min(recipe.shrinkwrap_every, max(1, (iterations - 1) // 4))
     return recipe
