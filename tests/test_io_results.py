@@ -155,6 +155,16 @@ def test_a_damaged_results_file_is_refused_by_name(tmp_path, damage):
     assert str(path) in str(info.value)
 
 
+def test_a_results_file_of_an_earlier_version_with_one_scale_number_still_reads(tmp_path):
+    from napari_cdinn._layers import layers_for_result
+
+    path = cio.write_results(tmp_path / "old.h5", [object_result()])
+    with h5py.File(path, "r+") as h5:
+        h5["entry_1/image_1/process_1"].attrs["parameters"] = '{"object_pixel_scale": 2.0}'
+    (result,) = cio.read_results(path)
+    assert layers_for_result(result)[0][1]["scale"][-2:] == (2.0, 2.0)
+
+
 @pytest.mark.parametrize(
     "field, value, problem",
     [
@@ -163,6 +173,7 @@ def test_a_damaged_results_file_is_refused_by_name(tmp_path, damage):
         ("parameters", "[1, 2]", "parameters that are not a JSON object"),
         ("parameters", '{"object_pixel_scale": ["abc", "abc"]}', "object_pixel_scale"),
         ("parameters", '{"object_pixel_scale": [1, 1, 2, 3]}', "object_pixel_scale"),
+        ("parameters", '{"object_pixel_scale": true}', "object_pixel_scale"),
         ("support", np.ones((3, 3), bool), "support of shape (3, 3)"),
         ("quaternion", np.ones((2, 3)), "not N quaternions"),
     ],
@@ -272,6 +283,8 @@ def test_writing_never_changes_the_process_umask(tmp_path, monkeypatch):
         monkeypatch.setattr(os, "umask", lambda *_: pytest.fail("the umask was changed"))
         target = cio.write_results(tmp_path / "out.h5", [object_result()])
         assert target.stat().st_mode & 0o777 == 0o640  # a new file, under the umask
+        with results_module.atomic_path(target) as tmp:  # owner-only while it is written
+            assert tmp.stat().st_mode & 0o777 == 0o600
     finally:
         monkeypatch.undo()
         os.umask(old)

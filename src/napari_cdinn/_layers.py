@@ -134,7 +134,7 @@ def layers_for_result(
     placed = {} if result.origin is None else {"translate": result.origin}  # over the scan
     scale = result.provenance.parameters.get("object_pixel_scale")
     if scale is not None:  # (y, x); one number in files of earlier versions
-        along = tuple(scale) if isinstance(scale, list | tuple) else (scale, scale)
+        along = tuple(np.broadcast_to(np.asarray(scale, float), 2))
         placed["scale"] = (1,) * (result.objects.ndim - 2) + along
     amplitude = result.amplitude
     return [

@@ -156,8 +156,10 @@ def atomic_path(target: str | Path, writes: str = "results") -> Iterator[Path]:
         tmp_path = _fresh_file_beside(target)
     except OSError as err:
         raise CdinnError(f"{target}: cannot be written ({err.strerror or err})") from None
-    # the old file's permissions when it replaces one, else those of a new file
+    # the old file's permissions when it replaces one, else those of a new file; the
+    # temporary file owner-only until it is complete (a private file's content stays private)
     mode = (target if target.exists() else tmp_path).stat().st_mode & 0o777
+    tmp_path.chmod(0o600)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -245,10 +247,10 @@ def _misfit(result: Result) -> str | None:
     if not isinstance(parameters, dict):
         return "has parameters that are not a JSON object"
     scale = parameters.get("object_pixel_scale")
+    numbers = scale if isinstance(scale, list) else [scale]  # one number: earlier versions
     if scale is not None and not (
-        isinstance(scale, list)
-        and len(scale) in (1, 2)
-        and all(isinstance(v, int | float) and v > 0 for v in scale)
+        len(numbers) in (1, 2)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in numbers)
     ):
         return f"has object_pixel_scale {scale!r}; expected one or two positive numbers"
     if isinstance(result, OrientationResult):
@@ -334,7 +336,7 @@ def write_tiff(path: str | Path, image: np.ndarray, metadata: dict[str, Any] | N
     if np.iscomplexobj(image):
         raise CdinnError(f"{path}: TIFF holds real images; write amplitude and phase separately")
     with atomic_path(path) as tmp:
-        description = json.dumps({"creator": CREATOR, **(metadata or {})}, default=str)
+        description = json.dumps({**(metadata or {}), "creator": CREATOR}, default=str)
         tifffile.imwrite(  # minisblack: a 3- or 4-frame stack must not become an RGB image
             tmp, image.astype(np.float32), description=description, photometric="minisblack"
         )
