@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import bz2
 import io
 import re
@@ -140,18 +141,26 @@ def test_pickled_npy_is_refused_without_running_it(tmp_path):
     refused(archive, "never loads")
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+@pytest.mark.parametrize("suffix", [".npy", ".h5", ".tif", ".png"])
 def test_a_file_that_may_not_be_read_says_so(tmp_path, monkeypatch, suffix):
     """(Permissions are not enforced for root, as these tests may run: the error is raised
     where the libraries raise it.)"""
     path = tmp_path / f"locked{suffix}"
-    np.save(path, np.ones((2, 4, 4))) if suffix == ".npy" else h5py.File(path, "w").close()
+    if suffix == ".npy":
+        np.save(path, np.ones((2, 4, 4)))
+    elif suffix == ".h5":
+        h5py.File(path, "w").close()
+    elif suffix == ".tif":
+        tifffile.imwrite(path, np.ones((4, 4), np.float32))
+    else:
+        Image.fromarray(np.ones((4, 4), np.uint8)).save(path)
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(np, "load", denied)
-    monkeypatch.setattr(h5py, "File", denied)
+    for module, name in [(np, "load"), (h5py, "File"), (tifffile, "TiffFile"),
+                         (tifffile, "imread"), (builtins, "open")]:  # fmt: skip
+        monkeypatch.setattr(module, name, denied)
     refused(path, "permission denied")
 
 

@@ -284,6 +284,28 @@ def test_an_eiger_master_reads_its_linked_data_files_as_one_stack_with_the_pixel
     assert_stack(cio.read(master, dataset="entry/data/data_000002"), parts[1])
 
 
+def test_only_eiger_numbered_parts_make_a_series_and_a_read_walks_the_file_once(
+    tmp_path, monkeypatch
+):
+    """A user's data_1 ... data_11 are separate scans (they were joined, in the order 1, 10,
+    11, 2, ...); a read walked every link six times."""
+    path = tmp_path / "scans.h5"
+    with h5py.File(path, "w") as h5:
+        for k in range(1, 12):
+            h5[f"scans/data_{k}"] = np.full((2, 4, 4), k, np.float32)
+    stack = cio.read(path)
+    assert stack.shape == (2, 4, 4) and "series" not in stack.meta.extra
+    walks = []
+    original = hdf5_module.Links.of.__func__
+    monkeypatch.setattr(
+        hdf5_module.Links, "of", classmethod(lambda cls, h5: walks.append(1) or original(cls, h5))
+    )
+    parts = [np.full((1, 4, 4), k, np.float32) for k in range(1, 12)]
+    master = eiger_master(tmp_path, parts)
+    assert cio.read(master).frames()[:, 0, 0].tolist() == list(range(1, 12))
+    assert len(walks) == 1
+
+
 def test_a_master_whose_data_file_is_missing_reads_what_is_there(tmp_path):
     parts = [counts((4, 8, 8), "float32")]
     master = eiger_master(tmp_path, parts)

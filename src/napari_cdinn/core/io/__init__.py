@@ -13,6 +13,7 @@ import numpy as np
 
 from ..data import Dataset, DiffractionStack, PtychoScan, ShotSet
 from ..errors import InputError
+from . import hdf5
 from .arrays import read_npy, read_npz
 from .hdf5 import (
     damaged_as_input_error,
@@ -21,7 +22,6 @@ from .hdf5 import (
     read_cxi,
     read_hdf5,
 )
-from .hdf5 import no_frames_reason as _no_frames_reason
 from .images import PNG_SUFFIXES, TIFF_SUFFIXES, frame_files, read_png, read_tiff
 from .results import is_results_file, read_results, write_results, write_tiff
 
@@ -136,7 +136,8 @@ def _read_frame_files(files: list[Path], lazy: bool | None) -> Dataset:
 def no_frames_reason(path: str | Path) -> str | None:
     """Why an HDF5 file holds no frames to show (its nearest miss), or None when it does."""
     with open_h5(path) as h5:
-        return None if numeric_datasets(h5) else _no_frames_reason(h5)
+        links = hdf5.Links.of(h5)
+        return None if numeric_datasets(h5, links) else hdf5.no_frames_reason(h5, links)
 
 
 @damaged_as_input_error

@@ -111,8 +111,10 @@ def as_intensities(frames: Any) -> Any:
     marked = frames == np.iinfo(dtype).max
     if dtype.kind == "i":
         marked = marked | (frames < 0)
-    where = da.where if isinstance(frames, da.Array) else np.where
-    return where(marked, np.float32(np.nan), values)
+    if isinstance(frames, da.Array):
+        return da.where(marked, np.float32(np.nan), values)
+    np.putmask(values, marked, np.float32(np.nan))  # in place: no second float copy
+    return values
 
 
 def repair_intensities(

@@ -12,6 +12,7 @@ import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,35 +97,43 @@ def _cxi_frames_path(h5: h5py.File, entry: str) -> str | None:
     return None
 
 
-def linked_objects(h5: h5py.File, dangling: list[str] | None = None) -> Iterator[tuple[str, Any]]:
-    """Every group and dataset reachable by a link, hard, soft or external, each once (by the
-    first name found): NeXus master files of Eiger and Jungfrau detectors reach their frames
-    through external links to data files, which h5py's ``visititems`` does not follow.  Links
-    that do not resolve (a data file missing) are passed over, their names added to
-    ``dangling``."""
-    names: list[str] = []
-    h5.visit_links(names.append)
-    seen: set[tuple[str, str]] = set()
-    for name in names:
-        try:
-            obj = h5.get(name)
-        except DAMAGED:
-            obj = None
-        if obj is None and dangling is not None:
-            dangling.append(name)
-        if obj is None or (key := (obj.file.filename, obj.name)) in seen:
-            continue
-        seen.add(key)
-        yield name, obj
+@dataclass
+class Links:
+    """One walk over a file's links (a file of many datasets is slow to walk; a read walks it
+    once): every group and dataset reachable by a hard, soft or external link, each once, by
+    the first name found (NeXus master files of Eiger and Jungfrau detectors reach their
+    frames through external links to data files, which h5py's ``visititems`` does not
+    follow), and the names of links that lead nowhere (a data file missing or moved)."""
+
+    objects: list[tuple[str, Any]] = field(default_factory=list)
+    dangling: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, h5: h5py.File) -> Links:
+        names: list[str] = []
+        h5.visit_links(names.append)
+        links, seen = cls(), set()
+        for name in names:
+            try:
+                obj = h5.get(name)
+            except DAMAGED:
+                obj = None
+            if obj is None:
+                links.dangling.append(name)
+            elif (key := (obj.file.filename, obj.name)) not in seen:
+                seen.add(key)
+                links.objects.append((name, obj))
+        return links
 
 
-def numeric_datasets(h5: h5py.File) -> list[tuple[str, tuple[int, ...], str]]:
+def numeric_datasets(
+    h5: h5py.File, links: Links | None = None
+) -> list[tuple[str, tuple[int, ...], str]]:
     """Every real numeric dataset of 2 to 4 dimensions, (path, shape, dtype), largest first,
     after any detector series (:func:`detector_series`) named by its group, as one stack."""
+    links = links or Links.of(h5)
     found = [
-        (name, tuple(obj.shape), str(obj.dtype))
-        for name, obj in linked_objects(h5)
-        if _frames_like(obj)
+        (name, tuple(obj.shape), str(obj.dtype)) for name, obj in links.objects if _frames_like(obj)
     ]
     series = [
         (
@@ -132,23 +141,24 @@ def numeric_datasets(h5: h5py.File) -> list[tuple[str, tuple[int, ...], str]]:
             (sum(h5[n].shape[0] for n in names), *h5[names[0]].shape[1:]),
             str(h5[names[0]].dtype),
         )
-        for group, names in detector_series(h5).items()
+        for group, names in detector_series(links).items()
     ]
     return series + sorted(found, key=lambda item: -int(np.prod(item[1])))
 
 
-SERIES_PART = re.compile(r"data_\d+")
+SERIES_PART = re.compile(r"data_(\d{6})")  # Eiger's and Jungfrau's data_000001, ...
 
 
-def detector_series(h5: h5py.File) -> dict[str, list[str]]:
+def detector_series(links: Links) -> dict[str, list[str]]:
     """Groups whose ``data_NNNNNN`` datasets are parts of one series of frames (how Eiger and
-    Jungfrau master files list their data files, in order): {group: [dataset paths]}, where
-    there are two or more parts of one frame shape and dtype."""
+    Jungfrau master files list their data files): {group: [dataset paths, in number order]},
+    where there are two or more parts of one frame shape and dtype."""
     series: dict[str, list[str]] = {}
-    for name, obj in linked_objects(h5):
+    for name, obj in links.objects:
         if not isinstance(obj, h5py.Group):
             continue
-        parts = sorted(k for k in obj if SERIES_PART.fullmatch(k))
+        numbered = {int(m[1]): k for k in obj if (m := SERIES_PART.fullmatch(k))}
+        parts = [numbered[n] for n in sorted(numbered)]
         try:
             datasets = [obj[k] for k in parts]
         except DAMAGED:
@@ -162,12 +172,12 @@ def detector_series(h5: h5py.File) -> dict[str, list[str]]:
     return series
 
 
-def no_frames_reason(h5: h5py.File) -> str:
+def no_frames_reason(h5: h5py.File, links: Links | None = None) -> str:
     """Why a file holds nothing :func:`numeric_datasets` lists: its nearest miss (a complex
     or empty stack, said as such), else that there is no dataset of 2 to 4 dimensions."""
     misses = [
         (name, obj)
-        for name, obj in linked_objects(h5)
+        for name, obj in (links or Links.of(h5)).objects
         if isinstance(obj, h5py.Dataset) and 2 <= obj.ndim <= 4
     ]
     misses.sort(key=lambda item: (item[1].dtype.kind != "c", item[1].size == 0))
@@ -189,10 +199,10 @@ def _frames_like(obj: Any) -> bool:
     )
 
 
-def _nxdata_signal(h5: h5py.File) -> str | None:
+def _nxdata_signal(links: Links) -> str | None:
     """The path of the first NXdata group's ``signal`` dataset (NeXus default plottable data)
     that can hold frames (a 1-D default plot is passed over)."""
-    for name, obj in linked_objects(h5):
+    for name, obj in links.objects:
         if isinstance(obj, h5py.Group) and _attr_str(obj.attrs.get("NX_class")) == "NXdata":
             signal = _attr_str(obj.attrs.get("signal"))
             if signal and signal in obj and _frames_like(obj[signal]):
@@ -393,25 +403,26 @@ def read_hdf5(path: str | Path, dataset: str | None = None, lazy: bool | None = 
         if is_cxi(h5) and (dataset is None or not dataset.strip("/").startswith("data")):
             h5.close()
             return read_cxi(path, dataset, lazy)
-        _warn_dangling(h5, source)
-        series = detector_series(h5)
+        links = Links.of(h5)
+        _warn_dangling(links, source)
+        series = detector_series(links)
         if dataset:
             name = dataset.strip("/")
             if name not in series and (name not in h5 or not isinstance(h5[name], h5py.Dataset)):
-                choices = ", ".join(p for p, _, _ in numeric_datasets(h5)[:8]) or "none"
+                choices = ", ".join(p for p, _, _ in numeric_datasets(h5, links)[:8]) or "none"
                 raise InputError(source, f"no dataset '{dataset}' (numeric datasets: {choices})")
         else:
-            name = _nxdata_signal(h5) or next(iter(series), None)
+            name = _nxdata_signal(links) or next(iter(series), None)
             if name is None:
-                candidates = numeric_datasets(h5)
+                candidates = numeric_datasets(h5, links)
                 if not candidates:
-                    raise InputError(source, no_frames_reason(h5))
+                    raise InputError(source, no_frames_reason(h5, links))
                 name = candidates[0][0]
         meta = Metadata(source=source, reader="hdf5", dataset=name)
         if name in series:
             meta.extra["series"] = series[name]
         frames = _series_frames([h5[n] for n in series.get(name, [name])], source, lazy)
-        mask_path = _pixel_mask_path(h5, tuple(frames.shape[-2:]))
+        mask_path = _pixel_mask_path(links, tuple(frames.shape[-2:]))
         mask = None
         if mask_path is not None:
             meta.extra["mask"] = mask_path
@@ -422,27 +433,24 @@ def read_hdf5(path: str | Path, dataset: str | None = None, lazy: bool | None = 
         return stack
 
 
-def _warn_dangling(h5: h5py.File, source: str) -> None:
+def _warn_dangling(links: Links, source: str) -> None:
     """Say which links lead nowhere (a detector's data file missing or moved): their frames
     cannot be read, and what is read may be only part of the run."""
-    dangling: list[str] = []
-    for _ in linked_objects(h5, dangling):
-        pass
-    if dangling:
+    if links.dangling:
+        named = ", ".join(links.dangling[:3]) + (" ..." if len(links.dangling) > 3 else "")
         warnings.warn(
             InputWarning(
-                f"{source}: {len(dangling)} link(s) lead to nothing that opens (a data file "
-                f"missing or moved?): {', '.join(dangling[:3])}{' ...' if len(dangling) > 3 else ''}"
-                "; what they hold is not read"
+                f"{source}: {len(links.dangling)} link(s) lead to nothing that opens (a data "
+                f"file missing or moved?): {named}; what they hold is not read"
             ),
             stacklevel=3,
         )
 
 
-def _pixel_mask_path(h5: h5py.File, frame_shape: tuple[int, int]) -> str | None:
+def _pixel_mask_path(links: Links, frame_shape: tuple[int, int]) -> str | None:
     """A NeXus detector's ``pixel_mask`` of the frames' shape (0 = good pixel; Eiger and
     Jungfrau masters keep it in ``detectorSpecific`` too), or None."""
-    for name, obj in linked_objects(h5):
+    for name, obj in links.objects:
         if (
             name.rsplit("/", 1)[-1] == "pixel_mask"
             and isinstance(obj, h5py.Dataset)
@@ -459,5 +467,11 @@ def _series_frames(parts: list[h5py.Dataset], source: str, lazy: bool | None) ->
         return _frames(parts[0], source, lazy)
     if lazy is None:
         lazy = sum(d.size * d.dtype.itemsize for d in parts) > LAZY_BYTES
-    frames = [_frames(d, source, lazy) for d in parts]
-    return da.concatenate(frames) if lazy else np.concatenate(frames)
+    if lazy:
+        return da.concatenate([_frames(d, source, lazy) for d in parts])
+    frames = np.empty((sum(len(d) for d in parts), *parts[0].shape[1:]), np.float32)
+    start = 0
+    for part in parts:  # one part in memory besides the stack, not all of them twice
+        frames[start : start + len(part)] = _frames(part, source, lazy)
+        start += len(part)
+    return frames

@@ -50,6 +50,8 @@ def _read_tiff_file(path: Path, page: int | range | None = None) -> np.ndarray:
         return tifffile.imread(path, key=page)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except PermissionError:
+        raise InputError(path, "permission denied: the file cannot be read") from None
     except Exception as err:  # tifffile raises many types for damaged files
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
 
@@ -84,6 +86,8 @@ def _tiff_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, range | None]:
                 shape = (len(tif.pages), *shape)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except PermissionError:
+        raise InputError(path, "permission denied: the file cannot be read") from None
     except InputError:
         raise
     except Exception as err:
@@ -140,12 +144,14 @@ def _read_png_file(path: Path) -> np.ndarray:
         image = iio.imread(path, extension=".png")
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except PermissionError:
+        raise InputError(path, "permission denied: the file cannot be read") from None
     except InputError:
         raise
     except Exception as err:
         raise InputError(path, f"not a readable PNG image (truncated or corrupt?): {err}") from None
-    if image.dtype.kind not in "ui":
-        raise InputError(path, f"a PNG of {image.dtype} values; PNG shots are 8- or 16-bit")
+    if image.dtype.kind not in "uib":
+        raise InputError(path, f"a PNG of {image.dtype} values; PNG shots are 1-, 8- or 16-bit")
     if image.ndim == 3:
         colour = image[..., :1] if image.shape[-1] == 2 else image[..., :3]  # grey+alpha: grey
         if not (colour == colour[..., :1]).all():
@@ -174,7 +180,8 @@ def read_png(path: str | Path | list[Path]) -> ShotSet:
             raise InputError(
                 f, f"a {image.dtype} image among {images[0].dtype} ones ({files[0].name})"
             )
-    depth = float(np.iinfo(images[0].dtype).max)
+    dtype = images[0].dtype
+    depth = 1.0 if dtype.kind == "b" else float(np.iinfo(dtype).max)  # 1-bit PNGs: bool
     stack = np.stack(images).astype(np.float32) / depth
     meta = Metadata(source=source, reader="png", extra={"files": [f.name for f in files]})
     return ShotSet(stack, meta, scaling=f"display value / {depth:g}")
