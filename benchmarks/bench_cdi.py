@@ -163,10 +163,11 @@ def peer(stack: DiffractionStack, ours: float) -> None:
     """cohere-core's ER/HIO on the same patterns, beside our recipe."""
     try:
         from peer_cohere import run_cohere
+
+        objects, elapsed = run_cohere(stack.intensities)  # imports cohere_core itself
     except ImportError as err:
         print(f"\npeer cohere-core: not available ({err})")
         return
-    objects, elapsed = run_cohere(stack.intensities)
     corr, rms = medians(objects, stack.truth)
     print(
         f"\npeer cohere-core on the same {stack.n_frames} patterns (620 iterations, one start each):"
