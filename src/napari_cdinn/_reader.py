@@ -105,4 +105,12 @@ def network_layers(data: object) -> list[LayerData]:
     except CdinnError as err:
         warnings.warn(f"invert on open: {err}", InputWarning, stacklevel=2)
         return []
+    except Exception as err:  # e.g. a GPU out of memory: the data layers are shown regardless
+        warnings.warn(
+            f"{data.meta.source}: invert on open failed ({type(err).__name__}: {err}); the "
+            "Invert CDI dock can run it again",
+            InputWarning,
+            stacklevel=2,
+        )
+        return []
     return layers_for_result(result, amplitude_word="shape")

@@ -38,6 +38,14 @@ def on_device_change(callback) -> None:
         compute.events.device.connect(callback)
 
 
+def on_invert_on_open_change(callback) -> None:
+    """Call ``callback(event)`` whenever the invert-on-open setting changes (the preferences
+    too), so a dock's box shows what the reader will do."""
+    section = _section("cdi")
+    if section is not None and hasattr(section, "events"):
+        section.events.invert_on_open.connect(callback)
+
+
 def invert_on_open() -> bool:
     """Whether every diffraction file opened is inverted by the network at once."""
     return bool(getattr(_section("cdi"), "invert_on_open", False))

@@ -44,6 +44,28 @@ def test_dock_runs_all_three_methods_and_makes_layers(viewer, cdi_dock, qtbot):
     assert len(cdi_dock.figure.axes[0].lines) == 3  # one chi^2 curve per method
 
 
+def test_a_workers_warnings_reach_the_user(viewer, cdi_dock, qtbot, notifications, tmp_path):
+    """Warnings in a worker thread went to its ``warned`` signal, which nothing showed: a
+    missed shot left out (objects zero, chi2 NaN) was not explained, nor NaN pixels masked."""
+    from napari.utils.notifications import NotificationSeverity
+
+    from napari_cdinn.core import io
+
+    frames = np.array(io.read(sample_path("cdi_crystals.cxi")).intensities[:3])
+    frames[1] = 0  # a missed shot
+    frames[0, 0, 0] = np.nan
+    path = tmp_path / "series.npy"
+    np.save(path, frames)
+    data_dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Diffraction data")[1]
+    data_dock.open_path(path)  # read in a worker: its NaN warning
+    qtbot.waitUntil(lambda: len(viewer.layers) > 0, timeout=30_000)
+    cdi_dock.run()
+    qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=60_000)
+    warned = [str(n.message) for n in notifications() if n.severity == NotificationSeverity.WARNING]
+    assert any("1 NaN/Inf pixel" in m and "series.npy" in m for m in warned), warned
+    assert any("[1] hold no measured signal" in m for m in warned), warned
+
+
 def test_cancel_stops_a_long_iterative_run(viewer, cdi_dock, qtbot):
     viewer.open_sample("napari-cdinn", "cdi")
     cdi_dock.method_boxes["nn"].setChecked(False)
@@ -86,6 +108,38 @@ def test_invert_on_open_adds_network_layers(viewer, cdi_dock):
     assert [layer.name for layer in shots] == ["wideangle_shots diffraction"]  # not CDI's to invert
     cdi_dock.invert_on_open.setChecked(False)
     assert not _settings.invert_on_open()
+
+
+def test_invert_on_open_that_fails_keeps_the_data_and_the_box_follows_the_setting(
+    viewer, cdi_dock, monkeypatch
+):
+    """A failure other than ours (a GPU out of memory) lost even the data layers; the box
+    kept showing the setting as it was when the dock was made."""
+    from napari_cdinn.core import cdi
+
+    _settings.set_invert_on_open(True)  # as the preferences would
+    assert cdi_dock.invert_on_open.isChecked()
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(cdi, "invert_steps", out_of_memory)
+    with pytest.warns(UserWarning, match="invert on open failed .*CUDA out of memory"):
+        layers = viewer.open(sample_path("cdi_crystals.cxi"), plugin="napari-cdinn")
+    assert [layer.name for layer in layers] == ["cdi_crystals diffraction"]
+    _settings.set_invert_on_open(False)
+    assert not cdi_dock.invert_on_open.isChecked()
+
+
+def test_results_of_a_numbered_layer_are_named_after_it(viewer, cdi_dock, qtbot):
+    viewer.open_sample("napari-cdinn", "cdi")
+    (second,) = viewer.open_sample("napari-cdinn", "cdi")
+    assert second.name == "cdi_crystals diffraction [1]"
+    cdi_dock.layer_combo.setCurrentIndex(cdi_dock.layer_combo.findData(second.unique_id))
+    assert cdi_dock.selected_layer() is second
+    cdi_dock.run()
+    qtbot.waitUntil(lambda: cdi_dock.run_button.isEnabled(), timeout=60_000)
+    assert "cdi_crystals [1] shape (NN)" in [layer.name for layer in viewer.layers]
 
 
 def test_frames_of_a_ptychography_scan_get_layers_of_their_own(viewer, cdi_dock, qtbot):

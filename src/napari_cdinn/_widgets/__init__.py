@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from napari.layers import Layer
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import notification_manager, show_error, show_info
 from qtpy.QtWidgets import QComboBox, QPushButton, QWidget
 
 from .._layers import LayerData
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 def report_error(err: Exception) -> None:
     """A worker's error as a notification: our own errors as their one-line message."""
     show_error(str(err) if isinstance(err, CdinnError) else f"{type(err).__name__}: {err}")
+
+
+def relay_reports(worker) -> None:
+    """A worker's errors and warnings as notifications. Its thread catches the warnings (NaN
+    pixels masked, frames left out, ...) into its ``warned`` signal, which nothing else shows:
+    they were lost."""
+    worker.errored.connect(report_error)
+    worker.warned.connect(lambda caught: notification_manager.receive_warning(*caught))
 
 
 def refill(combo: QComboBox, layers: list, on_rename: Callable) -> None:
@@ -68,6 +76,12 @@ def latest_layer(viewer: napari.Viewer, name: str) -> Layer | None:
     return matches[-1] if matches else None
 
 
+def source_label(layer_name: str) -> str:
+    """What a data layer's results are named after: "x diffraction" -> "x", and a layer napari
+    numbered, "x diffraction [1]" -> "x [1]" (not "x diffraction [1] shape")."""
+    return re.sub(r" diffraction( \[\d+\])?$", r"\1", layer_name)
+
+
 def advance(bar, step: tuple[int, int]) -> None:
     """Move a napari progress bar to a core generator's ``(done, total)``."""
     done, total = step
@@ -107,7 +121,7 @@ class WorkerDock(QWidget):
         self.pbar = progress(total=0, desc=description)
         worker.yielded.connect(self.on_progress)
         worker.returned.connect(on_return)
-        worker.errored.connect(report_error)
+        relay_reports(worker)
         worker.finished.connect(self.on_finished)
         if then is not None:
             worker.finished.connect(then)

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from napari.layers import Image, Layer
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QSignalBlocker
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,7 +28,7 @@ from .. import _settings
 from .._layers import dataset_of, layers_for_result
 from ..core import cdi
 from ..core.data import DiffractionStack, ObjectResult, PtychoScan
-from . import RunLayers, WorkerDock, refill
+from . import RunLayers, WorkerDock, refill, source_label
 
 if TYPE_CHECKING:
     import napari
@@ -60,6 +61,7 @@ class CDIDock(WorkerDock):
         self.invert_on_open = QCheckBox("Invert with the network on open")
         self.invert_on_open.setChecked(_settings.invert_on_open())
         self.invert_on_open.toggled.connect(_settings.set_invert_on_open)
+        _settings.on_invert_on_open_change(self._show_invert_on_open)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
         self.run_buttons = [self.run_button]
@@ -100,12 +102,16 @@ class CDIDock(WorkerDock):
         """The dock follows the user clicking through several opened datasets."""
         layer = self.viewer.layers.selection.active
         if diffraction_stack(layer) is not None:
-            self.layer_combo.setCurrentText(layer.name)
+            self.layer_combo.setCurrentIndex(self.layer_combo.findData(layer.unique_id))
 
     def selected_layer(self) -> Layer | None:
-        name = self.layer_combo.currentText()
-        matches = [layer for layer in self.viewer.layers if layer.name == name]
-        return matches[0] if matches else None
+        chosen = self.layer_combo.currentData()  # the layer's unique id (refill)
+        return next((layer for layer in self.viewer.layers if layer.unique_id == chosen), None)
+
+    def _show_invert_on_open(self, event: object = None) -> None:
+        """The box follows the setting when the preferences change it."""
+        with QSignalBlocker(self.invert_on_open):
+            self.invert_on_open.setChecked(_settings.invert_on_open())
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -129,7 +135,7 @@ class CDIDock(WorkerDock):
 
     # -- results ---------------------------------------------------------------------------------
     def _show(self, layer: Layer, results: dict[str, ObjectResult]) -> None:
-        source = layer.name.removesuffix(" diffraction")
+        source = source_label(layer.name)
         if isinstance(dataset_of(layer.metadata), PtychoScan):  # frames one by one, as CDI:
             source += " frames"  # not the Ptychography dock's stitched layers of the same name
         run = RunLayers(self.viewer)  # earlier runs' layers and opened results stay

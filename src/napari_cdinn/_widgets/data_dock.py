@@ -27,7 +27,7 @@ from .._reader import read_layers, stack_layers
 from ..core import io
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import CdinnError
-from . import report_error
+from . import relay_reports
 
 if TYPE_CHECKING:
     import napari
@@ -121,7 +121,7 @@ class DataDock(QWidget):
             _ignore_errors=True,  # report_error shows them; re-raising would make them "unhandled"
         )
         self.worker.returned.connect(self._add_layers)
-        self.worker.errored.connect(report_error)
+        relay_reports(self.worker)
         self.worker.finished.connect(lambda: self.open_button.setEnabled(True))
         self.worker.start()
 

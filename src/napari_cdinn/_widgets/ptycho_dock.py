@@ -41,7 +41,7 @@ from ..core.nn.registry import (
     weights_path,
 )
 from ..core.retrieval.ptycho import EpieRecipe
-from . import RunLayers, WorkerDock, latest_layer, refill, report_error
+from . import RunLayers, WorkerDock, latest_layer, refill, report_error, source_label
 
 EPIE_EPOCHS = 100  # from a flat start; from the network's image ptycho.REFINE_EPOCHS do as well
 
@@ -213,7 +213,7 @@ class PtychoDock(WorkerDock):
         if scan is None:
             show_error("Open a ptychography scan first (drag a file onto napari) and pick it.")
             return None
-        name = self.scan_combo.currentText().removesuffix(" diffraction")
+        name = source_label(self.scan_combo.currentText())
         if self.every.value() > 1:
             scan = scan.subset(slice(None, None, self.every.value()))
             name = f"{name} 1 in {self.every.value()}"
