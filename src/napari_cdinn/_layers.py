@@ -44,9 +44,16 @@ def log_display(intensities: Any) -> Any:
     return (1 + intensities.clip(0)).map_blocks(np.log10, dtype=np.float32)
 
 
-def _contrast(frame: np.ndarray) -> tuple[float, float]:
-    """The frame's range over its finite pixels (a lazily read frame may hold NaN gaps)."""
-    finite = np.asarray(frame)[np.isfinite(frame)]
+def _contrast(frames: Any, samples: int = 8) -> tuple[float, float]:
+    """The range over the finite pixels (a lazily read frame may hold NaN gaps) of up to
+    ``samples`` frames spread over the stack, so that a blank first frame (a missed shot) does
+    not set it; a lazy stack reads only those frames."""
+    sample = frames
+    if np.ndim(frames) == 3:  # a stack (a stitched image is one frame)
+        count = min(samples, len(frames))
+        sample = frames[np.unique(np.linspace(0, len(frames) - 1, count).astype(int))]
+    sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample)
+    finite = sample[np.isfinite(sample)]
     if not finite.size:
         return 0.0, 1.0
     low, high = float(finite.min()), float(finite.max())
@@ -62,20 +69,19 @@ def layers_for_dataset(data: Dataset, name: str | None = None) -> list[LayerData
         kwargs = {
             "name": f"{name} shots",
             "colormap": "inferno",
-            "contrast_limits": _contrast(data.images[0]),
+            "contrast_limits": _contrast(data.images),
             "metadata": {"cdinn": {**cdinn, "display": data.scaling}},
         }
         return [(data.images, kwargs, "image")]
     stack = data.stack if isinstance(data, PtychoScan) else data
     shown = log_display(stack.intensities)
-    first = np.asarray(shown[0])
     layers: list[LayerData] = [
         (
             shown,
             {
                 "name": f"{name} diffraction",
                 "colormap": "magma",
-                "contrast_limits": _contrast(first),
+                "contrast_limits": _contrast(shown),
                 "metadata": {"cdinn": {**cdinn, "display": DISPLAY}},
             },
             "image",

@@ -180,7 +180,19 @@ def test_a_lazy_stack_with_nan_gaps_gets_finite_contrast_limits():
     (_, kwargs, _), *_ = layers_for_dataset(DiffractionStack(da.from_array(frames)), "gaps")
     low, high = kwargs["contrast_limits"]
     assert np.isfinite([low, high]).all() and high > low
-    assert low == pytest.approx(np.log10(1 + np.nanmin(frames[0])))
+    assert low == pytest.approx(np.log10(1 + np.nanmin(frames)))
+
+
+def test_a_blank_first_frame_does_not_set_the_contrast():
+    """The limits came from frame 0: a missed first shot gave (0, 1), every other frame a
+    solid block of saturated colour."""
+    from napari_cdinn._layers import layers_for_dataset
+
+    frames = np.random.default_rng(1).poisson(2000, (5, 16, 16)).astype(np.float32)
+    frames[0] = 0
+    (_, kwargs, _), *_ = layers_for_dataset(DiffractionStack(frames), "series")
+    shown = np.log10(1 + frames[1:])
+    assert kwargs["contrast_limits"][1] == pytest.approx(shown.max())
 
 
 def test_a_network_result_of_resampled_patterns_is_placed_at_its_pixel_scale():
