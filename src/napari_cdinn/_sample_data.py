@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from ._layers import LayerData, layers_for_dataset
+from ._layers import LayerData
+from ._reader import stack_layers
 from .core import io
 
 
@@ -18,7 +19,8 @@ def sample_path(name: str) -> Path:
 
 
 def _sample(name: str) -> list[LayerData]:
-    return layers_for_dataset(io.read(sample_path(name)))
+    """A sample's layers, as a file opened: with the network's when "invert on open" is set."""
+    return stack_layers(io.read(sample_path(name)))
 
 
 def cdi_sample() -> list[LayerData]:

@@ -106,6 +106,9 @@ def test_invert_on_open_adds_network_layers(viewer, cdi_dock):
     assert layers[1].data.shape == (32, 64, 64)
     shots = viewer.open(sample_path("wideangle_shots.cxi"), plugin="napari-cdinn")
     assert [layer.name for layer in shots] == ["wideangle_shots diffraction"]  # not CDI's to invert
+    sample = viewer.open_sample("napari-cdinn", "cdi")  # File > Open Sample: as a file opened
+    names = [layer.name for layer in sample]
+    assert names[1:] == ["cdi_crystals shape (NN) [1]", "cdi_crystals phase (NN) [1]"]
     cdi_dock.invert_on_open.setChecked(False)
     assert not _settings.invert_on_open()
 
