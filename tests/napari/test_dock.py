@@ -176,3 +176,18 @@ def test_a_worker_faster_than_the_gui_does_not_nest_progress_calls(viewer, qtbot
     dock.start_work(thread_worker(steps)(), "fast steps", lambda _: None)
     qtbot.waitUntil(lambda: dock.worker is None, timeout=120_000)
     assert len(shown) >= 2 and shown == sorted(shown)  # shown in order, and no crash
+
+
+def test_opening_a_file_or_the_data_dock_does_not_import_torch():
+    """torch takes seconds and some 200 MB to import: only a network run should pay for it
+    (the Data dock imported it, through the device choices, and froze napari for ~2 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import napari_cdinn._reader, napari_cdinn._writer, napari_cdinn._widgets.data_dock\n"
+        "print('torch' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "False", run.stdout + run.stderr
