@@ -191,3 +191,14 @@ def test_opening_a_file_or_the_data_dock_does_not_import_torch():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip() == "False", run.stdout + run.stderr
+
+
+def test_a_typed_home_path_opens(viewer, dock, qtbot, monkeypatch, tmp_path, error_messages):
+    """'~/...' typed in the path box was 'file not found'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    np.save(tmp_path / "frames.npy", np.ones((2, 16, 16), np.float32))
+    dock.path_edit.setText("~/frames.npy")
+    dock._open_clicked()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=WAIT_MS)
+    wait_for_worker(qtbot, dock)
+    assert error_messages() == []

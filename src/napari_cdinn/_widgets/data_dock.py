@@ -44,13 +44,16 @@ class DataDock(QWidget):
         self.worker = None
 
         self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("CXI, HDF5, NPY/NPZ, TIFF or PNG file")
+        self.path_edit.setPlaceholderText("CXI, HDF5, NPY/NPZ, TIFF or PNG file, or a folder")
         self.path_edit.editingFinished.connect(self._refresh_datasets)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
+        folder = QPushButton("Folder…")  # a folder of TIFF or PNG frames, read as one stack
+        folder.clicked.connect(self._browse_folder)
         path_row = QHBoxLayout()
         path_row.addWidget(self.path_edit)
         path_row.addWidget(browse)
+        path_row.addWidget(folder)
 
         self.dataset_combo = QComboBox()
         self.dataset_combo.addItem(AUTOMATIC)
@@ -91,11 +94,20 @@ class DataDock(QWidget):
             self.path_edit.setText(path)
             self._refresh_datasets()
 
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a folder of TIFF or PNG frames")
+        if path:
+            self.path_edit.setText(path)
+            self._refresh_datasets()
+
+    def _typed_path(self) -> Path:
+        return Path(self.path_edit.text().strip()).expanduser()  # ~/scans/run.h5 too
+
     def _refresh_datasets(self) -> None:
         """List the numeric datasets of an HDF5 file so the user can override the choice."""
         self.dataset_combo.clear()
         self.dataset_combo.addItem(AUTOMATIC)
-        path = Path(self.path_edit.text())
+        path = self._typed_path()
         if path.is_file() and io.file_kind(path) in ("hdf5", "cxi"):
             try:
                 for name, shape, dtype in io.list_datasets(path):
@@ -108,7 +120,7 @@ class DataDock(QWidget):
         if not text:
             show_error("Choose a file to open first.")
             return
-        self.open_path(Path(text), self.dataset_combo.currentData())
+        self.open_path(self._typed_path(), self.dataset_combo.currentData())
 
     def open_path(self, path: Path, dataset: str | None = None) -> None:
         """Read ``path`` in a worker thread and add its layers; errors become notifications."""
