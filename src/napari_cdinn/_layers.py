@@ -1,7 +1,7 @@
 """Core data objects <-> napari layer-data tuples; the one place that knows how layers look.
 
-Diffraction is shown as log10(1 + I) with contrast from the first frame (so a lazy stack is never
-read whole); the exact data object travels in ``layer.metadata["cdinn"]["data"]`` so algorithms use
+Diffraction is shown as log10(1 + I), its contrast from all frames in memory, or from 8 spread
+over a lazy stack (so that one is never read whole); the exact data object travels in ``layer.metadata["cdinn"]["data"]`` so algorithms use
 the raw intensities, not the display values.  Complex objects become amplitude and phase layers.
 """
 
@@ -45,11 +45,11 @@ def log_display(intensities: Any) -> Any:
 
 
 def _contrast(frames: Any, samples: int = 8) -> tuple[float, float]:
-    """The range over the finite pixels (a lazily read frame may hold NaN gaps) of up to
-    ``samples`` frames spread over the stack, so that a blank first frame (a missed shot) does
-    not set it; a lazy stack reads only those frames."""
+    """The range over the finite pixels (a lazily read frame may hold NaN gaps) of all frames
+    in memory, or of up to ``samples`` frames spread over a lazy stack (which only those are
+    read from): not frame 0 alone, which a missed first shot made (0, 1)."""
     sample = frames
-    if np.ndim(frames) == 3:  # a stack (a stitched image is one frame)
+    if np.ndim(frames) == 3 and not isinstance(frames, np.ndarray):
         count = min(samples, len(frames))
         sample = frames[np.unique(np.linspace(0, len(frames) - 1, count).astype(int))]
     sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample)

@@ -202,3 +202,14 @@ def test_a_typed_home_path_opens(viewer, dock, qtbot, monkeypatch, tmp_path, err
     qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=WAIT_MS)
     wait_for_worker(qtbot, dock)
     assert error_messages() == []
+
+
+def test_libraries_deprecations_from_a_worker_are_not_notified(notifications):
+    """A worker's thread shows every warning: torch's deprecations, imported there, became
+    notifications; ours still are."""
+    from napari_cdinn._widgets import _relay_warning
+    from napari_cdinn.core.errors import InputWarning
+
+    _relay_warning((DeprecationWarning("old api"), DeprecationWarning, "torch.py", 1))
+    _relay_warning((InputWarning("x.h5: 3 NaN pixels"), InputWarning, "checks.py", 1))
+    assert [str(n.message) for n in notifications()] == ["x.h5: 3 NaN pixels"]

@@ -195,6 +195,17 @@ def test_a_blank_first_frame_does_not_set_the_contrast():
     assert kwargs["contrast_limits"][1] == pytest.approx(shown.max())
 
 
+def test_a_result_in_memory_takes_its_contrast_from_every_frame():
+    """Sampling 8 frames (meant for lazy stacks) left brighter result frames saturated."""
+    from napari_cdinn._layers import layers_for_result
+    from napari_cdinn.core.data import ObjectResult, Provenance
+
+    objects = np.ones((32, 8, 8), np.complex64)
+    objects[1] *= 10  # a frame between the sampled ones
+    (_, kwargs, _), _ = layers_for_result(ObjectResult(objects, Provenance("ER/HIO")), "x")
+    assert kwargs["contrast_limits"] == (1.0, 10.0)
+
+
 def test_a_network_result_of_resampled_patterns_is_placed_at_its_pixel_scale():
     """128-pixel patterns binned for the network: its objects' pixels are twice as large, and
     every path that shows them (dock, invert on open, a reopened results file) scales them."""

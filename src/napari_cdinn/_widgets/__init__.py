@@ -28,7 +28,14 @@ def relay_reports(worker) -> None:
     pixels masked, frames left out, ...) into its ``warned`` signal, which nothing else shows:
     they were lost."""
     worker.errored.connect(report_error)
-    worker.warned.connect(lambda caught: notification_manager.receive_warning(*caught))
+    worker.warned.connect(_relay_warning)
+
+
+def _relay_warning(caught: tuple) -> None:
+    """A worker's warning as a notification, but not libraries' deprecations: the worker's
+    thread shows every warning ("always"), where napari's own filters would hide those."""
+    if not issubclass(caught[1], DeprecationWarning | PendingDeprecationWarning):
+        notification_manager.receive_warning(*caught)
 
 
 def refill(combo: QComboBox, layers: list, on_rename: Callable) -> None:
@@ -77,9 +84,9 @@ def latest_layer(viewer: napari.Viewer, name: str) -> Layer | None:
 
 
 def source_label(layer_name: str) -> str:
-    """What a data layer's results are named after: "x diffraction" -> "x", and a layer napari
-    numbered, "x diffraction [1]" -> "x [1]" (not "x diffraction [1] shape")."""
-    return re.sub(r" diffraction( \[\d+\])?$", r"\1", layer_name)
+    """What a data layer's results are named after: "x diffraction" (or "x shots") -> "x", and
+    a layer napari numbered, "x diffraction [1]" -> "x [1]" (not "x diffraction [1] shape")."""
+    return re.sub(r" (diffraction|shots)( \[\d+\])?$", r"\2", layer_name)
 
 
 def advance(bar, step: tuple[int, int]) -> None:

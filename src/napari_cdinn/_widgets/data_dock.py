@@ -101,7 +101,11 @@ class DataDock(QWidget):
             self._refresh_datasets()
 
     def _typed_path(self) -> Path:
-        return Path(self.path_edit.text().strip()).expanduser()  # ~/scans/run.h5 too
+        path = Path(self.path_edit.text().strip())
+        try:
+            return path.expanduser()  # ~/scans/run.h5 too
+        except RuntimeError:  # ~nosuchuser/...: the reader says it is not found
+            return path
 
     def _refresh_datasets(self) -> None:
         """List the numeric datasets of an HDF5 file so the user can override the choice."""

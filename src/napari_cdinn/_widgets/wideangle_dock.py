@@ -31,7 +31,7 @@ from ..core.data import DiffractionStack, OrientationResult, ShotSet
 from ..core.nn.registry import list_models
 from ..core.nn.wideangle import CONSENSUS_DEGREES
 from ..core.simulate.wideangle import RADII
-from . import WorkerDock, refill
+from . import WorkerDock, refill, source_label
 
 if TYPE_CHECKING:
     import napari
@@ -247,7 +247,7 @@ class WideAngleDock(WorkerDock):
         self.network[layer_id] = result
         self.viewer.canvas.grid.enabled = False  # beside the shots, not in cells of a grid
         shots = self._layer(layer_name)
-        name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} simulated (NN)"
+        name = f"{source_label(layer_name)} simulated (NN)"
         offset = (shots.data.shape[-1] + GAP) * shots.scale[-1]
         kwargs = {
             "name": name,
@@ -367,7 +367,7 @@ class WideAngleDock(WorkerDock):
         data = (vertices[:, 1:], faces[front], vertices[:, 0])  # depth as the vertex value
         seen = vertices[np.unique(faces[front]), 0]  # colours spread over the visible depths
         depths = (float(seen.min()), float(max(seen.max(), seen.min() + 1e-3)))
-        name = f"{layer_name.removesuffix(' shots').removesuffix(' diffraction')} cluster"
+        name = f"{source_label(layer_name)} cluster"
         metadata = {"shot": shot, "radius_nm": radius, "quaternion": quaternion}
         existing = self._own("cluster", shots)
         if existing is not None:

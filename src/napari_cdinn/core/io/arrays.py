@@ -73,7 +73,9 @@ def _stack(array: Any, source: str, meta: Metadata, lazy: bool | None) -> Diffra
     if lazy is None:
         lazy = array.nbytes > hdf5.LAZY_BYTES
     if lazy:
-        return DiffractionStack(as_intensities(to_stack(da.from_array(array), source)), None, meta)
+        chunks = (1,) * (array.ndim - 2) + tuple(array.shape[-2:])  # one frame each, as HDF5
+        lazy_frames = da.from_array(array, chunks=chunks)
+        return DiffractionStack(as_intensities(to_stack(lazy_frames, source)), None, meta)
     frames, mask = repair_intensities(
         as_intensities(to_stack(np.asarray(array), source)), None, source
     )
