@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import os
 
 import dask.array as da
 import h5py
@@ -304,6 +305,33 @@ def test_only_eiger_numbered_parts_make_a_series_and_a_read_walks_the_file_once(
     master = eiger_master(tmp_path, parts)
     assert cio.read(master).frames()[:, 0, 0].tolist() == list(range(1, 12))
     assert len(walks) == 1
+
+
+def test_bitshuffle_lz4_frames_read_and_a_missing_filter_is_named(tmp_path):
+    """Eiger and Jungfrau data files compress with bitshuffle-LZ4, an HDF5 filter plugin:
+    without hdf5plugin every read failed ("can't open directory .../plugin"). Run in fresh
+    processes: the reader must register the filters itself."""
+    import subprocess
+    import sys
+
+    import hdf5plugin
+
+    frames = counts((3, 16, 16), "uint32")
+    path = tmp_path / "eiger_data_000001.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset(
+            "entry/data/data", data=frames, chunks=(1, 16, 16), **hdf5plugin.Bitshuffle(cname="lz4")
+        )
+    read = f"from napari_cdinn.core import io; print(io.read({str(path)!r}).frames().sum())"
+    run = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=120)
+    assert float(run.stdout) == pytest.approx(float(frames.sum())), run.stderr
+    hidden = "import sys, types; sys.modules['hdf5plugin'] = types.ModuleType('hdf5plugin'); "
+    run = subprocess.run(
+        [sys.executable, "-c", hidden + read], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HDF5_PLUGIN_PATH": str(tmp_path)},  # no plugins there
+    )  # fmt: skip
+    assert "compressed with an HDF5 filter this installation lacks" in run.stderr, run.stderr
+    assert "eiger_data_000001.h5" in run.stderr
 
 
 def test_a_master_whose_data_file_is_missing_reads_what_is_there(tmp_path):

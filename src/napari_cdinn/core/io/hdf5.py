@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import dask.array as da
 import h5py
+import hdf5plugin  # noqa: F401  registers the filters detectors compress with (bitshuffle-LZ4)
 import numpy as np
 
 from ..data import JOULE_PER_EV, PLANCK_EV_M, DiffractionStack, Metadata, PtychoScan
@@ -243,9 +244,7 @@ class _NamedReads:
         try:
             return self.dset[key]
         except OSError as err:
-            raise InputError(
-                self.source, f"could not read {self.dset.name} (a damaged chunk?): {err}"
-            ) from None
+            raise InputError(self.source, _unread(self.dset, err, "a damaged chunk?")) from None
 
 
 def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
@@ -260,7 +259,18 @@ def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
     try:
         return as_intensities(to_stack(np.asarray(dset[()]), source))
     except OSError as err:
-        raise InputError(source, f"could not read {dset.name} (truncated file?): {err}") from None
+        raise InputError(source, _unread(dset, err, "truncated file?")) from None
+
+
+def _unread(dset: h5py.Dataset, err: OSError, guess: str) -> str:
+    """Why a dataset's values could not be read: a compression filter this installation lacks
+    (said as such), else damage (``guess``)."""
+    if "plugin" in str(err) or "filter" in str(err):
+        return (
+            f"could not read {dset.name}: it is compressed with an HDF5 filter this installation "
+            f"lacks (hdf5plugin provides the common ones): {err}"
+        )
+    return f"could not read {dset.name} ({guess}): {err}"
 
 
 def _finish(frames: Any, mask: np.ndarray | None, meta: Metadata) -> DiffractionStack:
