@@ -1,8 +1,9 @@
 """Core data objects <-> napari layer-data tuples; the one place that knows how layers look.
 
 Diffraction is shown as log10(1 + I), its contrast from all frames in memory, or from 8 spread
-over a lazy stack (so that one is never read whole); the exact data object travels in ``layer.metadata["cdinn"]["data"]`` so algorithms use
-the raw intensities, not the display values.  Complex objects become amplitude and phase layers.
+over a lazy stack (so that one is never read whole); the exact data object travels in
+``layer.metadata["cdinn"]["data"]`` so algorithms use the raw intensities, not the display
+values.  Complex objects become amplitude and phase layers.
 """
 
 from __future__ import annotations

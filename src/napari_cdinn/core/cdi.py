@@ -60,8 +60,7 @@ def blank_patterns(intensities: np.ndarray, mask: np.ndarray | None) -> np.ndarr
 def _frames_named(stack: DiffractionStack, which: np.ndarray) -> str:
     """'frame(s) [3, 7]' as the file numbers them (at most five named)."""
     indices = np.flatnonzero(which)
-    more = " ..." if len(indices) > 5 else ""
-    return f"{len(indices)} frame(s) {stack.meta.frame_numbers(indices[:5])}{more}"
+    return f"{len(indices)} frame(s) {stack.meta.frame_list(indices)}"
 
 
 def fit_to_network(

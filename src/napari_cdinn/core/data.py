@@ -46,6 +46,12 @@ class Metadata:
         frames = self.extra.get("frames")
         return [int(i) if frames is None else int(frames[i]) for i in indices]
 
+    def frame_list(self, indices: Any) -> str:
+        """Frames ``indices`` as the file numbers them, for messages: "[3, 7]", at most five
+        named ("[1, 2, 3, 4, 5] ...")."""
+        indices = list(indices)
+        return f"{self.frame_numbers(indices[:5])}{' ...' if len(indices) > 5 else ''}"
+
     def selected(self, indices: np.ndarray) -> Metadata:
         """This metadata for a selection ``indices`` of its frames (their file numbers kept)."""
         if "frames" not in self.extra:

@@ -129,12 +129,11 @@ def network_input(
     grid = ObjectGrid.around(positions, (frame, frame))  # ePIE's, whichever frames are used
     blank = patterns.sum(axis=(-2, -1)) <= 0  # wholly masked (a NaN frame) or no counts
     if blank.any():  # its patch would be a guess from nothing, stitched among the others
-        numbers = scan.meta.frame_numbers(np.flatnonzero(blank)[:5])
         warnings.warn(
             InputWarning(
                 f"{scan.meta.source}: {int(blank.sum())} frame(s) hold no measured counts "
-                f"(wholly masked or empty; frames {numbers}"
-                f"{' ...' if blank.sum() > 5 else ''}): the network leaves them out"
+                f"(wholly masked or empty; frames {scan.meta.frame_list(np.flatnonzero(blank))})"
+                ": the network leaves them out"
             ),
             stacklevel=2,
         )

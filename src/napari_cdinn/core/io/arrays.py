@@ -25,6 +25,7 @@ from .checks import (
     check_positions,
     check_stack_shape,
     checked_truth,
+    not_opened,
     repair_intensities,
     to_stack,
     usable_probe,
@@ -51,10 +52,8 @@ def _load(path: Path, mmap: bool) -> Any:
             with bz2.open(path) as handle:
                 return np.load(io.BytesIO(handle.read()), allow_pickle=False)
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except PermissionError:
-        raise InputError(path, "permission denied: the file cannot be read") from None
+    except (FileNotFoundError, PermissionError) as err:
+        raise not_opened(path, err) from None
     except _DAMAGED as err:
         raise InputError(path, _unreadable("not a readable NumPy file", err)) from None
 

@@ -98,6 +98,14 @@ def _piece_ends(chunks: Any, n: int, size: int) -> list[int]:
     return ends
 
 
+def not_opened(path: object, err: OSError) -> InputError:
+    """A file that could not be opened at all, said the same way by every reader: missing, or
+    not readable by this user."""
+    if isinstance(err, FileNotFoundError):
+        return InputError(path, "file not found")
+    return InputError(path, "permission denied: the file cannot be read")
+
+
 def as_intensities(frames: Any) -> Any:
     """Frames (numpy or dask) as float32 intensities, with the values integer detectors write
     where they measured nothing turned to NaN, which the readers then mask: the integer type's

@@ -29,6 +29,7 @@ from .checks import (
     check_positions,
     check_stack_shape,
     checked_truth,
+    not_opened,
     repair_intensities,
     to_stack,
     usable_probe,
@@ -70,10 +71,8 @@ def open_h5(path: str | Path) -> h5py.File:
     """Open an HDF5 file read-only, turning h5py's errors into a clear :class:`InputError`."""
     try:
         return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except PermissionError:
-        raise InputError(path, "permission denied: the file cannot be read") from None
+    except (FileNotFoundError, PermissionError) as err:
+        raise not_opened(path, err) from None
     except OSError as err:
         raise InputError(path, f"not a readable HDF5 file (truncated or corrupt?): {err}") from None
 
@@ -357,11 +356,11 @@ def _true_object(h5: h5py.File, path: str, source: str) -> np.ndarray | None:
     they are not numbers: the frames stay usable, only scoring against the truth is lost)."""
     if path not in h5 or not isinstance(h5[path], h5py.Dataset):
         return None
-    truth = h5[path][()]
-    if np.asarray(truth).dtype.kind not in "biufc":
-        _warn_truth_left_out(source, f"is not numeric ({np.asarray(truth).dtype})")
+    truth = np.asarray(h5[path][()])
+    if truth.dtype.kind not in "biufc":
+        _warn_truth_left_out(source, f"is not numeric ({truth.dtype})")
         return None
-    return np.asarray(truth, np.complex64)
+    return truth.astype(np.complex64)
 
 
 def _warn_truth_left_out(source: str, problem: str) -> None:

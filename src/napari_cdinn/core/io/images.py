@@ -14,7 +14,7 @@ import tifffile
 from ..data import DiffractionStack, Metadata, ShotSet
 from ..errors import InputError
 from . import hdf5  # hdf5.LAZY_BYTES is read at call time: one threshold for all readers
-from .checks import as_intensities, check_stack_shape, repair_intensities, to_stack
+from .checks import as_intensities, check_stack_shape, not_opened, repair_intensities, to_stack
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SUFFIXES = (".png",)
@@ -48,10 +48,8 @@ def _files_of(path: str | Path | list[Path], suffixes: tuple[str, ...]) -> tuple
 def _read_tiff_file(path: Path, page: int | range | None = None) -> np.ndarray:
     try:
         return tifffile.imread(path, key=page)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except PermissionError:
-        raise InputError(path, "permission denied: the file cannot be read") from None
+    except (FileNotFoundError, PermissionError) as err:
+        raise not_opened(path, err) from None
     except Exception as err:  # tifffile raises many types for damaged files
         raise InputError(path, f"not a readable TIFF file (truncated or corrupt?): {err}") from None
 
@@ -84,10 +82,8 @@ def _tiff_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, range | None]:
                     )  # fmt: skip
                 pages = range(len(tif.pages))
                 shape = (len(tif.pages), *shape)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except PermissionError:
-        raise InputError(path, "permission denied: the file cannot be read") from None
+    except (FileNotFoundError, PermissionError) as err:
+        raise not_opened(path, err) from None
     except InputError:
         raise
     except Exception as err:
@@ -142,10 +138,8 @@ def _read_png_file(path: Path) -> np.ndarray:
             if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
                 raise InputError(path, "not a PNG image (its first bytes are not PNG's signature)")
         image = iio.imread(path, extension=".png")
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except PermissionError:
-        raise InputError(path, "permission denied: the file cannot be read") from None
+    except (FileNotFoundError, PermissionError) as err:
+        raise not_opened(path, err) from None
     except InputError:
         raise
     except Exception as err:

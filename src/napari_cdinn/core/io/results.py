@@ -73,25 +73,26 @@ def check_output(
             f"{target}: give a file name ending in {' or '.join(suffixes)}, the kind of file "
             "this command writes"
         )
-    ours_only = target.suffix.lower() in TIFF_SUFFIXES or writes == "summary"
-    if ours_only and target.is_file() and not _written_by_us(target):
+    if not target.is_file():
+        return target
+    suffix = target.suffix.lower()
+    if suffix in HDF5_SUFFIXES:
+        kind = _kind_written(target)
+    elif suffix in TIFF_SUFFIXES or writes == "summary":
+        kind = writes if _written_by_us(target) else None
+    else:  # a model file (train -o): replaced by its own kind
+        kind = writes
+    if kind is None:
         raise CdinnError(
             f"{target}: exists and napari-cdinn did not write it (it may be your data); "
             "choose another name, or delete it first"
         )
-    if target.suffix.lower() in HDF5_SUFFIXES and target.is_file():
-        kind = _kind_written(target)
-        if kind is None:
-            raise CdinnError(
-                f"{target}: exists and napari-cdinn did not write it (it may be your data); "
-                "choose another name, or delete it first"
-            )
-        if kind != writes:
-            what = {"results": "results", "data": "simulated data"}
-            raise CdinnError(
-                f"{target}: exists and holds {what[kind]}, and this command writes "
-                f"{what[writes]}; choose another name, or delete it first"
-            )
+    if kind != writes:
+        what = {"results": "results", "data": "simulated data", "summary": "a summary"}
+        raise CdinnError(
+            f"{target}: exists and holds {what[kind]}, and this command writes "
+            f"{what[writes]}; choose another name, or delete it first"
+        )
     return target
 
 
