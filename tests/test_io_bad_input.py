@@ -677,3 +677,20 @@ def test_a_file_whose_root_cannot_be_opened_is_not_taken_for_results(tmp_path, m
 
     monkeypatch.setattr(cio, "is_results_file", unopenable)
     assert cio.is_results(path) is False
+
+
+def test_a_centred_tike_scan_with_a_beam_stop_stays_centred(tmp_path):
+    """A dark (NaN or zero) middle from a beam stop does not make centred patterns look like
+    FFT order: the rings around it still carry the counts."""
+    y, x = np.mgrid[-32:32, -32:32]
+    rings = 1e4 / (1 + (y**2 + x**2) / 16.0)
+    for dark in (np.nan, 0.0):
+        frames = np.repeat(rings[None], 4, axis=0).astype(np.float32)
+        frames[:, 28:36, 28:36] = dark
+        path = tmp_path / f"stop_{dark}.npz"
+        np.savez(path, data=frames[None], scan=np.zeros((1, 4, 2), np.float32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)  # NaN pixels masked
+            scan = cio.read(path)
+        assert "shifted" not in scan.meta.extra
+        assert scan.stack.frames()[0, 32, 40] == pytest.approx(rings[32, 40])

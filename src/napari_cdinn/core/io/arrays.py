@@ -136,16 +136,17 @@ def read_npz(path: str | Path, dataset: str | None = None, lazy: bool | None = N
 
 def in_fft_order(frames: np.ndarray) -> bool:
     """Whether patterns have their zero frequency at [0, 0] (tike's convention) rather than at
-    the centre: the mean pattern is brighter at its corners than at its middle (NaN and Inf
-    pixels, gaps the readers mask, left out of the mean)."""
+    the centre: the mean pattern's central half (a box of half its height and width) holds
+    under a third of the counts that the corners' half holds (NaN and Inf pixels, gaps the
+    readers mask, left out of the mean).  Counts over half the pattern, not the few middle
+    pixels alone: a beam stop or a saturated centre leaves the middle dark while the rings
+    around it carry the counts."""
     values = np.asarray(frames[: min(len(frames), 64)], np.float64)
     finite = np.isfinite(values)
     mean = np.where(finite, values, 0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
     h, w = mean.shape
-    ry, rx = max(1, h // 16), max(1, w // 16)
-    corners = np.fft.fftshift(mean)[h // 2 - ry : h // 2 + ry, w // 2 - rx : w // 2 + rx]
-    middle = mean[h // 2 - ry : h // 2 + ry, w // 2 - rx : w // 2 + rx]
-    return float(corners.mean()) > 10 * float(middle.mean())
+    box = (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4))
+    return float(np.fft.fftshift(mean)[box].sum()) > 3 * float(mean[box].sum())
 
 
 def _tike_scan(arrays: dict[str, np.ndarray], source: str, lazy: bool | None) -> PtychoScan:
