@@ -294,10 +294,29 @@ def test_levelling_gives_each_patch_the_transmission_its_counts_measure(small_sc
     data = ptycho.network_input(scan, 64)
     truth = sample_patches(small_scan.truth, (0.0, 0.0), data.corners, 64)
     off = np.random.default_rng(5).uniform(0.5, 2.0, len(truth))
-    levelled_patches = levelled(truth * off[:, None, None], data.patterns, data.lit)
+    levelled_patches = levelled(truth * off[:, None, None], data.counts, data.lit)
     ratio = np.abs(levelled_patches).sum(axis=(1, 2)) / np.abs(truth).sum(axis=(1, 2))
     np.testing.assert_allclose(ratio / np.median(ratio), 1.0, rtol=1e-4)
     assert np.std(np.log(off)) > 0.3  # the patches really were off
+
+
+def test_a_mask_per_frame_keeps_levelling_on_the_pixels_all_frames_measure(small_scan):
+    """One pixel masked in one frame (a saturated pixel, a NaN) does not stop levelling: the
+    counts compared are those over the pixels every frame measures, so the frame with the
+    extra masked pixel is levelled like the others."""
+    whole = np.round(small_scan.positions)
+    patterns = far_field_intensity(exit_waves(small_scan.truth, small_scan.probe, whole))
+    mask = np.ones(patterns.shape, bool)
+    mask[2, 32, 32] = False  # the brightest pixel of one frame
+    stack = replace(DiffractionStack(patterns), mask=mask)
+    data = ptycho.network_input(PtychoScan(stack, whole, small_scan.probe), 64)
+    assert data.lit is not None
+    truth = sample_patches(small_scan.truth, (0.0, 0.0), data.corners, 64)
+    off = np.random.default_rng(6).uniform(0.5, 2.0, len(truth))
+    ratio = np.abs(levelled(truth * off[:, None, None], data.counts, data.lit)).sum(
+        axis=(1, 2)
+    ) / np.abs(truth).sum(axis=(1, 2))
+    np.testing.assert_allclose(ratio / np.median(ratio), 1.0, rtol=2e-2)
 
 
 def test_the_network_weighs_by_the_probe_given_or_the_scan_own(small_scan, device):

@@ -99,9 +99,11 @@ class NetworkInput:
     corners: np.ndarray  # (N, 2) scan coordinates of each predicted patch's top-left corner
     weight: np.ndarray  # (patch, patch) probe-intensity weights for the loss
     stitch_weight: np.ndarray  # the same for stitching, with a lower floor
-    # the probe intensity under the patch (peak 1), for levelling; None without a probe or
-    # with a mask per frame (then the counts of two frames do not compare)
+    # the probe intensity under the patch (peak 1), for levelling; None without a probe
     lit: np.ndarray | None
+    # (N,) each frame's counts over the detector pixels every frame measures, for levelling
+    # (with a mask per frame, counts over each frame's own pixels would not compare)
+    counts: np.ndarray
     grid: ObjectGrid  # the ePIE grid of this scan, which stitched results share
 
 
@@ -126,6 +128,9 @@ def network_input(
     if mask is not None:
         intensities = np.where(mask, intensities, 0)
     patterns = binned(intensities, factor)
+    # levelling compares frames' counts: over the pixels all of them measure
+    shared = True if mask is None else measured_everywhere(np.asarray(mask))
+    counts = (intensities * shared).sum(axis=(-2, -1), dtype=np.float64)
     grid = ObjectGrid.around(positions, (frame, frame))  # ePIE's, whichever frames are used
     blank = patterns.sum(axis=(-2, -1)) <= 0  # wholly masked (a NaN frame) or no counts
     if blank.any():  # its patch would be a guess from nothing, stitched among the others
@@ -137,10 +142,8 @@ def network_input(
             ),
             stacklevel=2,
         )
-        patterns, positions = patterns[~blank], positions[~blank]
+        patterns, positions, counts = patterns[~blank], positions[~blank], counts[~blank]
         mask = mask[~blank] if mask is not None and np.ndim(mask) == 3 else mask
-    # the counts of two frames compare (levelling) unless their masks differ
-    per_frame_mask = mask is not None and np.ndim(mask) == 3 and bool((mask != mask[:1]).any())
     if probe is not None:
         named = scan.meta.source if probe_source is None else probe_source
         probe = check_probe(probe, (frame, frame), named)
@@ -152,7 +155,8 @@ def network_input(
         corners=positions + patch_offset(frame, patch),
         weight=probe_weight(probe, frame, patch),
         stitch_weight=probe_weight(probe, frame, patch, STITCH_FLOOR),
-        lit=None if probe is None or per_frame_mask else probe_weight(probe, frame, patch, 0.0),
+        lit=None if probe is None else probe_weight(probe, frame, patch, 0.0),
+        counts=counts,
         grid=grid,
     )
 
@@ -205,7 +209,7 @@ def network_patches(
     for lo, batch in predict_patches(fast, data.patterns, data.scale, device):
         patches[lo : lo + len(batch)] = batch
         yield lo + len(batch), len(data.patterns) + 1
-    return patches if data.lit is None else levelled(patches, data.patterns, data.lit)
+    return patches if data.lit is None else levelled(patches, data.counts, data.lit)
 
 
 def refine_steps(

@@ -123,14 +123,13 @@ def predict_patches(
         yield lo, torch.polar(amplitude, phase).cpu().numpy()
 
 
-def levelled(patches: np.ndarray, patterns: np.ndarray, lit: np.ndarray) -> np.ndarray:
+def levelled(patches: np.ndarray, counts: np.ndarray, lit: np.ndarray) -> np.ndarray:
     """``patches`` each with its amplitude scaled so that the power it passes under the probe
-    matches its pattern's measured counts (Parseval: sum_k I_n(k) = sum_r |P(r)|^2 |O_n(r)|^2,
-    ``lit`` = |P|^2 under the patch), the scales' median kept at 1.  A pattern's total counts
+    matches its pattern's measured ``counts`` (Parseval: sum_k I_n(k) = sum_r |P(r)|^2
+    |O_n(r)|^2, ``lit`` = |P|^2 under the patch), the scales' median kept at 1.  A pattern's total counts
     tell exactly how much its patch transmits (what a scanning transmission microscope
     measures), which the network gets only roughly: it compresses the bright end."""
     passed = np.einsum("nij,ij->n", np.abs(patches) ** 2, lit)
-    counts = np.asarray(patterns, np.float64).sum(axis=(-2, -1))
     ratio = np.divide(counts, passed, out=np.ones_like(passed), where=passed > 0)
     scale = np.sqrt(np.maximum(ratio, 0))
     typical = float(np.median(scale))
