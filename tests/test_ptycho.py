@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -199,6 +200,7 @@ def test_bad_scans_are_refused_with_the_reason(small_scan, device):
     stack, positions = small_scan.stack, small_scan.positions
     zeros = replace(stack, intensities=np.zeros(stack.shape, np.float32))
     unmeasured = replace(stack, mask=np.zeros(stack.frame_shape, bool))
+    huge = stack.intensities / stack.intensities.max() * 1e37  # finite, but sums overflow
     cases = [
         ("positions for", PtychoScan(stack, positions[:-1], small_scan.probe)),
         ("one position", PtychoScan(stack.subset([0]), positions[:1], small_scan.probe)),
@@ -206,6 +208,10 @@ def test_bad_scans_are_refused_with_the_reason(small_scan, device):
         ("probe is", PtychoScan(stack, positions, small_scan.probe[:32, :32])),
         ("no signal", PtychoScan(zeros, positions)),
         ("no signal", PtychoScan(unmeasured, positions, small_scan.probe)),
+        (
+            "overflow single precision",
+            PtychoScan(replace(stack, intensities=huge.astype(np.float32)), positions),
+        ),
     ]
     stray = positions.copy()
     stray[5] += 1e4  # one position far off, or all in micrometres: gigabytes of object array
@@ -231,6 +237,17 @@ def test_bad_scans_are_refused_with_the_reason(small_scan, device):
             run_to_end(ptycho.network_steps(scan, device=device))
     one = run_to_end(ptycho.network_steps(cases[1][1], device=device))  # needs no overlap
     assert min(one.objects.shape) >= 64 and np.isfinite(one.objects).all()
+
+
+def test_epie_warns_when_the_frames_do_not_overlap(small_scan, device):
+    """Positions a frame or more apart: ePIE runs but says it cannot join the patches."""
+    apart = small_scan.positions * 10  # steps of 80 pixels for frames of 64
+    scan = PtychoScan(small_scan.stack, apart, small_scan.probe)
+    with pytest.warns(InputWarning, match="the frames do not overlap"):
+        run_to_end(ptycho.epie_steps(scan, EpieRecipe(epochs=1), device=device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # an overlapping scan: no warning
+        run_to_end(ptycho.epie_steps(small_scan, EpieRecipe(epochs=1), device=device))
 
 
 def stitching_case(scan: PtychoScan, size: int = 64):

@@ -15,15 +15,17 @@ rebuilt whenever the probe changes.  Positions are (y, x) object pixels of the s
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from ..data import PtychoScan
 from ..device import resolve_device
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from ..io.checks import check_probe, frames_in_memory
 from .patches import exit_waves, probe_sum_workers, update_
 from .projections import intensity, set_modulus_
@@ -119,10 +121,19 @@ def checked_scan(
         raise InputError(source, "scan positions hold NaN or infinite values")
     if overlap and len(intensities) < 2:
         raise InputError(source, "a scan of one position has no overlap to reconstruct from")
-    if not intensities.sum(where=True if mask is None else mask) > 0:  # no masked copy
+    counts = intensities.sum(axis=(-2, -1), where=True if mask is None else mask)
+    if not np.isfinite(counts).all():
+        raise InputError(
+            source,
+            f"intensities up to {float(np.nanmax(intensities)):.3g}: a frame's counts overflow "
+            "single precision; scale the data down",
+        )
+    if not counts.sum() > 0:
         raise InputError(source, "the scan holds no signal (all zero where measured)")
     check_probe(scan.probe, intensities.shape, source)
     check_span(positions, intensities.shape[-2:], source, overlap)
+    if overlap:
+        warn_without_overlap(positions, intensities.shape[-2:], source)
     return intensities, positions, mask
 
 
@@ -157,6 +168,25 @@ def check_span(
             f"{frame[1]} pixels can cover and over {MAX_UNLIT_PIXELS:,} pixels: a stray "
             "position, or positions in another unit "
             "(CXI translations are metres, converted to pixels with the detector geometry)",
+        )
+
+
+def warn_without_overlap(positions: np.ndarray, frame: tuple[int, int], source: object) -> None:
+    """Warn when the scan's positions lie a frame or more from their nearest neighbours: the
+    frames then do not overlap, and ePIE has nothing to join its patches with (the network,
+    which inverts each pattern alone, needs no overlap)."""
+    if len(positions) < 2:
+        return
+    spacing = float(np.median(cKDTree(positions).query(positions, k=2)[0][:, 1]))
+    if spacing >= min(frame):
+        warnings.warn(
+            InputWarning(
+                f"{source}: its scan positions lie a median {spacing:.4g} object pixels from "
+                f"their nearest neighbours, no closer than a frame ({min(frame)} pixels): the "
+                "frames do not overlap, so ePIE cannot join them into one object (the network "
+                "inverts each pattern alone)"
+            ),
+            stacklevel=3,
         )
 
 
