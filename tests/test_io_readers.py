@@ -334,6 +334,23 @@ def test_bitshuffle_lz4_frames_read_and_a_missing_filter_is_named(tmp_path):
     assert "eiger_data_000001.h5" in run.stderr
 
 
+def test_a_damaged_gzip_chunk_is_called_damage_not_a_missing_filter(tmp_path):
+    """gzip is built into HDF5: when its chunk fails to inflate the data is damaged, and the
+    message said a filter was missing."""
+    path = tmp_path / "frames.h5"
+    frames = counts((4, 32, 32), "float32")
+    with h5py.File(path, "w") as h5:
+        dset = h5.create_dataset("data", data=frames, chunks=(1, 32, 32), compression="gzip")
+        offset = dset.id.get_chunk_info(1).byte_offset
+    with open(path, "r+b") as f:  # zero the middle of the second frame's chunk
+        f.seek(offset + 20)
+        f.write(bytes(200))
+    with pytest.raises(InputError) as refused:
+        cio.read(path, lazy=False).frames()
+    assert "frames.h5" in str(refused.value) and "damaged" in str(refused.value)
+    assert "lacks" not in str(refused.value)
+
+
 def test_a_master_whose_data_file_is_missing_reads_what_is_there(tmp_path):
     parts = [counts((4, 8, 8), "float32")]
     master = eiger_master(tmp_path, parts)

@@ -258,16 +258,24 @@ def _frames(dset: h5py.Dataset, source: str, lazy: bool | None) -> Any:
     try:
         return as_intensities(to_stack(np.asarray(dset[()]), source))
     except OSError as err:
-        raise InputError(source, _unread(dset, err, "truncated file?")) from None
+        raise InputError(source, _unread(dset, err, "damaged or truncated file?")) from None
 
 
 def _unread(dset: h5py.Dataset, err: OSError, guess: str) -> str:
     """Why a dataset's values could not be read: a compression filter this installation lacks
-    (said as such), else damage (``guess``)."""
-    if "plugin" in str(err) or "filter" in str(err):
+    (said as such, by name), else damage (``guess``): a damaged chunk of a filter that is
+    here fails in the filter too, so the filters are asked, not the error's words."""
+    plist = dset.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    missing = [
+        f"{name.decode(errors='replace') or 'unnamed'} (id {code})"
+        for code, _, _, name in filters
+        if not h5py.h5z.filter_avail(code)
+    ]
+    if missing:
         return (
             f"could not read {dset.name}: it is compressed with an HDF5 filter this installation "
-            f"lacks (hdf5plugin provides the common ones): {err}"
+            f"lacks, {', '.join(missing)} (hdf5plugin provides the common ones): {err}"
         )
     return f"could not read {dset.name} ({guess}): {err}"
 
