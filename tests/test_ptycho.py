@@ -409,7 +409,7 @@ def test_fine_tuning_lowers_the_validation_loss_and_stop_keeps_the_best(small_sc
     assert run.source["simulated_pairs"] == 300
 
     stopped = FineTuning(tiny_model())
-    steps = ptycho.retrain_steps(small_scan, reference, region, stopped, seconds=60, device=device)
+    steps = ptycho.retrain_steps(small_scan, reference, region, stopped, seconds=600, device=device)
     while len(stopped.history) < 1:
         next(steps)
     steps_in_an_epoch = 0  # Stop acts at the next yield: one after every batch, not epoch
@@ -625,6 +625,37 @@ def test_a_reference_of_another_scan_is_refused(small_scan, device):
                 FineTuning(tiny_model()), device=device,
             )
         )  # fmt: skip
+
+
+def test_a_reference_from_another_file_warns_and_a_region_off_the_scan_says_where_it_is(
+    small_scan, device
+):
+    """A repeated scan shares the grid, so the grid check passes: the reference's own record
+    of its source file is what tells; a region that misses the scan names the scan's extent."""
+    reference = epie_like_reference(small_scan)
+    scan = replace(small_scan, stack=replace(small_scan.stack, meta=replace(
+        small_scan.meta, source="/data/scan_0002.cxi")))  # fmt: skip
+    other = replace(
+        reference, provenance=replace(reference.provenance, source="/data/scan_0001.cxi")
+    )
+    grid = ObjectGrid.around(small_scan.positions, (64, 64))
+    off = np.zeros(grid.shape, bool)  # a region holding no position
+    with (
+        pytest.warns(InputWarning, match="reconstructed from /data/scan_0001.cxi, not from this"),
+        pytest.raises(InputError, match=r"holds 0 scan positions.*the patches span rows"),
+    ):
+        run_to_end(ptycho.retrain_steps(scan, other, off, FineTuning(tiny_model()), device=device))
+
+
+def test_retraining_without_a_probe_says_the_simulated_pairs_are_left_out(small_scan, device):
+    bare = PtychoScan(small_scan.stack, small_scan.positions, None)
+    reference = replace(epie_like_reference(small_scan), probe=None)
+    region = np.ones(ObjectGrid.around(small_scan.positions, (64, 64)).shape, bool)
+    run = FineTuning(tiny_model())
+    with pytest.warns(InputWarning, match="the 100 asked for are left out"):
+        run_to_end(ptycho.retrain_steps(bare, reference, region, run, 600, device, max_epochs=1,
+                                        simulated=100))  # fmt: skip
+    assert run.source["simulated_pairs"] == 0
 
 
 def test_a_reference_with_nan_or_a_probe_of_another_size_is_refused(small_scan, device):

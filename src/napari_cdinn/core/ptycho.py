@@ -376,6 +376,22 @@ def _grid_text(grid: ObjectGrid | ObjectResult) -> str:
     return f"{shape[-2]} x {shape[-1]} pixels from {origin}"
 
 
+def _warn_if_made_from_another_file(reference: ObjectResult, scan: PtychoScan, named: object):
+    """Warn when the reference says it was reconstructed from another file than the scan: a
+    repeated scan on the same grid passes the grid check, and would teach another object."""
+    made_from, scan_file = reference.provenance.source, scan.meta.source
+    if not made_from or not scan_file or made_from == scan_file:
+        return
+    if Path(made_from).expanduser().resolve() != Path(scan_file).expanduser().resolve():
+        warnings.warn(
+            InputWarning(
+                f"{named}: the reference was reconstructed from {made_from}, not from this "
+                f"scan ({scan_file}); it teaches only if both hold the same object"
+            ),
+            stacklevel=3,
+        )
+
+
 def retrain_steps(
     scan: PtychoScan,
     reference: ObjectResult,
@@ -408,18 +424,32 @@ def retrain_steps(
             f"({_grid_text(data.grid)}): not a reconstruction of this scan (another scan, "
             "or a selection of its frames)",
         )
+    _warn_if_made_from_another_file(reference, scan, named)
     chosen = positions_in_region(data, region, run.model.patch)
     if len(chosen) < 10:
+        low = data.corners.min(axis=0)
+        high = data.corners.max(axis=0) + run.model.patch
         raise InputError(
             scan.meta.source,
             f"the region holds {len(chosen)} scan positions with whole patches inside; "
-            "draw a larger region (at least 10)",
+            "draw a larger region (at least 10) over the scanned area (the patches span rows "
+            f"{low[0]:.0f}:{high[0]:.0f}, columns {low[1]:.0f}:{high[1]:.0f}, scan coordinates)",
+        )
+    if simulated and probe is None:
+        warnings.warn(
+            InputWarning(
+                f"{scan.meta.source}: no probe (neither the reference's nor the scan's), so no "
+                f"pairs can be simulated (the {simulated} asked for are left out): only the "
+                f"{len(chosen)} measured pairs teach"
+            ),
+            stacklevel=2,
         )
     taught, where = region, "inside the region"
     if simulated and probe is not None:  # the simulated pairs' frames reach past their patches
         reach = round(patch_offset(np.shape(probe)[-1], run.model.patch))
         taught = maximum_filter(region, size=2 * reach + 1) > 0
-        where = f"inside the region or within {reach} pixels of it (the frames reach there)"
+        if reach:
+            where = f"inside the region or within {reach} pixels of it (the frames reach there)"
     bad = int(np.count_nonzero(~np.isfinite(reference.objects[taught])))
     if bad:
         raise InputError(
