@@ -217,12 +217,33 @@ def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, caps
     assert network.provenance.model_name == "mine"
     assert main(["train", "ptycho", scan, "--reference", str(epie), "--region", "5:1,0:9"]) == 1
     assert "empty" in capsys.readouterr().err
+    # napari's Save Selected Layers may put the network's result before ePIE's: ePIE teaches
+    both = tmp_path / "both.h5"
+    io.write_results(both, [network, reference])
+    argv = ["train", "ptycho", scan, "--reference", str(both), "--region=-5:200,-5:110",
+            "--seconds", "1", "--simulated", "0", "-o", str(tmp_path / "again.safetensors")]  # fmt: skip
+    assert main(argv) == 0
+    assert "the teacher is the ePIE one (number 2 of them)" in capsys.readouterr().err
+    training = json.loads((tmp_path / "again.json").read_text())["training"]
+    assert training["reference"].startswith("ePIE") and Path(training["scan"]).is_absolute()
     cdi_model = Path(__file__).resolve().parents[1] / "src/napari_cdinn/weights/cdi_nn.safetensors"
     argv = ["train", "ptycho", scan, "--reference", str(epie), "--region", "0:90,0:90",
             "--model", str(cdi_model)]  # fmt: skip
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "cdi_nn.safetensors" in err and "not a ptychography one" in err
+
+
+def test_ptycho_network_counts_the_positions_it_inverted(tmp_path, capsys):
+    """A frame of NaN is left out of the network's input: the summary says so."""
+    scan = io.read(SAMPLES / "ptycho_scan.cxi")
+    frames = scan.stack.frames().copy()
+    frames[2] = np.nan
+    path = tmp_path / "holed.npz"
+    np.savez(path, data=frames[None], scan=scan.positions[None], probe=scan.probe)
+    assert main(["invert", str(path), "--mode", "ptycho", "-o", str(tmp_path / "nn.h5")]) == 0
+    n = len(scan.positions)
+    assert capsys.readouterr().out.startswith(f"NN: {n - 1} positions (1 left out) in")
 
 
 def test_ptycho_refine_runs_epie_from_the_network_image(tmp_path, capsys):

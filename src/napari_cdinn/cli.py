@@ -300,7 +300,11 @@ def _invert_ptycho(args: argparse.Namespace, data: Any) -> list:
     else:
         result = run_to_end(ptycho.network_steps(scan, args.model, device=args.device))
     p = result.provenance
-    print(f"{p.method}: {len(scan.positions)} positions in {p.wall_time_s:.3f} s")
+    inverted = p.parameters.get("positions_inverted", len(scan.positions))
+    left_out = (
+        f" ({len(scan.positions) - inverted} left out)" if inverted < len(scan.positions) else ""
+    )
+    print(f"{p.method}: {inverted} positions{left_out} in {p.wall_time_s:.3f} s")
     return [_recorded(result, args, frames, data.stack.meta)]
 
 
@@ -410,28 +414,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher(results: list, path: Path) -> Any:
+    """The reconstruction in a results file that retraining learns from: a stitched
+    (ptychography) one, ePIE's where there are several (napari's Save Selected Layers may
+    have put the network's beside it), said when there is a choice."""
+    from .core.data import ObjectResult
+
+    stitched = [r for r in results if isinstance(r, ObjectResult) and r.origin is not None]
+    if not stitched:
+        raise CdinnError(f"{path}: holds no stitched (ptychography) reconstruction")
+    epie = [k for k, r in enumerate(stitched) if "ePIE" in r.provenance.method]
+    number = (epie or [0])[0]
+    chosen = stitched[number]
+    if len(stitched) > 1:
+        methods = ", ".join(r.provenance.method for r in stitched)
+        print(
+            f"{path}: holds {len(stitched)} stitched reconstructions ({methods}); "
+            f"the teacher is the {chosen.provenance.method} one (number {number + 1} of them)",
+            file=sys.stderr,
+        )
+    return chosen
+
+
 def _train_ptycho(args: argparse.Namespace) -> int:
     from .core import io, ptycho
-    from .core.data import ObjectResult, PtychoScan
+    from .core.data import PtychoScan
     from .core.nn.ptycho import FineTuning
     from .core.nn.registry import load_model, require_mode, user_dir
     from .core.progress import run_to_end
+    from .core.retrieval.ptycho import ObjectGrid
 
     if not (args.scan and args.reference and args.region):
         raise CdinnError("train ptycho needs SCAN, --reference RECON.h5 and --region y0:y1,x0:x1")
     scan = io.read(args.scan, dataset=args.dataset)
     if not isinstance(scan, PtychoScan):
         raise CdinnError(f"{args.scan}: holds no scan positions")
-    stitched = [
-        r for r in io.read_results(args.reference) if isinstance(r, ObjectResult) and r.origin
-    ]
-    if not stitched:
-        raise CdinnError(f"{args.reference}: holds no stitched (ptychography) reconstruction")
-    reference = stitched[0]
+    reference = _teacher(io.read_results(args.reference), args.reference)
     base = args.model or ptycho.default_model()
     model, card = load_model(base)
     require_mode(card, "ptycho", base)
-    grid = ptycho.network_input(scan, model.size).grid
+    grid = ObjectGrid.around(scan.positions, scan.stack.frame_shape)  # the network's and ePIE's
     region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
     run = FineTuning(model)
     steps = ptycho.retrain_steps(
@@ -439,7 +461,9 @@ def _train_ptycho(args: argparse.Namespace) -> int:
         reference_name=args.reference,
     )  # fmt: skip
     run_to_end(steps)
-    run.source["reference_file"] = str(args.reference)  # the card names the teacher's file
+    # the card names the scan and the teacher's file as result files do: in full
+    run.source["reference_file"] = str(Path(args.reference).expanduser().resolve())
+    run.source["scan"] = str(Path(args.scan).expanduser().resolve())
     output = args.output or user_dir() / (
         f"{Path(args.scan).stem}_retrained_{time.strftime('%Y%m%d_%H%M%S')}.safetensors"
     )

@@ -191,6 +191,7 @@ def network_steps(
             "binning": scan.stack.frame_shape[-1] // net.size,
             "probe": "given" if probe is not None else "scan's" if scan.probe is not None else None,
             "levelled_to_counts": data.lit is not None,
+            "positions_inverted": len(data.patterns),  # frames without counts are left out
         },
         wall_time_s=time.perf_counter() - start,
         source=scan.meta.source,
