@@ -348,9 +348,11 @@ class WideAngleDock(WorkerDock):
         self, layer_name: str, shot: int, quaternion: np.ndarray, radius: float, create: bool
     ) -> None:
         """The icosahedron at the answer's orientation and size as a Surface layer beside the
-        patterns: seen along the beam (the view from the detector), its facets coloured by
-        depth, in nm (the layer's scale maps nm to the shots' pixels).  A 3D surface would
-        share the shot stack's axes, so the cluster is drawn as its projection."""
+        patterns: its facets that face the detector, projected along the beam and drawn in the
+        shots' axes (x right, y down, as the pattern lies; a viewer at the detector, looking
+        back, sees them mirrored left to right), coloured by depth, in nm (the layer's scale
+        maps nm to the shots' pixels).  A 3D surface would share the shot stack's axes, so the
+        cluster is drawn as its projection."""
         shots = self._layer(layer_name)
         vertices, faces = wideangle.cluster_mesh(quaternion, radius)  # (z, y, x) in nm
         front = wideangle.facing_the_detector(vertices, faces)
