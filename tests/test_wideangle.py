@@ -348,6 +348,8 @@ def test_bad_shots_are_refused_with_the_file_and_the_problem():
 
     with pytest.raises(InputError, match=r"shots.npy.*64 x 64 pixels.*128 x 128"):
         wideangle.shot_images(_shots(np.ones((2, 64, 64), np.float32)))
+    with pytest.raises(InputError, match=r"shots.npy: .*frames seem to lie along the last axis"):
+        wideangle.shot_images(_shots(np.ones((128, 128, 4), np.float32)))  # frames last
     images = np.random.default_rng(0).random((3, 128, 128)).astype(np.float32)
     images[1] = 0
     with pytest.raises(InputError, match=r"shot\(s\) 1 hold no signal"):

@@ -85,6 +85,13 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
         images = images[None]
     if images.ndim != 3 or len(images) == 0:
         raise InputError(source, "no shots: the file holds no images")
+    if images.shape[-2:] != (PIXELS, PIXELS) and images.shape[:2] == (PIXELS, PIXELS):
+        raise InputError(
+            source,
+            f"shots of shape {images.shape}: the frames seem to lie along the last axis; the "
+            f"wide-angle mode takes them along the first, (N, {PIXELS}, {PIXELS}) (move the axis, "
+            "e.g. numpy.moveaxis(shots, -1, 0))",
+        )
     if images.shape[-2:] != (PIXELS, PIXELS):
         raise InputError(
             source,
