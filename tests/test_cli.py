@@ -306,6 +306,28 @@ def test_results_record_the_input_by_absolute_path_and_dataset(tmp_path, monkeyp
     assert len(result.objects) == 3
 
 
+def test_results_of_several_shot_files_record_each_by_absolute_path(tmp_path, monkeypatch):
+    """``invert shots/a.png shots/b.png`` run in the folder above: the result recorded
+    "shots/a.png and 1 more files" and the base names, which name no file once it moves."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for k in range(2):
+        image = np.zeros((128, 128), np.uint8)
+        image[60 - 20 * k : 68, 60:68] = 200
+        iio.imwrite(folder / f"s{k}.png", image)
+    monkeypatch.chdir(tmp_path)
+    names = [str(folder.resolve() / f"s{k}.png") for k in range(2)]
+    for inputs in (["shots/s0.png", "shots/s1.png"], ["shots"]):
+        assert main(["invert", *inputs, "--mode", "wideangle", "-o", "r.h5"]) == 0
+        (result,) = io.read_results(tmp_path / "r.h5")
+        assert result.provenance.parameters["file_names"] == names
+    assert result.provenance.source == str(folder.resolve())  # the folder
+    assert main(["invert", "shots/s0.png", "shots/s1.png", "--frames", "1", "-o", "r.h5"]) == 0
+    (result,) = io.read_results(tmp_path / "r.h5")
+    assert result.provenance.source == f"{names[0]} and 1 more files"
+    assert result.provenance.parameters["file_names"] == names[1:]
+
+
 def test_amplitudes_are_refused_for_log_scale_shots(tmp_path, capsys):
     from PIL import Image
 
@@ -527,9 +549,9 @@ def test_refine_unsure_only_refines_the_shots_few_flips_agree_on(tmp_path, capsy
     assert unsure and refined.provenance.parameters["shots"] == unsure
     assert refined.radii_nm.shape == (len(unsure),)
     # each row says which file (and frame of the stack) it answers for, the refined rows too
-    assert network.provenance.parameters["file_names"] == ["barke5.png", "barke6.png"]
+    assert network.provenance.parameters["file_names"] == shots  # by absolute path
     assert refined.provenance.parameters["file_frames"] == unsure
-    assert refined.provenance.parameters["file_names"] == [f"barke{5 + k}.png" for k in unsure]
+    assert refined.provenance.parameters["file_names"] == [shots[k] for k in unsure]
     sample = Path(__file__).resolve().parents[1] / "sample_data" / "wideangle_shots.cxi"
     capsys.readouterr()
     assert main(["invert", str(sample), *argv, "-o", str(tmp_path / "sure.h5")]) == 0

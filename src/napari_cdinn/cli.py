@@ -213,9 +213,9 @@ def _warn_unused(args: argparse.Namespace, mode: str, method: str) -> None:
 def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: Any) -> Any:
     """``result`` with what it answers for in its provenance: the input file's absolute path
     (a result file outlives the folder it was made in), the dataset read from it, the file's
-    frames (``parse_frames``'s, one per row), the name of each one's file when the stack was
-    read from several (``meta.extra["files"]``, one per frame of the stack), and whether the
-    file held amplitudes: a result of ``--frames 7`` must say it is frame 7's, of ``a.png
+    frames (``parse_frames``'s, one per row), the absolute path of each one's file when the
+    stack was read from several (``meta.extra["files"]``, one per frame of the stack), and
+    whether the file held amplitudes: a result of ``--frames 7`` must say it is frame 7's, of ``a.png
     b.png`` which row is b's, and of ``--dataset /b/data`` that it is not /a/data's."""
     from dataclasses import replace
 
@@ -225,13 +225,24 @@ def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: A
         parameters["file_dataset"] = meta.dataset
     files = meta.extra.get("files")
     if files is not None and len(files) > max(frames, default=-1):
-        parameters["file_names"] = [files[i] for i in frames]
+        paths = _frame_paths(args, files)
+        parameters["file_names"] = [paths[i] for i in frames]
     if args.amplitudes:
         parameters["file_held_amplitudes"] = True
-    source = p.source  # "a.png and 3 more files" stays as it is
+    source = p.source  # "/abs/a.png and 3 more files" stays as it is
     if source and Path(source).exists():
         source = str(Path(source).resolve())
     return replace(result, provenance=replace(p, parameters=parameters, source=source))
+
+
+def _frame_paths(args: argparse.Namespace, files: list[str]) -> list[str]:
+    """The absolute path of each frame's file (``files``: their names, as the reader gives
+    them): the several inputs, read in the order given, or the files of the folder or file."""
+    inputs = [Path(p) for p in args.input]
+    if len(inputs) > 1:
+        return [str(p.resolve()) for p in inputs]
+    folder = inputs[0] if inputs[0].is_dir() else inputs[0].parent
+    return [str((folder / name).resolve()) for name in files]
 
 
 def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
