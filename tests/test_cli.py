@@ -646,6 +646,22 @@ def test_train_cdi_without_o_never_replaces_a_model_and_names_unused_options(
     assert len(list((tmp_path / "models").glob("*.safetensors"))) == 2
 
 
+def test_a_wideangle_method_on_a_file_read_as_cdi_says_to_add_the_mode(tmp_path, capsys):
+    """A TIFF is read as CDI unless told: ``--method fit`` said "not one of nn, iterative,
+    refine", and ``--method refine --unsure-only`` ran CDI's refine."""
+    import tifffile
+
+    path = tmp_path / "sim16.tif"
+    tifffile.imwrite(path, np.ones((2, 16, 16), np.float32))
+    out = tmp_path / "x.h5"
+    for given in (["--method", "fit"], ["--method", "refine", "--unsure-only"]):
+        assert main(["invert", str(path), *given, "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "sim16.tif: read as cdi (the default for TIFF)" in err, err
+        assert "is for the wide-angle mode: add --mode wideangle" in err
+        assert not out.exists()
+
+
 def test_options_the_method_does_not_use_are_named(tmp_path, capsys):
     """--unsure-only, --iterations or --model given where the method has no use for them are
     said to be ignored, not silently dropped."""

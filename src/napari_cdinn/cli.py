@@ -175,6 +175,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
         or data.meta.extra.get("mode")  # a file that says what it holds (wide-angle CXI)
         or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(type(data).__name__, "wideangle")
     )
+    if args.mode is None and mode != "wideangle":
+        _refuse_wideangle_only(args, mode)
     if mode == "ptycho":
         results = _invert_ptycho(args, data)
     elif mode == "cdi":
@@ -184,6 +186,26 @@ def cmd_invert(args: argparse.Namespace) -> int:
     io.write_results(args.output, results)
     print(f"wrote {args.output}")
     return 0
+
+
+def _refuse_wideangle_only(args: argparse.Namespace, mode: str) -> None:
+    """Refuse a method or option that only the wide-angle mode has when the mode came from the
+    file (``invert shots.tif --method fit`` said "method 'fit' is not one of nn, iterative,
+    refine", and ``--method refine --unsure-only`` ran CDI's refine): say which mode the file
+    was read as, and how to ask for the other."""
+    from .core import io
+
+    given = []
+    if args.method == "fit":
+        given.append("--method fit")
+    if args.unsure_only and args.method == "refine":
+        given.append("--unsure-only")
+    if given:
+        kind = (io.file_kind(args.input[0]) or "this file").upper()
+        raise CdinnError(
+            f"{args.input[0]}: read as {mode} (the default for {kind}); {' and '.join(given)} "
+            "is for the wide-angle mode: add --mode wideangle"
+        )
 
 
 def _numbered(data: Any, frames: np.ndarray) -> Any:
