@@ -673,3 +673,19 @@ def test_options_the_method_does_not_use_are_named(tmp_path, capsys):
     assert main(["invert", str(sample), "--frames", "0", "--iterations", "5",
                  "-o", str(tmp_path / "b.h5")]) == 0  # fmt: skip
     assert "ignored with cdi nn: --iterations" in capsys.readouterr().err
+
+
+def test_options_the_wideangle_fit_or_simulation_does_not_use_are_named(tmp_path, capsys):
+    """--device with the fit (it simulates on the CPU) and ptychography's scan options when
+    simulating wide-angle shots were dropped without a word."""
+    shots = tmp_path / "s.cxi"
+    argv = ["simulate", "wideangle", "-n", "1", "--every", "5", "--step", "3", "-o", str(shots)]
+    assert main(argv) == 0
+    assert "ignored with simulate wideangle (ptycho only): --step, --every" in (
+        capsys.readouterr().err
+    )
+    argv = ["invert", str(shots), "--method", "fit", "--iterations", "10", "--device", "cpu"]
+    assert main([*argv, "-o", str(tmp_path / "a.h5")]) == 0
+    assert "ignored with wideangle fit: --device (the fit simulates on the CPU)" in (
+        capsys.readouterr().err
+    )

@@ -79,6 +79,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     if args.n < 1:
         raise CdinnError("simulate: -n must be at least 1")
+    _warn_unused_simulate(args)
     if args.mode == "wideangle":
         from .core.simulate.wideangle import Detector
 
@@ -132,6 +133,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.output}")
     return 0
+
+
+PTYCHO_SIMULATION = ("object_size", "step", "scan", "every")  # the options only ptycho uses
+
+
+def _warn_unused_simulate(args: argparse.Namespace) -> None:
+    """Name the given ptychography options that simulating another mode does not use, rather
+    than drop them (``simulate wideangle --every 5 --step 3`` said nothing)."""
+    if args.mode == "ptycho":
+        return
+    defaults = vars(build_parser().parse_args(["simulate", args.mode, "-o", "x"]))
+    given = [name for name in PTYCHO_SIMULATION if getattr(args, name) != defaults[name]]
+    if given:
+        named = ", ".join("--" + n.replace("_", "-") for n in given)
+        warnings.warn(f"ignored with simulate {args.mode} (ptycho only): {named}", stacklevel=2)
 
 
 def _simulate_wideangle(args: argparse.Namespace) -> int:
@@ -228,6 +244,8 @@ def _warn_unused(args: argparse.Namespace, mode: str, method: str) -> None:
         unused.append("--iterations (the network does not iterate)")
     if args.model and method not in ("nn", "refine"):
         unused.append(f"--model ({method} uses no network)")
+    if args.device != "auto" and (mode, method) == ("wideangle", "fit"):
+        unused.append("--device (the fit simulates on the CPU)")
     if unused:
         warnings.warn(f"ignored with {mode} {method}: {'; '.join(unused)}", stacklevel=2)
 
