@@ -312,9 +312,7 @@ def test_results_of_several_shot_files_record_each_by_absolute_path(tmp_path, mo
     folder = tmp_path / "shots"
     folder.mkdir()
     for k in range(2):
-        image = np.zeros((128, 128), np.uint8)
-        image[60 - 20 * k : 68, 60:68] = 200
-        iio.imwrite(folder / f"s{k}.png", image)
+        iio.imwrite(folder / f"s{k}.png", _textured(k))
     monkeypatch.chdir(tmp_path)
     names = [str(folder.resolve() / f"s{k}.png") for k in range(2)]
     for inputs in (["shots/s0.png", "shots/s1.png"], ["shots"]):
@@ -474,23 +472,40 @@ def test_simulate_and_invert_wideangle_shots(tmp_path, capsys):
     assert network.provenance.parameters["file_frames"] == [1, 2]
 
 
-def test_invert_wideangle_refuses_an_all_zero_shot(tmp_path, capsys):
+def _textured(seed: int) -> np.ndarray:
+    """A 128 x 128 8-bit shot with a pattern (varying values), not one value everywhere."""
+    return np.random.default_rng(seed).integers(20, 255, (128, 128), dtype=np.uint8)
+
+
+def test_invert_wideangle_leaves_out_blank_or_saturated_shots(tmp_path, capsys):
+    """One blank shot refused the whole stack, and a saturated (all 255) one got a confident
+    answer: both are left out, named by frame and file; their rows are NaN; the rest inverted."""
     path = tmp_path / "zeros.npy"
     np.save(path, np.zeros((2, 128, 128), np.float32))
     out = tmp_path / "out.h5"
     assert main(["invert", str(path), "--mode", "wideangle", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "zeros.npy" in err and "hold no signal" in err
+    assert "zeros.npy" in err and "hold no signal" in err and "nothing to invert" in err
     assert not out.exists()
     folder = tmp_path / "shots"  # shots named by their frame in the file(s), and their file
     folder.mkdir()
-    for k, value in enumerate((200, 0, 150)):
-        image = np.zeros((128, 128), np.uint8)
-        image[60:68, 60:68] = value
+    for k, image in enumerate((_textured(0), np.zeros((128, 128), np.uint8), _textured(2))):
         iio.imwrite(folder / f"s{k}.png", image)
-    argv = ["invert", str(folder), "--frames", "1:3", "-o", str(out)]
-    assert main(argv) == 1
-    assert "shot(s) 1 (s1.png) hold no signal" in capsys.readouterr().err
+    iio.imwrite(folder / "s3.png", np.full((128, 128), 255, np.uint8))
+    argv = ["invert", str(folder), "--frames", "1:4", "-o", str(out)]
+    assert main(argv) == 0
+    printed, err = capsys.readouterr()
+    assert "shot(s) 1 (s1.png), 3 (s3.png) hold no signal" in err and "left out" in err
+    assert "shot 1: left out" in printed and "shot 3: left out" in printed
+    assert "shot 2: radius" in printed
+    (network,) = io.read_results(out)
+    assert np.isnan(network.radii_nm[[0, 2]]).all() and np.isnan(network.quaternions[0]).all()
+    assert np.isfinite(network.radii_nm[1]) and network.flips_agreeing.tolist()[::2] == [0, 0]
+    assert network.provenance.parameters["file_frames"] == [1, 2, 3]
+    argv = ["invert", str(folder), "--method", "fit", "--iterations", "5", "-o", str(out)]
+    assert main(argv) == 0  # the fit leaves them out too: its rows are the others'
+    (fitted,) = io.read_results(out)
+    assert fitted.provenance.parameters["file_frames"] == [0, 2]
 
 
 def test_invert_takes_several_shot_files(tmp_path, capsys):
@@ -500,9 +515,7 @@ def test_invert_takes_several_shot_files(tmp_path, capsys):
     paths = []
     for k in range(2):
         paths.append(tmp_path / f"shot_{k}.png")
-        image = np.zeros((128, 128), np.uint8)
-        image[60 - 20 * k : 68, 60:68] = 200  # two different shots
-        Image.fromarray(image, mode="L").save(paths[-1])
+        Image.fromarray(_textured(k), mode="L").save(paths[-1])  # two different shots
     out = tmp_path / "out.h5"
     assert main(["invert", *map(str, paths), "--mode", "wideangle", "-o", str(out)]) == 0
     (network,) = io.read_results(out)

@@ -401,16 +401,22 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         results[k] = _recorded(result, args, rows, data.meta)
         p = results[k].provenance
         print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
-        for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
-            agree = ""
-            if result.flips_agreeing is not None:
-                agree = f", {result.flips_agreeing[n]} of 8 flips agree"
-            print(
-                f"  shot {rows[n]}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}{agree}"
-            )
-        if len(result.radii_nm) > 10:
-            print(f"  ... and {len(result.radii_nm) - 10} more shot(s): all are in {args.output}")
+        _print_answers(result, rows, args.output)
     return results
+
+
+def _print_answers(result: Any, rows: np.ndarray, output: Path) -> None:
+    """The first ten shots' answers, each named by its frame in the file(s)."""
+    for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
+        if not np.isfinite(r):
+            print(f"  shot {rows[n]}: left out (no signal, or the same value everywhere)")
+            continue
+        agree = ""
+        if result.flips_agreeing is not None:
+            agree = f", {result.flips_agreeing[n]} of 8 flips agree"
+        print(f"  shot {rows[n]}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}{agree}")
+    if len(result.radii_nm) > 10:
+        print(f"  ... and {len(result.radii_nm) - 10} more shot(s): all are in {output}")
 
 
 def parse_region(spec: str) -> tuple[float, float, float, float]:
