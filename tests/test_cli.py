@@ -572,6 +572,17 @@ def test_refine_unsure_only_refines_the_shots_few_flips_agree_on(tmp_path, capsy
     assert (network.flips_agreeing >= 6).all() and "no unsure shots" in capsys.readouterr().out
 
 
+def test_a_radius_at_the_models_limit_is_printed_as_such(tmp_path, capsys, real_path):
+    """The network clips radii to its range (30-160 nm): the real barke5.png's "radius 160.0
+    nm" read as a measurement."""
+    shot = str(real_path("wideangle/barke5.png"))
+    assert main(["invert", shot, "-o", str(tmp_path / "r.h5")]) == 0
+    printed = capsys.readouterr().out
+    assert "radius 160.0 nm (at the model's limit: the cluster may be larger)" in printed
+    (network,) = io.read_results(tmp_path / "r.h5")
+    assert network.radius_at_limit.tolist() == [True]
+
+
 def test_amplitudes_of_a_lazily_read_stack_have_their_nan_masked():
     """A large file is read lazily and its NaN masked when a method loads it; ``--amplitudes``
     loads it first, and must mask them too (they made every object NaN)."""

@@ -405,6 +405,17 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
     return results
 
 
+def _limit_note(result: Any, n: int) -> str:
+    """ " (at the model's limit: ...)" for a radius pinned at an end of the model's range,
+    which is no measurement, else ""."""
+    pinned = result.radius_at_limit
+    if pinned is None or not pinned[n]:
+        return ""
+    low, high = result.provenance.parameters["radius_range_nm"]
+    bigger = "larger" if result.radii_nm[n] > (low + high) / 2 else "smaller"
+    return f" (at the model's limit: the cluster may be {bigger})"
+
+
 def _print_answers(result: Any, rows: np.ndarray, output: Path) -> None:
     """The first ten shots' answers, each named by its frame in the file(s)."""
     for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
@@ -414,7 +425,8 @@ def _print_answers(result: Any, rows: np.ndarray, output: Path) -> None:
         agree = ""
         if result.flips_agreeing is not None:
             agree = f", {result.flips_agreeing[n]} of 8 flips agree"
-        print(f"  shot {rows[n]}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}{agree}")
+        print(f"  shot {rows[n]}: radius {r:.1f} nm{_limit_note(result, n)}, quaternion "
+              f"{np.round(q, 4).tolist()}{agree}")  # fmt: skip
     if len(result.radii_nm) > 10:
         print(f"  ... and {len(result.radii_nm) - 10} more shot(s): all are in {output}")
 

@@ -186,6 +186,8 @@ def test_dock_on_the_real_flash_shots(viewer, qtbot, real_data, error_messages):
     assert not error_messages()
     result = dock.network[viewer.layers["barke5 shots"].unique_id]
     assert 30 <= result.radii_nm[0] <= 160
+    assert dock.table.item(0, 1).text() == "160.0 (at limit)"  # clipped: no measurement
+    assert "the cluster may be larger" in dock.table.item(0, 1).toolTip()
     simulated = viewer.layers["barke5 simulated (NN)"]
     measured = viewer.layers["barke5 shots"]
     assert simulated.contrast_limits == measured.contrast_limits  # same contrast

@@ -190,7 +190,7 @@ def network_steps(
         method=LABELS["nn"],
         model_name=card.get("name"),
         model_version=card.get("version"),
-        parameters={"model_path": str(path), "test_time_flips": 8},
+        parameters={"model_path": str(path), "test_time_flips": 8, "radius_range_nm": [*RADII]},
         wall_time_s=time.perf_counter() - start,
         source=data.meta.source,
     )
@@ -430,7 +430,7 @@ def _fitted(
     per_shot = dict(zip(PER_SHOT, (shots.tolist(), similarity, offsets, blurs), strict=True))
     provenance = Provenance(
         method=LABELS["refine" if start is not None else "fit"],
-        parameters={**settings, **per_shot},
+        parameters={**settings, "radius_range_nm": [*RADII], **per_shot},
         source=data.meta.source,
     )
     return OrientationResult(np.array(quaternions), np.array(radii), provenance)
