@@ -713,3 +713,36 @@ def test_options_the_wideangle_fit_or_simulation_does_not_use_are_named(tmp_path
     assert "ignored with wideangle fit: --device (the fit simulates on the CPU)" in (
         capsys.readouterr().err
     )
+
+
+def test_ctrl_c_during_a_fit_writes_the_answers_finished_so_far(tmp_path, capsys, monkeypatch):
+    """Ctrl-C an hour into a refine lost the network's answers (done in seconds) and every
+    shot fitted: they are written, the file said to be partial, with the shots it holds; the
+    exit code is still 130.  The fit says how far it is on stderr as it goes."""
+    from napari_cdinn.core import wideangle
+
+    shots = tmp_path / "shots.cxi"
+    assert main(["simulate", "wideangle", "-n", "3", "--seed", "5", "-o", str(shots)]) == 0
+    real = wideangle.fit_steps
+
+    def interrupted_after_one_shot(*args, finished, **kwargs):
+        steps = real(*args, finished=finished, **kwargs)
+        while not finished:
+            yield next(steps)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wideangle, "fit_steps", interrupted_after_one_shot)
+    out = tmp_path / "answers.h5"
+    argv = ["invert", str(shots), "--method", "refine", "--iterations", "10", "-o", str(out)]
+    assert main([*argv, "--frames", "1:3"]) == 130
+    printed, err = capsys.readouterr()
+    assert "NN: 2 shot(s)" in printed  # printed when found, not at the end
+    assert "fitted 1 of 2 shot(s)" in err
+    assert f"interrupted: wrote {out}, a partial result: the network's answers for all 2" in err
+    assert "the fit's for shot(s) [1]" in err
+    network, refined = io.read_results(out)
+    assert network.radii_nm.shape == (2,) and np.isfinite(network.radii_nm).all()
+    assert refined.provenance.parameters["file_frames"] == [1]
+    assert main([*argv[:-4], "--method", "fit", "--iterations", "10", "-o", str(out)]) == 130
+    (fitted,) = io.read_results(out)  # the fit alone: its finished shot
+    assert fitted.provenance.parameters["file_frames"] == [0]

@@ -384,25 +384,83 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         if args.amplitudes:
             _squared(data)
     data = _numbered(data, frames)  # refusals name shots by their frame in the file(s)
-    results = []
+    results = []  # each printed as soon as it is found: a fit may take hours after the network
     if method in ("nn", "refine"):
-        results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
+        network = run_to_end(wideangle.network_steps(data, args.model, device=args.device))
+        results.append(_shown(network, args, frames, data.meta))
     recipe = wideangle.FitRecipe(evaluations=args.iterations or wideangle.FitRecipe.evaluations)
-    shots = wideangle.unsure_shots(results[0]) if method == "refine" and args.unsure_only else None
+    shots = wideangle.unsure_shots(network) if method == "refine" and args.unsure_only else None
     if shots is not None and not len(shots):
         print(f"no unsure shots: at least {wideangle.UNSURE_BELOW} of 8 flips agree on each")
-    elif method == "refine":
-        results.append(run_to_end(wideangle.fit_steps(data, recipe, start=results[0], shots=shots)))
-    elif method == "fit":
-        results.append(run_to_end(wideangle.fit_steps(data, recipe)))
-    for k, result in enumerate(results):  # which of the file's frames each answer is for
-        numbers = result.provenance.parameters.get("shots", range(len(result.radii_nm)))
-        rows = frames[np.asarray(numbers, int)]  # a fit of some shots: its rows' frames only
-        results[k] = _recorded(result, args, rows, data.meta)
-        p = results[k].provenance
-        print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
-        _print_answers(result, rows, args.output)
+    elif method in ("fit", "refine"):
+        start = network if method == "refine" else None
+        finished: list = []  # (shot, its result), filled as each shot's fit ends
+        steps = wideangle.fit_steps(data, recipe, start=start, shots=shots, finished=finished)
+        try:
+            fitted = _fit_reporting_progress(steps, finished, 1 if start else recipe.starts)
+        except KeyboardInterrupt:  # keep what is done: fits take about a minute per shot
+            _write_partial(args, results, finished, frames, data.meta)
+            raise
+        results.append(_shown(fitted, args, frames, data.meta))
     return results
+
+
+def _shown(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: Any) -> Any:
+    """``result`` recorded (``_with_frames``) and printed."""
+    result = _with_frames(result, args, frames, meta)
+    p = result.provenance
+    print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
+    _print_answers(result, np.asarray(p.parameters["file_frames"]), args.output)
+    return result
+
+
+PROGRESS_EVERY_S = 10.0  # the fit says how far it is at most this often (a shot takes ~1 min)
+
+
+def _fit_reporting_progress(steps: Any, finished: list, starts: int) -> Any:
+    """Run a fit (of ``starts`` starts per shot) to its end, saying on stderr how many shots
+    are done: after the first, then at most every ``PROGRESS_EVERY_S``, and at the end."""
+    began = last = time.perf_counter()
+    reported = 0
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        now = time.perf_counter()
+        due = not reported or now - last >= PROGRESS_EVERY_S or done == total
+        if len(finished) > reported and due:
+            reported, last = len(finished), now
+            print(f"{PROG}: fitted {reported} of {total // starts} shot(s) in "
+                  f"{now - began:.0f} s", file=sys.stderr)  # fmt: skip
+
+
+def _with_frames(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: Any) -> Any:
+    """``result`` recorded (``_recorded``) with the file's frames its rows answer for: a fit
+    of some shots (parameter ``shots``) answers for those shots' frames only."""
+    numbers = result.provenance.parameters.get("shots", range(len(result.radii_nm)))
+    return _recorded(result, args, frames[np.asarray(numbers, int)], meta)
+
+
+def _write_partial(
+    args: argparse.Namespace, results: list, finished: list, frames: np.ndarray, meta: Any
+) -> None:
+    """On Ctrl-C during a fit: write the answers finished so far (``results``: the network's,
+    recorded; ``finished``: the shots fitted) and say on stderr that the file is partial and
+    which shots it holds."""
+    from .core import io, wideangle
+
+    held = [f"the network's answers for all {len(r.radii_nm)} shot(s)" for r in results]
+    if finished:
+        fitted = wideangle.merged([result for _, result in finished])
+        results = [*results, _with_frames(fitted, args, frames, meta)]
+        held.append(f"the fit's for shot(s) {meta.frame_list([shot for shot, _ in finished])}")
+    if not results:
+        print(f"{PROG}: no shot was done; {args.output} not written", file=sys.stderr)
+        return
+    io.write_results(args.output, results)
+    print(f"{PROG}: interrupted: wrote {args.output}, a partial result: {' and '.join(held)} "
+          f"({len(finished)} shot(s) fitted)", file=sys.stderr)  # fmt: skip
 
 
 def _limit_note(result: Any, n: int) -> str:
