@@ -327,10 +327,18 @@ class WideAngleDock(WorkerDock):
         shots = self._layer(layer_name)
         if answered and shots is not None:
             self._show_cluster(layer_name, shot, answered[0][1], answered[0][2], create)
-        elif rows and shots is not None and self._own("cluster", shots) is not None:
-            cluster = self._own("cluster", shots)  # no answer: not another shot's cluster
-            cluster.metadata = {**cluster.metadata, "shot": shot, "left_out": True}
-            cluster.visible = False
+        elif rows and shots is not None:  # left out: no cluster, not another shot's
+            network = self.network.get(layer_id)
+            answered_shots = np.flatnonzero(np.isfinite(network.radii_nm))
+            if create and self._own("cluster", shots) is None and len(answered_shots):
+                k = answered_shots[0]  # the layer made now, hidden, for the shots answered
+                self._show_cluster(
+                    layer_name, shot, network.quaternions[k], network.radii_nm[k], True
+                )
+            cluster = self._own("cluster", shots)
+            if cluster is not None:
+                cluster.metadata = {**cluster.metadata, "shot": shot, "left_out": True}
+                cluster.visible = False
 
     def _show_table(self, layer_id: str | None, shot: int) -> list[tuple]:
         """The table of the shot's answers (empty for a layer without any); returns its rows."""
