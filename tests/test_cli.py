@@ -327,6 +327,26 @@ def test_results_record_the_input_by_absolute_path_and_dataset(tmp_path, monkeyp
     assert len(result.objects) == 3
 
 
+def test_results_of_several_shot_files_record_each_by_absolute_path(tmp_path, monkeypatch):
+    """``invert shots/a.png shots/b.png`` run in the folder above: the result recorded
+    "shots/a.png and 1 more files" and the base names, which name no file once it moves."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for k in range(2):
+        iio.imwrite(folder / f"s{k}.png", _textured(k))
+    monkeypatch.chdir(tmp_path)
+    names = [str(folder.resolve() / f"s{k}.png") for k in range(2)]
+    for inputs in (["shots/s0.png", "shots/s1.png"], ["shots"]):
+        assert main(["invert", *inputs, "--mode", "wideangle", "-o", "r.h5"]) == 0
+        (result,) = io.read_results(tmp_path / "r.h5")
+        assert result.provenance.parameters["file_names"] == names
+    assert result.provenance.source == str(folder.resolve())  # the folder
+    assert main(["invert", "shots/s0.png", "shots/s1.png", "--frames", "1", "-o", "r.h5"]) == 0
+    (result,) = io.read_results(tmp_path / "r.h5")
+    assert result.provenance.source == f"{names[0]} and 1 more files"
+    assert result.provenance.parameters["file_names"] == names[1:]
+
+
 def test_amplitudes_are_refused_for_log_scale_shots(tmp_path, capsys):
     from PIL import Image
 
@@ -473,23 +493,40 @@ def test_simulate_and_invert_wideangle_shots(tmp_path, capsys):
     assert network.provenance.parameters["file_frames"] == [1, 2]
 
 
-def test_invert_wideangle_refuses_an_all_zero_shot(tmp_path, capsys):
+def _textured(seed: int) -> np.ndarray:
+    """A 128 x 128 8-bit shot with a pattern (varying values), not one value everywhere."""
+    return np.random.default_rng(seed).integers(20, 255, (128, 128), dtype=np.uint8)
+
+
+def test_invert_wideangle_leaves_out_blank_or_saturated_shots(tmp_path, capsys):
+    """One blank shot refused the whole stack, and a saturated (all 255) one got a confident
+    answer: both are left out, named by frame and file; their rows are NaN; the rest inverted."""
     path = tmp_path / "zeros.npy"
     np.save(path, np.zeros((2, 128, 128), np.float32))
     out = tmp_path / "out.h5"
     assert main(["invert", str(path), "--mode", "wideangle", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "zeros.npy" in err and "hold no signal" in err
+    assert "zeros.npy" in err and "hold no signal" in err and "nothing to invert" in err
     assert not out.exists()
     folder = tmp_path / "shots"  # shots named by their frame in the file(s), and their file
     folder.mkdir()
-    for k, value in enumerate((200, 0, 150)):
-        image = np.zeros((128, 128), np.uint8)
-        image[60:68, 60:68] = value
+    for k, image in enumerate((_textured(0), np.zeros((128, 128), np.uint8), _textured(2))):
         iio.imwrite(folder / f"s{k}.png", image)
-    argv = ["invert", str(folder), "--frames", "1:3", "-o", str(out)]
-    assert main(argv) == 1
-    assert "shot(s) 1 (s1.png) hold no signal" in capsys.readouterr().err
+    iio.imwrite(folder / "s3.png", np.full((128, 128), 255, np.uint8))
+    argv = ["invert", str(folder), "--frames", "1:4", "-o", str(out)]
+    assert main(argv) == 0
+    printed, err = capsys.readouterr()
+    assert "shot(s) 1 (s1.png), 3 (s3.png) hold no signal" in err and "left out" in err
+    assert "shot 1: left out" in printed and "shot 3: left out" in printed
+    assert "shot 2: radius" in printed
+    (network,) = io.read_results(out)
+    assert np.isnan(network.radii_nm[[0, 2]]).all() and np.isnan(network.quaternions[0]).all()
+    assert np.isfinite(network.radii_nm[1]) and network.flips_agreeing.tolist()[::2] == [0, 0]
+    assert network.provenance.parameters["file_frames"] == [1, 2, 3]
+    argv = ["invert", str(folder), "--method", "fit", "--iterations", "5", "-o", str(out)]
+    assert main(argv) == 0  # the fit leaves them out too: its rows are the others'
+    (fitted,) = io.read_results(out)
+    assert fitted.provenance.parameters["file_frames"] == [0, 2]
 
 
 def test_invert_takes_several_shot_files(tmp_path, capsys):
@@ -499,9 +536,7 @@ def test_invert_takes_several_shot_files(tmp_path, capsys):
     paths = []
     for k in range(2):
         paths.append(tmp_path / f"shot_{k}.png")
-        image = np.zeros((128, 128), np.uint8)
-        image[60 - 20 * k : 68, 60:68] = 200  # two different shots
-        Image.fromarray(image, mode="L").save(paths[-1])
+        Image.fromarray(_textured(k), mode="L").save(paths[-1])  # two different shots
     out = tmp_path / "out.h5"
     assert main(["invert", *map(str, paths), "--mode", "wideangle", "-o", str(out)]) == 0
     (network,) = io.read_results(out)
@@ -548,14 +583,25 @@ def test_refine_unsure_only_refines_the_shots_few_flips_agree_on(tmp_path, capsy
     assert unsure and refined.provenance.parameters["shots"] == unsure
     assert refined.radii_nm.shape == (len(unsure),)
     # each row says which file (and frame of the stack) it answers for, the refined rows too
-    assert network.provenance.parameters["file_names"] == ["barke5.png", "barke6.png"]
+    assert network.provenance.parameters["file_names"] == shots  # by absolute path
     assert refined.provenance.parameters["file_frames"] == unsure
-    assert refined.provenance.parameters["file_names"] == [f"barke{5 + k}.png" for k in unsure]
+    assert refined.provenance.parameters["file_names"] == [shots[k] for k in unsure]
     sample = Path(__file__).resolve().parents[1] / "sample_data" / "wideangle_shots.cxi"
     capsys.readouterr()
     assert main(["invert", str(sample), *argv, "-o", str(tmp_path / "sure.h5")]) == 0
     (network,) = io.read_results(tmp_path / "sure.h5")
     assert (network.flips_agreeing >= 6).all() and "no unsure shots" in capsys.readouterr().out
+
+
+def test_a_radius_at_the_models_limit_is_printed_as_such(tmp_path, capsys, real_path):
+    """The network clips radii to its range (30-160 nm): the real barke5.png's "radius 160.0
+    nm" read as a measurement."""
+    shot = str(real_path("wideangle/barke5.png"))
+    assert main(["invert", shot, "-o", str(tmp_path / "r.h5")]) == 0
+    printed = capsys.readouterr().out
+    assert "radius 160.0 nm (at the model's limit: the cluster may be larger)" in printed
+    (network,) = io.read_results(tmp_path / "r.h5")
+    assert network.radius_at_limit.tolist() == [True]
 
 
 def test_amplitudes_of_a_lazily_read_stack_have_their_nan_masked():
@@ -645,6 +691,22 @@ def test_train_cdi_without_o_never_replaces_a_model_and_names_unused_options(
     assert len(list((tmp_path / "models").glob("*.safetensors"))) == 2
 
 
+def test_a_wideangle_method_on_a_file_read_as_cdi_says_to_add_the_mode(tmp_path, capsys):
+    """A TIFF is read as CDI unless told: ``--method fit`` said "not one of nn, iterative,
+    refine", and ``--method refine --unsure-only`` ran CDI's refine."""
+    import tifffile
+
+    path = tmp_path / "sim16.tif"
+    tifffile.imwrite(path, np.ones((2, 16, 16), np.float32))
+    out = tmp_path / "x.h5"
+    for given in (["--method", "fit"], ["--method", "refine", "--unsure-only"]):
+        assert main(["invert", str(path), *given, "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "sim16.tif: read as cdi (the default for TIFF)" in err, err
+        assert "is for the wide-angle mode: add --mode wideangle" in err
+        assert not out.exists()
+
+
 def test_options_the_method_does_not_use_are_named(tmp_path, capsys):
     """--unsure-only, --iterations or --model given where the method has no use for them are
     said to be ignored, not silently dropped."""
@@ -656,3 +718,52 @@ def test_options_the_method_does_not_use_are_named(tmp_path, capsys):
     assert main(["invert", str(sample), "--frames", "0", "--iterations", "5",
                  "-o", str(tmp_path / "b.h5")]) == 0  # fmt: skip
     assert "ignored with cdi nn: --iterations" in capsys.readouterr().err
+
+
+def test_options_the_wideangle_fit_or_simulation_does_not_use_are_named(tmp_path, capsys):
+    """--device with the fit (it simulates on the CPU) and ptychography's scan options when
+    simulating wide-angle shots were dropped without a word."""
+    shots = tmp_path / "s.cxi"
+    argv = ["simulate", "wideangle", "-n", "1", "--every", "5", "--step", "3", "-o", str(shots)]
+    assert main(argv) == 0
+    assert "ignored with simulate wideangle (ptycho only): --step, --every" in (
+        capsys.readouterr().err
+    )
+    argv = ["invert", str(shots), "--method", "fit", "--iterations", "10", "--device", "cpu"]
+    assert main([*argv, "-o", str(tmp_path / "a.h5")]) == 0
+    assert "ignored with wideangle fit: --device (the fit simulates on the CPU)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_ctrl_c_during_a_fit_writes_the_answers_finished_so_far(tmp_path, capsys, monkeypatch):
+    """Ctrl-C an hour into a refine lost the network's answers (done in seconds) and every
+    shot fitted: they are written, the file said to be partial, with the shots it holds; the
+    exit code is still 130.  The fit says how far it is on stderr as it goes."""
+    from napari_cdinn.core import wideangle
+
+    shots = tmp_path / "shots.cxi"
+    assert main(["simulate", "wideangle", "-n", "3", "--seed", "5", "-o", str(shots)]) == 0
+    real = wideangle.fit_steps
+
+    def interrupted_after_one_shot(*args, finished, **kwargs):
+        steps = real(*args, finished=finished, **kwargs)
+        while not finished:
+            yield next(steps)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wideangle, "fit_steps", interrupted_after_one_shot)
+    out = tmp_path / "answers.h5"
+    argv = ["invert", str(shots), "--method", "refine", "--iterations", "10", "-o", str(out)]
+    assert main([*argv, "--frames", "1:3"]) == 130
+    printed, err = capsys.readouterr()
+    assert "NN: 2 shot(s)" in printed  # printed when found, not at the end
+    assert "fitted 1 of 2 shot(s)" in err
+    assert f"interrupted: wrote {out}, a partial result: the network's answers for all 2" in err
+    assert "the fit's for shot(s) [1]" in err
+    network, refined = io.read_results(out)
+    assert network.radii_nm.shape == (2,) and np.isfinite(network.radii_nm).all()
+    assert refined.provenance.parameters["file_frames"] == [1]
+    assert main([*argv[:-4], "--method", "fit", "--iterations", "10", "-o", str(out)]) == 130
+    (fitted,) = io.read_results(out)  # the fit alone: its finished shot
+    assert fitted.provenance.parameters["file_frames"] == [0]

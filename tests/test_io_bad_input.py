@@ -456,7 +456,7 @@ def test_several_files_of_other_kinds_or_missing_are_refused_by_name(tmp_path):
     other = tmp_path / "b.npy"
     np.save(other, np.ones((2, 16, 16), np.float32))
     for second, problem in (
-        (other, "only when all are png or all tiff"),
+        (other, "only png or tiff frame files can be read as one stack"),
         (tmp_path / "c.png", "not found"),
     ):
         with pytest.raises(InputError) as info:
@@ -471,6 +471,36 @@ def test_png_folder_with_mismatched_sizes(tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "a.png")
     Image.fromarray(np.zeros((16, 8), np.uint8)).save(folder / "b.png")
     refused(folder, "differs")
+
+
+def test_a_folder_of_png_and_tiff_files_is_refused_naming_both(tmp_path):
+    """PNG shots beside a detector_mask.tif were read as the TIFF alone (and inverted as CDI),
+    the PNGs dropped without a word."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / name)
+    tifffile.imwrite(folder / "detector_mask.tif", np.ones((16, 16), np.uint8))
+    refused(folder, "holds 2 .png and 1 .tif files")
+    refused(folder, "give the files explicitly")
+
+
+def test_a_list_of_inputs_that_cannot_be_one_stack_says_what_can(tmp_path):
+    """Several inputs are read as one stack only when all are PNG or all TIFF frame files; the
+    refusal said "this one is cxi and the first cxi", or "not a file" for a folder."""
+    shot = tmp_path / "a.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(shot)
+    npy = save_npy(tmp_path / "b.npy", np.zeros((16, 16), np.float32))
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for paths, named, problem in (
+        ([npy, shot], npy, "a NPY file; only PNG or TIFF frame files can be read as one stack"),
+        ([shot, folder], folder, "a folder among several inputs; only PNG or TIFF frame files"),
+    ):
+        with pytest.raises(InputError) as info:
+            cio.read(paths)
+        assert str(info.value).startswith(f"{named}: {problem}"), info.value
+    assert "give a folder alone" in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["missing.h5", "missing.cxi", "missing.npy", "missing.tif"])

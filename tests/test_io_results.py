@@ -95,6 +95,27 @@ def test_object_and_orientation_round_trip(tmp_path):
     assert back[0].provenance.wall_time_s == 12.75
 
 
+def test_radii_at_the_models_limit_are_marked_and_nan_rows_round_trip(tmp_path):
+    """A radius clipped to the model's range is no measurement: each row says whether it is
+    (``radius_at_limit``); a shot left out (NaN row, 0 flips agreeing) writes and reads."""
+    parameters = {"radius_range_nm": [30.0, 160.0]}
+    network = OrientationResult(
+        np.vstack([np.eye(4)[:3], np.full((1, 4), np.nan)]),
+        np.array([30.0, 100.0, 160.0, np.nan]),
+        Provenance(method="NN", parameters=parameters),
+        np.array([8, 5, 2, 0]),
+    )
+    assert network.radius_at_limit.tolist() == [True, False, True, False]
+    path = cio.write_results(tmp_path / "nn.h5", [network, orientation_result()])
+    with h5py.File(path) as h5:
+        pinned = h5["entry_1/orientation_1/radius_at_limit"][()]
+        assert pinned.dtype == bool and pinned.tolist() == [True, False, True, False]
+        assert "radius_at_limit" not in h5["entry_1/orientation_2"]  # no range recorded
+    read, _ = cio.read_results(path)
+    assert np.isnan(read.radii_nm[3]) and np.isnan(read.quaternions[3]).all()
+    assert read.radius_at_limit.tolist() == [True, False, True, False]
+
+
 def test_layout_is_the_documented_one(tmp_path):
     obj, orient = object_result(), orientation_result()
     path = cio.write_results(tmp_path / "out.h5", [obj, orient])

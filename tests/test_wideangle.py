@@ -355,10 +355,10 @@ def test_bad_shots_are_refused_with_the_file_and_the_problem():
 
     with pytest.raises(InputError, match=r"shots.npy.*64 x 64 pixels.*128 x 128"):
         wideangle.shot_images(_shots(np.ones((2, 64, 64), np.float32)))
+    with pytest.raises(InputError, match=r"shots.npy: .*frames seem to lie along the last axis"):
+        wideangle.shot_images(_shots(np.ones((128, 128, 4), np.float32)))  # frames last
     images = np.random.default_rng(0).random((3, 128, 128)).astype(np.float32)
     images[1] = 0
-    with pytest.raises(InputError, match=r"shot\(s\) 1 hold no signal"):
-        wideangle.shot_images(_shots(images))
     with pytest.raises(InputError, match="no shots"):
         wideangle.shot_images(_shots(np.zeros((0, 128, 128), np.float32)))
     images[1, 5, 5] = 1
@@ -377,12 +377,14 @@ def test_a_shot_of_too_few_photons_is_refused_by_the_fit():
     from napari_cdinn.core.progress import run_to_end
 
     sparse = np.zeros((1, 128, 128), np.float32)
-    sparse[0, ::7, ::7] = 0.5
+    sparse[0, ::7, ::7] = np.random.default_rng(0).uniform(0.2, 0.8, (19, 19))
     with pytest.raises(InputError, match=r"sparse\.npy: shot 0: 0 binned pixels with signal"):
         run_to_end(wideangle.fit_steps(_shots(sparse, "sparse.npy")))
     saturated = np.full((1, 128, 128), 200 / 255, np.float32)  # a grey image: no pattern
     with pytest.raises(InputError, match=r"flat\.npy: shot 0: the same value in every pixel"):
-        run_to_end(wideangle.fit_steps(_shots(saturated, "flat.npy")))
+        run_to_end(wideangle.fit_steps(_shots(saturated, "flat.npy"), shots=[0]))
+    with pytest.raises(InputError, match=r"flat\.npy: shot\(s\) 0 hold no signal .* the same"):
+        run_to_end(wideangle.fit_steps(_shots(saturated, "flat.npy")))  # none left to fit
 
 
 def test_an_unfittable_shot_is_refused_before_the_others_are_fitted():
@@ -395,10 +397,44 @@ def test_an_unfittable_shot_is_refused_before_the_others_are_fitted():
         wa.Simulator().intensity(80.0, ico.random_orientations(1, np.random.default_rng(3))[0])
     )
     sparse = np.zeros((128, 128), np.float32)
-    sparse[::7, ::7] = 0.5
+    sparse[::7, ::7] = np.random.default_rng(0).uniform(0.2, 0.8, (19, 19))
     steps = wideangle.fit_steps(_shots(np.stack([good, sparse]), "two.npy"))
     with pytest.raises(InputError, match=r"two\.npy: shot 1: 0 binned pixels"):
         next(steps)  # at once, not after shot 0's simplex
+
+
+def test_blank_or_flat_shots_are_left_out_and_the_others_inverted():
+    """One blank (all zero), all-NaN or saturated shot stopped the whole stack ("shot(s) 1 hold
+    no signal"), and a saturated one got a confident answer: they are left out with a warning
+    naming them, their rows NaN (0 flips agreeing), the others inverted; a fit of a good shot
+    works beside a blank one, and a fit of the blank one is refused."""
+    from napari_cdinn.core import wideangle
+    from napari_cdinn.core.data import DiffractionStack, Metadata
+    from napari_cdinn.core.errors import InputError, InputWarning
+    from napari_cdinn.core.progress import run_to_end
+
+    good = wa.log_image(
+        wa.Simulator().intensity(80.0, ico.random_orientations(1, np.random.default_rng(3))[0])
+    )
+    images = np.stack([good, np.zeros_like(good), np.ones_like(good), good])
+    with pytest.warns(InputWarning, match=r"shots.npy: shot\(s\) 1, 2 hold no signal.*left out"):
+        result = run_to_end(wideangle.network_steps(_shots(images)))
+    assert np.isnan(result.radii_nm[1:3]).all() and np.isnan(result.quaternions[1:3]).all()
+    assert np.isfinite(result.radii_nm[[0, 3]]).all() and (result.flips_agreeing[1:3] == 0).all()
+    assert 2 not in wideangle.unsure_shots(result) and 1 not in wideangle.unsure_shots(result)
+    intensities = np.stack([np.full((128, 128), 5.0), np.full((128, 128), np.nan)])
+    intensities = np.concatenate([intensities, 10 ** (4 * good[None])]).astype(np.float32)
+    stack = DiffractionStack(intensities, None, Metadata(source="stack.npy"))
+    with pytest.warns(InputWarning, match=r"stack.npy: shot\(s\) 0, 1 hold no signal"):
+        assert np.isnan(run_to_end(wideangle.network_steps(stack)).radii_nm[:2]).all()
+    recipe = wideangle.FitRecipe(starts=1, evaluations=5)
+    fitted = run_to_end(wideangle.fit_steps(_shots(images), recipe, shots=[3]))
+    assert fitted.radii_nm.shape == (1,) and np.isfinite(fitted.radii_nm).all()
+    with pytest.raises(InputError, match=r"shots.npy: shot 1: no signal \(all zero\)"):
+        run_to_end(wideangle.fit_steps(_shots(images), recipe, shots=[1]))
+    with pytest.warns(InputWarning, match=r"shot\(s\) 1, 2 hold"):
+        fitted = run_to_end(wideangle.fit_steps(_shots(images), recipe))
+    assert fitted.provenance.parameters["shots"] == [0, 3]
 
 
 def test_colour_png_is_refused(tmp_path):

@@ -79,6 +79,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     if args.n < 1:
         raise CdinnError("simulate: -n must be at least 1")
+    _warn_unused_simulate(args)
     if args.mode == "wideangle":
         from .core.simulate.wideangle import Detector
 
@@ -134,6 +135,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+PTYCHO_SIMULATION = ("object_size", "step", "scan", "every")  # the options only ptycho uses
+
+
+def _warn_unused_simulate(args: argparse.Namespace) -> None:
+    """Name the given ptychography options that simulating another mode does not use, rather
+    than drop them (``simulate wideangle --every 5 --step 3`` said nothing)."""
+    if args.mode == "ptycho":
+        return
+    defaults = vars(build_parser().parse_args(["simulate", args.mode, "-o", "x"]))
+    given = [name for name in PTYCHO_SIMULATION if getattr(args, name) != defaults[name]]
+    if given:
+        named = ", ".join("--" + n.replace("_", "-") for n in given)
+        warnings.warn(f"ignored with simulate {args.mode} (ptycho only): {named}", stacklevel=2)
+
+
 def _simulate_wideangle(args: argparse.Namespace) -> int:
     """Shots of random icosahedra (intensities, Poisson noise when --photons is given) with
     their true orientations and radii."""
@@ -175,6 +191,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
         or data.meta.extra.get("mode")  # a file that says what it holds (wide-angle CXI)
         or {"DiffractionStack": "cdi", "PtychoScan": "ptycho"}.get(type(data).__name__, "wideangle")
     )
+    if args.mode is None and mode != "wideangle":
+        _refuse_wideangle_only(args, mode)
     if mode == "ptycho":
         results = _invert_ptycho(args, data)
     elif mode == "cdi":
@@ -184,6 +202,26 @@ def cmd_invert(args: argparse.Namespace) -> int:
     io.write_results(args.output, results)
     print(f"wrote {args.output}")
     return 0
+
+
+def _refuse_wideangle_only(args: argparse.Namespace, mode: str) -> None:
+    """Refuse a method or option that only the wide-angle mode has when the mode came from the
+    file (``invert shots.tif --method fit`` said "method 'fit' is not one of nn, iterative,
+    refine", and ``--method refine --unsure-only`` ran CDI's refine): say which mode the file
+    was read as, and how to ask for the other."""
+    from .core import io
+
+    given = []
+    if args.method == "fit":
+        given.append("--method fit")
+    if args.unsure_only and args.method == "refine":
+        given.append("--unsure-only")
+    if given:
+        kind = (io.file_kind(args.input[0]) or "this file").upper()
+        raise CdinnError(
+            f"{args.input[0]}: read as {mode} (the default for {kind}); {' and '.join(given)} "
+            "is for the wide-angle mode: add --mode wideangle"
+        )
 
 
 def _numbered(data: Any, frames: np.ndarray) -> Any:
@@ -206,6 +244,8 @@ def _warn_unused(args: argparse.Namespace, mode: str, method: str) -> None:
         unused.append("--iterations (the network does not iterate)")
     if args.model and method not in ("nn", "refine"):
         unused.append(f"--model ({method} uses no network)")
+    if args.device != "auto" and (mode, method) == ("wideangle", "fit"):
+        unused.append("--device (the fit simulates on the CPU)")
     if unused:
         warnings.warn(f"ignored with {mode} {method}: {'; '.join(unused)}", stacklevel=2)
 
@@ -213,9 +253,9 @@ def _warn_unused(args: argparse.Namespace, mode: str, method: str) -> None:
 def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: Any) -> Any:
     """``result`` with what it answers for in its provenance: the input file's absolute path
     (a result file outlives the folder it was made in), the dataset read from it, the file's
-    frames (``parse_frames``'s, one per row), the name of each one's file when the stack was
-    read from several (``meta.extra["files"]``, one per frame of the stack), and whether the
-    file held amplitudes: a result of ``--frames 7`` must say it is frame 7's, of ``a.png
+    frames (``parse_frames``'s, one per row), the absolute path of each one's file when the
+    stack was read from several (``meta.extra["files"]``, one per frame of the stack), and
+    whether the file held amplitudes: a result of ``--frames 7`` must say it is frame 7's, of ``a.png
     b.png`` which row is b's, and of ``--dataset /b/data`` that it is not /a/data's."""
     from dataclasses import replace
 
@@ -225,13 +265,24 @@ def _recorded(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: A
         parameters["file_dataset"] = meta.dataset
     files = meta.extra.get("files")
     if files is not None and len(files) > max(frames, default=-1):
-        parameters["file_names"] = [files[i] for i in frames]
+        paths = _frame_paths(args, files)
+        parameters["file_names"] = [paths[i] for i in frames]
     if args.amplitudes:
         parameters["file_held_amplitudes"] = True
-    source = p.source  # "a.png and 3 more files" stays as it is
+    source = p.source  # "/abs/a.png and 3 more files" stays as it is
     if source and Path(source).exists():
         source = str(Path(source).resolve())
     return replace(result, provenance=replace(p, parameters=parameters, source=source))
+
+
+def _frame_paths(args: argparse.Namespace, files: list[str]) -> list[str]:
+    """The absolute path of each frame's file (``files``: their names, as the reader gives
+    them): the several inputs, read in the order given, or the files of the folder or file."""
+    inputs = [Path(p) for p in args.input]
+    if len(inputs) > 1:
+        return [str(p.resolve()) for p in inputs]
+    folder = inputs[0] if inputs[0].is_dir() else inputs[0].parent
+    return [str((folder / name).resolve()) for name in files]
 
 
 def _invert_cdi(args: argparse.Namespace, data: Any) -> list:
@@ -337,33 +388,109 @@ def _invert_wideangle(args: argparse.Namespace, data: Any) -> list:
         if args.amplitudes:
             _squared(data)
     data = _numbered(data, frames)  # refusals name shots by their frame in the file(s)
-    results = []
+    results = []  # each printed as soon as it is found: a fit may take hours after the network
     if method in ("nn", "refine"):
-        results.append(run_to_end(wideangle.network_steps(data, args.model, device=args.device)))
+        network = run_to_end(wideangle.network_steps(data, args.model, device=args.device))
+        results.append(_shown(network, args, frames, data.meta))
     recipe = wideangle.FitRecipe(evaluations=args.iterations or wideangle.FitRecipe.evaluations)
-    shots = wideangle.unsure_shots(results[0]) if method == "refine" and args.unsure_only else None
+    shots = wideangle.unsure_shots(network) if method == "refine" and args.unsure_only else None
     if shots is not None and not len(shots):
         print(f"no unsure shots: at least {wideangle.UNSURE_BELOW} of 8 flips agree on each")
-    elif method == "refine":
-        results.append(run_to_end(wideangle.fit_steps(data, recipe, start=results[0], shots=shots)))
-    elif method == "fit":
-        results.append(run_to_end(wideangle.fit_steps(data, recipe)))
-    for k, result in enumerate(results):  # which of the file's frames each answer is for
-        numbers = result.provenance.parameters.get("shots", range(len(result.radii_nm)))
-        rows = frames[np.asarray(numbers, int)]  # a fit of some shots: its rows' frames only
-        results[k] = _recorded(result, args, rows, data.meta)
-        p = results[k].provenance
-        print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
-        for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
-            agree = ""
-            if result.flips_agreeing is not None:
-                agree = f", {result.flips_agreeing[n]} of 8 flips agree"
-            print(
-                f"  shot {rows[n]}: radius {r:.1f} nm, quaternion {np.round(q, 4).tolist()}{agree}"
-            )
-        if len(result.radii_nm) > 10:
-            print(f"  ... and {len(result.radii_nm) - 10} more shot(s): all are in {args.output}")
+    elif method in ("fit", "refine"):
+        start = network if method == "refine" else None
+        finished: list = []  # (shot, its result), filled as each shot's fit ends
+        steps = wideangle.fit_steps(data, recipe, start=start, shots=shots, finished=finished)
+        try:
+            fitted = _fit_reporting_progress(steps, finished, 1 if start else recipe.starts)
+        except KeyboardInterrupt:  # keep what is done: fits take about a minute per shot
+            _write_partial(args, results, finished, frames, data.meta)
+            raise
+        results.append(_shown(fitted, args, frames, data.meta))
     return results
+
+
+def _shown(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: Any) -> Any:
+    """``result`` recorded (``_with_frames``) and printed."""
+    result = _with_frames(result, args, frames, meta)
+    p = result.provenance
+    print(f"{p.method}: {len(result.radii_nm)} shot(s) in {p.wall_time_s:.3f} s")
+    _print_answers(result, np.asarray(p.parameters["file_frames"]), args.output)
+    return result
+
+
+PROGRESS_EVERY_S = 10.0  # the fit says how far it is at most this often (a shot takes ~1 min)
+
+
+def _fit_reporting_progress(steps: Any, finished: list, starts: int) -> Any:
+    """Run a fit (of ``starts`` starts per shot) to its end, saying on stderr how many shots
+    are done: after the first, then at most every ``PROGRESS_EVERY_S``, and at the end."""
+    began = last = time.perf_counter()
+    reported = 0
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        now = time.perf_counter()
+        due = not reported or now - last >= PROGRESS_EVERY_S or done == total
+        if len(finished) > reported and due:
+            reported, last = len(finished), now
+            print(f"{PROG}: fitted {reported} of {total // starts} shot(s) in "
+                  f"{now - began:.0f} s", file=sys.stderr)  # fmt: skip
+
+
+def _with_frames(result: Any, args: argparse.Namespace, frames: np.ndarray, meta: Any) -> Any:
+    """``result`` recorded (``_recorded``) with the file's frames its rows answer for: a fit
+    of some shots (parameter ``shots``) answers for those shots' frames only."""
+    numbers = result.provenance.parameters.get("shots", range(len(result.radii_nm)))
+    return _recorded(result, args, frames[np.asarray(numbers, int)], meta)
+
+
+def _write_partial(
+    args: argparse.Namespace, results: list, finished: list, frames: np.ndarray, meta: Any
+) -> None:
+    """On Ctrl-C during a fit: write the answers finished so far (``results``: the network's,
+    recorded; ``finished``: the shots fitted) and say on stderr that the file is partial and
+    which shots it holds."""
+    from .core import io, wideangle
+
+    held = [f"the network's answers for all {len(r.radii_nm)} shot(s)" for r in results]
+    if finished:
+        fitted = wideangle.merged([result for _, result in finished])
+        results = [*results, _with_frames(fitted, args, frames, meta)]
+        held.append(f"the fit's for shot(s) {meta.frame_list([shot for shot, _ in finished])}")
+    if not results:
+        print(f"{PROG}: no shot was done; {args.output} not written", file=sys.stderr)
+        return
+    io.write_results(args.output, results)
+    print(f"{PROG}: interrupted: wrote {args.output}, a partial result: {' and '.join(held)} "
+          f"({len(finished)} shot(s) fitted)", file=sys.stderr)  # fmt: skip
+
+
+def _limit_note(result: Any, n: int) -> str:
+    """ " (at the model's limit: ...)" for a radius pinned at an end of the model's range,
+    which is no measurement, else ""."""
+    pinned = result.radius_at_limit
+    if pinned is None or not pinned[n]:
+        return ""
+    low, high = result.provenance.parameters["radius_range_nm"]
+    bigger = "larger" if result.radii_nm[n] > (low + high) / 2 else "smaller"
+    return f" (at the model's limit: the cluster may be {bigger})"
+
+
+def _print_answers(result: Any, rows: np.ndarray, output: Path) -> None:
+    """The first ten shots' answers, each named by its frame in the file(s)."""
+    for n, (q, r) in enumerate(zip(result.quaternions[:10], result.radii_nm[:10], strict=True)):
+        if not np.isfinite(r):
+            print(f"  shot {rows[n]}: left out (no signal, or the same value everywhere)")
+            continue
+        agree = ""
+        if result.flips_agreeing is not None:
+            agree = f", {result.flips_agreeing[n]} of 8 flips agree"
+        print(f"  shot {rows[n]}: radius {r:.1f} nm{_limit_note(result, n)}, quaternion "
+              f"{np.round(q, 4).tolist()}{agree}")  # fmt: skip
+    if len(result.radii_nm) > 10:
+        print(f"  ... and {len(result.radii_nm) - 10} more shot(s): all are in {output}")
 
 
 def parse_region(spec: str) -> tuple[float, float, float, float]:

@@ -186,6 +186,8 @@ def test_dock_on_the_real_flash_shots(viewer, qtbot, real_data, error_messages):
     assert not error_messages()
     result = dock.network[viewer.layers["barke5 shots"].unique_id]
     assert 30 <= result.radii_nm[0] <= 160
+    assert dock.table.item(0, 1).text() == "160.0 (at limit)"  # clipped: no measurement
+    assert "the cluster may be larger" in dock.table.item(0, 1).toolTip()
     simulated = viewer.layers["barke5 simulated (NN)"]
     measured = viewer.layers["barke5 shots"]
     assert simulated.contrast_limits == measured.contrast_limits  # same contrast
@@ -216,3 +218,40 @@ def test_layers_of_the_dock_names_that_it_did_not_make_are_left_alone(
     assert simulated is not mine and simulated.data.shape == shots.data.shape
     assert cluster is not my_surface
     assert len(viewer.layers) == 5  # shots, the user's two, the dock's two: none twice
+
+
+def test_a_blank_shot_is_left_out_and_the_others_predicted_and_fitted(
+    viewer, qtbot, tmp_path, error_messages
+):
+    """One blank shot stopped Predict for the whole stack, and Fit shot on a good one: it is
+    left out (its table row says so, no cluster shown for it), the others answered."""
+    import imageio.v3 as iio
+
+    from napari_cdinn.core.simulate.wideangle import simulate_shots
+
+    images, _, _ = simulate_shots(3, seed=12)
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for k, image in enumerate(images):
+        iio.imwrite(folder / f"s{k}.png", (255 * image * (k != 1)).astype(np.uint8))  # 1: blank
+    _, dock = viewer.window.add_plugin_dock_widget("napari-cdinn", "Wide-angle")
+    viewer.open(str(folder), plugin="napari-cdinn")
+    viewer.dims.set_current_step(0, 1)  # the blank shot on view when the answers come
+    dock.predict()
+    wait(dock, qtbot)
+    assert not error_messages()
+    shots = viewer.layers[dock.shots_combo.currentText()]
+    result = dock.network[shots.unique_id]
+    assert np.isnan(result.radii_nm[1]) and np.isfinite(result.radii_nm[[0, 2]]).all()
+    assert "1 left out" in dock.status.text()
+    viewer.dims.set_current_step(0, 1)
+    assert dock.table.item(0, 1).text() == "left out"
+    assert not dock.shown["cluster", shots.unique_id].visible
+    viewer.dims.set_current_step(0, 2)
+    assert dock.shown["cluster", shots.unique_id].visible
+    dock.starts.setValue(1)
+    dock.evaluations.setValue(10)
+    dock.fit("fit")
+    wait(dock, qtbot)
+    assert not error_messages()
+    assert (shots.unique_id, 2, "fit") in dock.fits

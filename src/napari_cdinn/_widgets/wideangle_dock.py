@@ -269,9 +269,11 @@ class WideAngleDock(WorkerDock):
             self.shown["simulated", shots.unique_id] = self.viewer.add_image(simulated, **kwargs)
         self._publish(layer_name, layer_id)
         wall = result.provenance.wall_time_s or 0.0
+        left_out = int(np.isnan(result.radii_nm).sum())
         self.status.setText(
             f"NN: {len(result.radii_nm)} shot(s) in {wall:.2f} s "
             f"({1e3 * wall / len(result.radii_nm):.1f} ms per shot)"
+            + (f"; {left_out} left out (no signal, or one value everywhere)" if left_out else "")
         )
 
     def _publish(self, layer_name: str, layer_id: str) -> None:
@@ -321,8 +323,22 @@ class WideAngleDock(WorkerDock):
         layer_name, layer_id = self.shots_combo.currentText(), self.shots_combo.currentData()
         shot = self.current_shot()
         rows = self._show_table(layer_id, shot)
-        if rows and self._layer(layer_name) is not None:
-            self._show_cluster(layer_name, shot, rows[0][1], rows[0][2], create)
+        answered = [row for row in rows if np.isfinite(row[2])]  # not a shot left out
+        shots = self._layer(layer_name)
+        if answered and shots is not None:
+            self._show_cluster(layer_name, shot, answered[0][1], answered[0][2], create)
+        elif rows and shots is not None:  # left out: no cluster, not another shot's
+            network = self.network.get(layer_id)
+            answered_shots = np.flatnonzero(np.isfinite(network.radii_nm))
+            if create and self._own("cluster", shots) is None and len(answered_shots):
+                k = answered_shots[0]  # the layer made now, hidden, for the shots answered
+                self._show_cluster(
+                    layer_name, shot, network.quaternions[k], network.radii_nm[k], True
+                )
+            cluster = self._own("cluster", shots)
+            if cluster is not None:
+                cluster.metadata = {**cluster.metadata, "shot": shot, "left_out": True}
+                cluster.visible = False
 
     def _show_table(self, layer_id: str | None, shot: int) -> list[tuple]:
         """The table of the shot's answers (empty for a layer without any); returns its rows."""
@@ -339,8 +355,19 @@ class WideAngleDock(WorkerDock):
                 method, f"{radius:.1f}", agreeing, ", ".join(f"{v:+.4f}" for v in quaternion),
                 to_fit, "" if np.isnan(similarity) else f"{similarity:.3f}", offset,
             )  # fmt: skip
+            if not np.isfinite(radius):  # left out: no signal, or one value everywhere
+                cells = (method, "left out", "", "no signal, or one value everywhere", "", "", "")
+            pinned = bool(np.isclose(radius, RADII, rtol=0, atol=1e-3).any())
+            if pinned:  # clipped to the model's range: no measurement
+                cells = (method, f"{radius:.1f} (at limit)", *cells[2:])
             for column, text in enumerate(cells):
-                self.table.setItem(row, column, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                if pinned and column == 1:
+                    item.setToolTip(
+                        f"at the model's limit ({RADII[0]:g}-{RADII[1]:g} nm): the cluster may "
+                        f"be {'larger' if radius > RADII[0] else 'smaller'}"
+                    )
+                self.table.setItem(row, column, item)
         self.table.resizeColumnsToContents()
         return rows
 
@@ -375,6 +402,8 @@ class WideAngleDock(WorkerDock):
         if existing is not None:
             existing.data = data
             existing.contrast_limits = depths
+            if existing.metadata.get("left_out"):  # hidden on a shot left out: shown again
+                existing.visible = True
             existing.metadata = metadata
         elif create:
             self.shown["cluster", shots.unique_id] = self.viewer.add_surface(

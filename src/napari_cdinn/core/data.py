@@ -190,5 +190,18 @@ class OrientationResult:
     provenance: Provenance
     flips_agreeing: np.ndarray | None = None  # (N,) int, of 8; None for fits
 
+    @property
+    def radius_at_limit(self) -> np.ndarray | None:
+        """Per shot, whether its radius is pinned at an end of the model's range (parameter
+        ``radius_range_nm``), where the answer is clipped: the cluster may be larger (or
+        smaller); None when the result records no range."""
+        limits = self.provenance.parameters.get("radius_range_nm")
+        if not (isinstance(limits, list) and len(limits) == 2):
+            return None
+        radii = np.asarray(self.radii_nm, float)
+        return np.isclose(radii, limits[0], rtol=0, atol=1e-3) | np.isclose(
+            radii, limits[1], rtol=0, atol=1e-3
+        )
+
 
 Result = ObjectResult | OrientationResult

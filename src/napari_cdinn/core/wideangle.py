@@ -66,9 +66,25 @@ def shot_names(data: ShotSet | DiffractionStack, shots: Any) -> str:
     return ", ".join(names) + (" ..." if len(shots) > 5 else "")
 
 
+def flat(values: np.ndarray) -> bool:
+    """Whether ``values`` (a shot's pixels with signal) are one value to float precision:
+    saturated, or a blank grey image, with no pattern that any cluster could be told from."""
+    if not values.size:
+        return False
+    peak = float(np.abs(values).max())
+    return float(np.ptp(values)) <= 1e-6 * max(peak, 1e-30)
+
+
+def unusable(images: np.ndarray) -> np.ndarray:
+    """Per shot of ``shot_images``' output, whether it holds nothing to invert: no signal (all
+    zero: blank, all NaN, a missed shot), or one value in every pixel with signal (``flat``)."""
+    return np.array([not (image > 0).any() or flat(image[image > 0]) for image in images], bool)
+
+
 def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     """(N, 128, 128) float32 log images in [0, 1] from shots as read; refuses what the network
-    cannot take (wrong size, no shots, all-zero shots), naming the file and the shots."""
+    cannot take (wrong size, no shots), naming the file; NaN and infinite pixels become 0 (no
+    signal), with a warning naming the shots."""
     source = data.meta.source
     if isinstance(data, ShotSet):
         images = np.asarray(data.images, np.float32)
@@ -85,6 +101,13 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
         images = images[None]
     if images.ndim != 3 or len(images) == 0:
         raise InputError(source, "no shots: the file holds no images")
+    if images.shape[-2:] != (PIXELS, PIXELS) and images.shape[:2] == (PIXELS, PIXELS):
+        raise InputError(
+            source,
+            f"shots of shape {images.shape}: the frames seem to lie along the last axis; the "
+            f"wide-angle mode takes them along the first, (N, {PIXELS}, {PIXELS}) (move the axis, "
+            "e.g. numpy.moveaxis(shots, -1, 0))",
+        )
     if images.shape[-2:] != (PIXELS, PIXELS):
         raise InputError(
             source,
@@ -101,13 +124,42 @@ def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
             stacklevel=2,
         )  # fmt: skip
         images = np.where(bad, 0, images)
-    empty = np.flatnonzero(images.max(axis=(1, 2)) <= 0)
-    if len(empty):
-        raise InputError(
-            source,
-            f"shot(s) {shot_names(data, empty)} hold no signal (all zero); nothing to invert",
-        )
     return np.clip(images, 0, 1).astype(np.float32)
+
+
+def kept_shots(data: ShotSet | DiffractionStack, images: np.ndarray) -> np.ndarray:
+    """The shots worth inverting (indices), those left out (``unusable``) named in a warning,
+    as the CDI mode leaves out a missed pattern; refuses a stack where none is left."""
+    left_out = np.flatnonzero(unusable(images))
+    if len(left_out) == len(images):
+        raise InputError(
+            data.meta.source,
+            f"shot(s) {shot_names(data, left_out)} hold no signal (all zero) or the same value "
+            "in every pixel with signal (saturated, or a blank image); nothing to invert",
+        )
+    if len(left_out):
+        warnings.warn(
+            InputWarning(
+                f"{data.meta.source}: shot(s) {shot_names(data, left_out)} hold no signal (all "
+                "zero) or the same value in every pixel with signal (saturated, or a blank "
+                "image): left out, their answers NaN"
+            ),
+            stacklevel=3,
+        )
+    return np.setdiff1d(np.arange(len(images)), left_out)
+
+
+def _spread(result: OrientationResult, kept: np.ndarray, n: int) -> OrientationResult:
+    """``result`` for the ``kept`` shots as rows for all ``n``: the others' quaternions and
+    radii NaN, their flips agreeing 0, so that rows still match the shots."""
+    quaternions = np.full((n, 4), np.nan)
+    radii = np.full(n, np.nan)
+    quaternions[kept], radii[kept] = result.quaternions, result.radii_nm
+    agreeing = None
+    if result.flips_agreeing is not None:
+        agreeing = np.zeros(n, np.asarray(result.flips_agreeing).dtype)
+        agreeing[kept] = result.flips_agreeing
+    return replace(result, quaternions=quaternions, radii_nm=radii, flips_agreeing=agreeing)
 
 
 def network_steps(
@@ -119,7 +171,9 @@ def network_steps(
     """Orientation and radius of every shot from the network: the consensus of its answers
     for the eight exact flips/transposes of each image (``nn.wideangle.consensus``)."""
     start = time.perf_counter()
-    images = shot_images(data)
+    all_images = shot_images(data)
+    kept = kept_shots(data, all_images)
+    images = all_images[kept]
     path = Path(model) if model is not None else default_model()
     torch_device = resolve_device(device)
     net, card = load_model(path, torch_device)
@@ -136,13 +190,14 @@ def network_steps(
         method=LABELS["nn"],
         model_name=card.get("name"),
         model_version=card.get("version"),
-        parameters={"model_path": str(path), "test_time_flips": 8},
+        parameters={"model_path": str(path), "test_time_flips": 8, "radius_range_nm": [*RADII]},
         wall_time_s=time.perf_counter() - start,
         source=data.meta.source,
     )
-    return OrientationResult(
+    result = OrientationResult(
         np.concatenate(quaternions), np.concatenate(radii), provenance, np.concatenate(agreeing)
     )
+    return _spread(result, kept, len(all_images))
 
 
 def answers_steps(
@@ -154,7 +209,10 @@ def answers_steps(
     images = shot_images(data)
     simulated = np.empty_like(images)
     for n, image in enumerate(images):
-        simulated[n] = simulated_image(result.quaternions[n], result.radii_nm[n], like=image)
+        if np.isfinite(result.radii_nm[n]):  # a shot left out has no answer to show: zeros
+            simulated[n] = simulated_image(result.quaternions[n], result.radii_nm[n], like=image)
+        else:
+            simulated[n] = 0
         yield n + 1, len(images)
     return result, simulated
 
@@ -192,8 +250,7 @@ class ShotFit:
         centred = blocks.mean(axis=(1, 3))[self.valid]
         # one value everywhere (saturated, a blank grey image): no pattern; the centring would
         # leave rounding residues that the normalisation blows up into a "pattern"
-        peak = float(np.abs(centred).max()) if centred.size else 0.0
-        self.flat = bool(centred.size) and float(np.ptp(centred)) <= 1e-6 * max(peak, 1e-30)
+        self.flat = flat(centred)
         centred -= centred.mean() if centred.size else 0.0  # none: fit_steps refuses the shot
         self.measured = centred / max(np.linalg.norm(centred), 1e-30)  # for the correlation
         self.max_shift = max_shift
@@ -280,19 +337,35 @@ def fit_steps(
     shots: np.ndarray | None = None,
     finished: list[tuple[int, OrientationResult]] | None = None,
 ) -> Steps:
-    """The forward fit of ``shots`` (indices, default all): from ``recipe.starts`` random
-    orientations and radii, or (refine) from ``start``'s answer for each shot.  Each shot's
-    answer is appended to ``finished`` (shot, result of that shot) as soon as it is found, so
-    a fit cancelled after hours keeps the shots it finished."""
+    """The forward fit of ``shots`` (indices, default all but those ``kept_shots`` leaves out,
+    or that ``start`` has no answer for): from ``recipe.starts`` random orientations and
+    radii, or (refine) from ``start``'s answer for each shot.  Only the shots fitted are
+    checked: one blank shot does not stop the fit of another.  Each shot's answer is appended
+    to ``finished`` (shot, result of that shot) as soon as it is found, so a fit cancelled
+    after hours keeps the shots it finished."""
     recipe = recipe or FitRecipe()
     began = time.perf_counter()
     images = shot_images(data)
-    shots = np.arange(len(images)) if shots is None else np.asarray(shots)
+    if shots is None and start is not None:  # the network left out (and named) the others
+        shots = np.flatnonzero(np.isfinite(start.radii_nm))
+    elif shots is None:
+        shots = kept_shots(data, images)
+    shots = np.asarray(shots, int)
     rng = np.random.default_rng(recipe.seed)
     starts = 1 if start is not None else recipe.starts
     total = len(shots) * starts
     fits = [ShotFit(images[shot], recipe.pixels) for shot in shots]
     for shot, fit in zip(shots, fits, strict=True):  # all before any work, not hours into it
+        if not (images[shot] > 0).any():
+            raise InputError(
+                data.meta.source,
+                f"shot {shot_names(data, [shot])}: no signal (all zero), nothing to fit",
+            )
+        if start is not None and not np.isfinite(start.radii_nm[shot]):
+            raise InputError(
+                data.meta.source,
+                f"shot {shot_names(data, [shot])}: the network left it out; nothing to refine from",
+            )
         if fit.valid.sum() < MIN_FIT_PIXELS:  # a correlation over nothing: any answer fits
             raise InputError(
                 data.meta.source,
@@ -357,7 +430,7 @@ def _fitted(
     per_shot = dict(zip(PER_SHOT, (shots.tolist(), similarity, offsets, blurs), strict=True))
     provenance = Provenance(
         method=LABELS["refine" if start is not None else "fit"],
-        parameters={**settings, **per_shot},
+        parameters={**settings, "radius_range_nm": [*RADII], **per_shot},
         source=data.meta.source,
     )
     return OrientationResult(np.array(quaternions), np.array(radii), provenance)
@@ -390,7 +463,8 @@ def unsure_shots(result: OrientationResult, below: int = UNSURE_BELOW) -> np.nda
     ones worth refining (none for a result without the count, such as a fit's)."""
     if result.flips_agreeing is None:
         return np.zeros(0, int)
-    return np.flatnonzero(np.asarray(result.flips_agreeing) < below)
+    answered = np.isfinite(result.radii_nm)  # not the shots left out (NaN, 0 flips agreeing)
+    return np.flatnonzero((np.asarray(result.flips_agreeing) < below) & answered)
 
 
 def simulated_image(orientation: np.ndarray, radius: float, like: np.ndarray | None = None):

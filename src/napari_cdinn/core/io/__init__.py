@@ -6,6 +6,7 @@ problem surfaces as an :class:`~napari_cdinn.core.errors.InputError` naming the 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ def read(
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
+    if path.is_dir():
+        _refuse_mixed_folder(path)
     kind = file_kind(path)
     if kind is None and path.is_dir():
         raise InputError(
@@ -115,21 +118,46 @@ def read(
     )
 
 
+def _refuse_mixed_folder(folder: Path) -> None:
+    """Refuse a folder of both PNG and TIFF files: read as either kind, the other's files would
+    be dropped without a word (PNG shots beside a detector_mask.tif were read as the mask)."""
+    png, tiff = frame_files(folder, PNG_SUFFIXES), frame_files(folder, TIFF_SUFFIXES)
+    if png and tiff:
+        counts = Counter(p.suffix.lower() for p in png + tiff)
+        held = " and ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items()))
+        raise InputError(
+            folder,
+            f"holds {held} files; a folder is read as frames of one kind: give the files "
+            "explicitly (all PNG or all TIFF)",
+        )
+
+
 def _read_frame_files(files: list[Path], lazy: bool | None) -> Dataset:
     """Several files as one stack: single frames or shots, all PNG or all TIFF."""
+    stackable = "only PNG or TIFF frame files can be read as one stack (all of one kind)"
     for file in files:
+        if not file.exists():
+            raise InputError(file, "file not found")
+        if file.is_dir():
+            raise InputError(
+                file, f"a folder among several inputs; {stackable}: give a folder alone"
+            )
         if not file.is_file():
-            raise InputError(file, "file not found" if not file.exists() else "not a file")
+            raise InputError(file, f"not a file; {stackable}")
     kinds = {file: file_kind(file) for file in files}
+    first = kinds[files[0]]
     for file, kind in kinds.items():
-        if kind not in ("png", "tiff") or kind != kinds[files[0]]:
+        if kind not in ("png", "tiff"):
             raise InputError(
                 file,
-                "several files read as one stack only when all are PNG or all TIFF frames; "
-                f"this one is {kind or 'of an unknown type'} and the first "
-                f"{kinds[files[0]] or 'of an unknown type'}",
+                f"{f'a {kind.upper()} file' if kind else 'of an unknown type'}; {stackable}: "
+                "give it alone",
             )
-    return read_png(files) if kinds[files[0]] == "png" else read_tiff(files, lazy)
+        if kind != first:
+            raise InputError(
+                file, f"a {kind.upper()} among {first.upper()} files ({files[0].name}); {stackable}"
+            )
+    return read_png(files) if first == "png" else read_tiff(files, lazy)
 
 
 @damaged_as_input_error

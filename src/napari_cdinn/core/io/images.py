@@ -35,12 +35,13 @@ def frame_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 def _files_of(path: str | Path | list[Path], suffixes: tuple[str, ...]) -> tuple[list[Path], str]:
     """The frame files of a file, a folder or a list of files (in the order given), and the
-    name that messages and provenance give them."""
+    name that messages and provenance give them (for several files, the first's absolute path:
+    a result file outlives the folder it was made in)."""
     if isinstance(path, list | tuple):
         files = [Path(p) for p in path]
         if len(files) == 1:
             return files, str(files[0])
-        return files, f"{files[0]} and {len(files) - 1} more files"
+        return files, f"{files[0].resolve()} and {len(files) - 1} more files"
     path = Path(path)
     return (frame_files(path, suffixes) if path.is_dir() else [path]), str(path)
 

@@ -10,6 +10,9 @@
 /entry_1/orientation_K/quaternion  float64 (N, 4), unit quaternions (w, x, y, z)
 /entry_1/orientation_K/radius_nm   float64 (N,)
 /entry_1/orientation_K/flips_agreeing  int8 (N,), optional: of the network's 8 test-time flips
+/entry_1/orientation_K/radius_at_limit  bool (N,), optional: the radius is at an end of the
+                                model's range (parameter radius_range_nm): the cluster may be
+                                larger (or smaller)
 every image_K / orientation_K group has a process_1 group whose attrs are
   method, model_name, model_version, parameters (JSON), wall_time_s, source, created
 ```
@@ -216,6 +219,8 @@ def write_results(path: str | Path, results: Sequence[Result]) -> Path:
                 if result.flips_agreeing is not None:
                     agreeing = np.asarray(result.flips_agreeing, np.int8)
                     group.create_dataset("flips_agreeing", data=agreeing)
+                if result.radius_at_limit is not None:
+                    group.create_dataset("radius_at_limit", data=result.radius_at_limit)
             else:
                 raise CdinnError(f"{path}: cannot write a {type(result).__name__}")
             _write_provenance(group, result.provenance)
