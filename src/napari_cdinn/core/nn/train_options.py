@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from pathlib import Path
 
 from ..errors import CdinnError
 
 
-def at_least(low: float, kind: type = int, high: float = float("inf")):
-    """An argparse type: a number of ``kind`` not below ``low`` (0 or negative epochs, sizes or
-    steps are refused up front instead of quietly doing nothing or taking the default) and not
-    above ``high``."""
+def at_least(low: float, kind: type = int, high: float = float("inf"), above: bool = False):
+    """An argparse type: a finite number of ``kind`` not below ``low`` (0 or negative epochs,
+    sizes or steps are refused up front instead of quietly doing nothing or taking the
+    default), above it when ``above`` (a gradient clipped to norm 0 does not learn), and not
+    above ``high``; NaN and infinity are refused (an infinite time budget never ends)."""
 
     def number(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not value >= low:  # NaN too
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+        if above and not value > low:
+            raise argparse.ArgumentTypeError(f"{text}: must be more than {low:g}")
+        if not value >= low:
             raise argparse.ArgumentTypeError(f"{text}: must be at least {low:g}")
         if value > high:
             raise argparse.ArgumentTypeError(f"{text}: must be at most {high:g}")
@@ -29,25 +35,36 @@ def at_least(low: float, kind: type = int, high: float = float("inf")):
     return number
 
 
+MIN_SIZE = 16  # an object in the central half of its grid: 8 x 8 pixels at least
+
+
 def multiple_of_8(text: str) -> int:
-    """An argparse type for pattern sizes: the networks halve them three times."""
-    value = at_least(8)(text)
+    """An argparse type for pattern sizes: the networks halve them three times, and the
+    simulated crystal needs room (at 8 pixels its convex support is never drawn: a hang)."""
+    value = at_least(MIN_SIZE)(text)
     if value % 8:
         raise argparse.ArgumentTypeError(f"{text}: must be a multiple of 8")
     return value
 
 
+MAX_MINUTES = 7 * 24 * 60.0  # a week: a longer budget is a typing slip
+
+
 def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, minutes: float):
     """The options every recipe has: network width, optimiser, time budget, seeds, folders."""
-    parser.add_argument("--width", type=at_least(1), default=width)
+    parser.add_argument(  # the encoder's first layer has width // 2 channels
+        "--width", type=at_least(2), default=width
+    )
     parser.add_argument("--batch", type=at_least(1), default=batch)
-    parser.add_argument("--lr", type=at_least(1e-12, float), default=2e-3)
+    parser.add_argument("--lr", type=at_least(0.0, float, high=1.0, above=True), default=2e-3)
     parser.add_argument(
-        "--clip-norm", type=float, help="clip each step's gradient to this norm (default: none)"
-    )
+        "--clip-norm", type=at_least(0.0, float, above=True),
+        help="clip each step's gradient to this norm (default: none)",
+    )  # fmt: skip
     parser.add_argument(
-        "--minutes", type=at_least(0.0, float), default=minutes, help="training time budget"
-    )
+        "--minutes", type=at_least(0.0, float, high=MAX_MINUTES), default=minutes,
+        help="training time budget (0: only write the model of a checkpoint in --workdir)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument(
         "--workdir", type=Path, default=Path(f"{mode}_training"), help="cache + checkpoint"
@@ -76,7 +93,10 @@ def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-scans", type=at_least(2), default=600)
     parser.add_argument("--n-val-scans", type=at_least(1), default=10, help="fewer than --n-scans")
     parser.add_argument(
-        "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
+        "--mixing",
+        type=at_least(0),
+        default=16,
+        help="channels of the global bottleneck layer, 0: none",
     )
     parser.add_argument(
         "--patch", type=int, default=64, choices=(32, 64), help="predicted patch (middle)"
@@ -86,7 +106,9 @@ def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-shots", type=at_least(2), default=60_000)
-    parser.add_argument("--n-val", type=at_least(1), default=2000, help="fewer than --n-shots")
+    parser.add_argument(
+        "--n-val", type=at_least(1), default=2000, help="validation shots (simulated apart)"
+    )
     parser.add_argument(
         "--equalise", action=argparse.BooleanOptionalAction, default=True,
         help="replace each image by its pixels' ranks first (nn.wideangle_net.equalised)",
@@ -114,13 +136,14 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """What one option's type cannot check: validation data that leaves training data, and
-    (for recipes counted in examples, not scans) at least one batch of it: an epoch without a
-    batch divided by zero."""
+    """What one option's type cannot check: validation data carved out of the data must leave
+    training data (CDI examples, ptychography scans; the wide-angle validation shots are a
+    set of their own), and (for recipes counted in examples, not scans) at least one batch of
+    training data: an epoch without a batch divided by zero."""
     if hasattr(args, "n_scans"):
         total, validation = args.n_scans, args.n_val_scans
     elif hasattr(args, "n_shots"):
-        total, validation = args.n_shots, args.n_val
+        total, validation = args.n_shots, 0  # --n-val shots are simulated apart
     else:
         total, validation = args.n_train + args.n_val, args.n_val
     if validation >= total:
