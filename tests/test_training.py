@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,113 @@ def test_a_model_replaces_only_a_model_and_never_a_bundled_one(tmp_path):
         with pytest.raises(InputError, match="folder of napari-cdinn's bundled models"):
             attempt(bundled)
     assert bundled.read_bytes() == before
+
+
+def test_paths_a_run_writes_are_checked_before_it_starts(tmp_path):
+    """A file or /proc/nope for --out failed after all the training; a folder for --log or a
+    file for --workdir with a traceback; --minutes 0 and nothing to resume wrote an untrained
+    model as a normal one."""
+    from napari_cdinn.core.errors import InputError
+    from napari_cdinn.core.nn.registry import bundled_dir
+    from napari_cdinn.core.nn.training import prepare_run
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    work = ["--workdir", str(tmp_path / "w")]
+    for argv, message in (
+        (["--out", str(a_file)], r"a_file: is a file, not a folder \(--out\)"),
+        (["--out", "/proc/nope"], r"/proc/nope: cannot be created \(--out: "),
+        (["--out", str(bundled_dir())], "folder of napari-cdinn's bundled models"),
+        (["--out", str(tmp_path), "--name", "../x"], r"\.\./x: --name: give a file name"),
+        (["--out", str(tmp_path), "--log", str(tmp_path)], "is a folder; give a file name for"),
+        (["--out", str(tmp_path), "--minutes", "0"], "--minutes 0 and no checkpoint here"),
+    ):
+        with pytest.raises(InputError, match=message):
+            prepare_run(parsed("cdi", *work, *argv), "cdi")
+    with pytest.raises(InputError, match=r"a_file: is a file, not a folder \(--workdir\)"):
+        prepare_run(parsed("cdi", "--workdir", str(a_file), "--out", str(tmp_path)), "cdi")
+    (tmp_path / "w" / "checkpoint.pt").write_bytes(b"")
+    args = parsed("cdi", *work, "--out", str(tmp_path / "out"), "--minutes", "0")
+    weights, log = prepare_run(args, "cdi")  # a checkpoint's model, written as it is
+    # the default name is not the bundled model's, and replaces no earlier run's model
+    assert weights.parent == tmp_path / "out" and weights.stem.startswith("cdi_nn_")
+    assert log.path == tmp_path / "w" / "train_cdi.log"
+
+
+def bundled_recipe(monkeypatch, tmp_path, *argv: str, mode: str = "cdi", variants=()):
+    """The options training/train_<mode>.py hands its training, which is not run."""
+    import sys
+    import types
+
+    ran = []
+    monkeypatch.setattr(sys, "argv", [f"train_{mode}.py", *argv])
+    monkeypatch.setattr(
+        train_options.importlib,
+        "import_module",
+        lambda name: types.SimpleNamespace(train=ran.append),
+    )
+    training = tmp_path / "training"
+    train_options.run_bundled_recipe(mode, "doc", training, variants)
+    return ran[0], training
+
+
+def test_only_the_bundled_recipe_writes_the_bundled_model_and_its_log(
+    monkeypatch, tmp_path, capsys
+):
+    """A quick try of training/train_cdi.py without --out replaced the bundled model and
+    appended to the bundled model's log."""
+    quick = ["--n-train", "200", "--n-val", "20", "--batch", "16", "--minutes", "0.01"]
+    with pytest.raises(SystemExit):
+        bundled_recipe(monkeypatch, tmp_path, *quick, "--workdir", str(tmp_path / "w"))
+    err = capsys.readouterr().err
+    assert "--n-train 200, --n-val 20, --batch 16, --minutes 0.01: not the bundled model's" in err
+    assert "give --out FOLDER" in err
+    args, training = bundled_recipe(monkeypatch, tmp_path, *quick, "--out", str(tmp_path / "o"))
+    assert not args.bundled and args.log is None and args.workdir == Path("cdi_training")
+    assert args.command == "training/train_cdi.py"
+    args, training = bundled_recipe(monkeypatch, tmp_path, "--threads", "4")  # the recipe
+    assert args.bundled and args.out == training.parent / "src" / "napari_cdinn" / "weights"
+    assert args.log == training / "logs" / "train_cdi.log"
+    assert args.workdir == training / "runs" / "cdi"
+    gpu = {"batch": 256, "minutes": 5.2, "n_val": 1000}
+    argv = ["--batch", "256", "--minutes", "5.2", "--n-val", "1000", "--device", "cpu"]
+    args, _ = bundled_recipe(monkeypatch, tmp_path, *argv, mode="wideangle", variants=(gpu,))
+    assert args.bundled
+
+
+def test_a_diverged_run_saves_neither_checkpoint_nor_model(tmp_path):
+    """A run whose loss went NaN (--lr inf, a huge --lr) saved NaN weights and a card with a
+    bare NaN in its history; invert crashed on them."""
+    import torch
+
+    from napari_cdinn.core.errors import InputError
+    from napari_cdinn.core.nn.cdi_net import CDINet
+    from napari_cdinn.core.nn.training import Log, train_within_budget
+
+    model = CDINet(size=16, width=4)
+    x = torch.rand(4, 1, 16, 16)
+
+    def run(loss_of, minutes=0.01, epoch=0):
+        state = {"epoch": epoch, "elapsed_s": 0.0, "history": []}
+        train_within_budget(
+            model, torch.optim.Adam(model.parameters()), state, minutes=minutes, lr=1e-3,
+            batches=lambda: [0], loss_of=loss_of, validation_loss=lambda: 0.5,
+            checkpoint=tmp_path / "w" / "checkpoint.pt", log=Log(tmp_path / "log"),
+        )  # fmt: skip
+
+    def nan_loss(index):
+        return model(x)[0].mean() * float("nan")
+
+    with pytest.raises(InputError, match=r"w: the training diverged in epoch 1 \(a training loss"):
+        run(nan_loss)
+
+    def poisoned_step(index):  # a finite loss, then weights of NaN after the step
+        loss = model(x)[0].mean()
+        loss.register_hook(lambda grad: grad * float("inf"))
+        return loss
+
+    with pytest.raises(InputError, match=r"diverged in epoch 1 \((weights|a validation|a train)"):
+        run(poisoned_step)
+    assert not (tmp_path / "w" / "checkpoint.pt").exists()
+    with pytest.raises(InputError, match="--minutes 0 and no epoch to resume"):
+        run(nan_loss, minutes=0)

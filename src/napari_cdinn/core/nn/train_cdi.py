@@ -23,9 +23,15 @@ from ..device import resolve_device
 from ..simulate.cdi import simulate_cdi
 from .cdi import inference_model, predict, training_targets, twin_invariant_loss
 from .cdi_net import CDINet, preprocess
-from .registry import save_model, user_dir
-from .train_options import check_counts
-from .training import Log, data_recipe, resume, train_within_budget, training_record
+from .registry import save_model
+from .training import (
+    CHECKPOINT,
+    data_recipe,
+    prepare_run,
+    resume,
+    train_within_budget,
+    training_record,
+)
 
 HELD_OUT_SEED = 999_999  # never used for training data
 CHUNK = 5000
@@ -87,13 +93,10 @@ def evaluate(model: CDINet, n: int, size: int) -> dict[str, float]:
 def train(args: argparse.Namespace) -> Path:
     """Run the training described by ``args`` (see ``train_options.add_cdi_arguments``);
     returns the weights file."""
-    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
-    args.out = args.out or user_dir()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    log = Log(args.log or args.workdir / "train_cdi.log")
+    model_file, log = prepare_run(args, "cdi")
 
     log(f"start: {vars(args)}")
     n = args.n_train + args.n_val
@@ -105,7 +108,7 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     model = CDINet(size=args.size, width=args.width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    checkpoint = args.workdir / "checkpoint.pt"
+    checkpoint = args.workdir / CHECKPOINT
     state = resume(checkpoint, model, optimizer, log, data_recipe(args))
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
 
@@ -161,6 +164,6 @@ def train(args: argparse.Namespace) -> Path:
         ),
         "held_out": held_out,
     }
-    weights = save_model(model, args.out / f"{args.name}.safetensors", card)
+    weights = save_model(model, model_file, card, bundled=getattr(args, "bundled", False))
     log(f"wrote {weights} and its card: {json.dumps(held_out)}")
     return weights

@@ -163,18 +163,44 @@ RECIPES = {
 }
 
 
-def run_bundled_recipe(mode: str, doc: str, training_folder: Path) -> Path:
-    """training/train_<mode>.py: the bundled model's recipe, its cache and checkpoint in
-    training/runs/<mode>, its log in training/logs, its weights into the package."""
+# options that change where or how fast a run goes, not the model it makes
+MACHINE_OPTIONS = ("workdir", "out", "log", "threads", "device")
+
+
+def run_bundled_recipe(
+    mode: str, doc: str, training_folder: Path, variants: tuple[dict, ...] = ()
+) -> Path:
+    """training/train_<mode>.py.  The bundled model's recipe (every option at its default but
+    those of ``MACHINE_OPTIONS``, or as in one of ``variants``) writes the package's model by
+    default, its cache and checkpoint in training/runs/<mode>, its log in training/logs.  Any
+    other recipe (a quick try) must say where its model goes (--out), is never written into
+    the package, and keeps its cache and log out of training/ unless told: it is refused up
+    front otherwise, before it could replace the bundled model or add to its log."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     RECIPES[mode](parser)
-    parser.set_defaults(
-        workdir=training_folder / "runs" / mode,
-        out=training_folder.parent / "src" / "napari_cdinn" / "weights",
-        log=training_folder / "logs" / f"train_{mode}.log",
-    )
+    parser.set_defaults(workdir=None)
+    args = parser.parse_args()
+    defaults = vars(parser.parse_args([]))
+    changed = {k: v for k, v in vars(args).items() if k not in MACHINE_OPTIONS and v != defaults[k]}
+    package = training_folder.parent / "src" / "napari_cdinn" / "weights"
+    if args.out is None and changed not in ({}, *variants):
+        given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        parser.error(
+            f"{given}: not the bundled model's recipe; give --out FOLDER for its model (the "
+            f"default, {package}, and the log in {training_folder / 'logs'} are the bundled "
+            "model's)"
+        )
+    recipe = changed in ({}, *variants)
+    args.out = args.out or package
+    args.bundled = recipe and args.out.resolve() == package.resolve()
+    args.command = f"training/train_{mode}.py"
+    # its checkpoint resumes only this recipe; another's goes where napari-cdinn train's does
+    args.workdir = args.workdir or (training_folder / "runs" / mode if recipe else None)
+    args.workdir = args.workdir or Path(f"{mode}_training")
+    if args.bundled:
+        args.log = args.log or training_folder / "logs" / f"train_{mode}.log"
     module = importlib.import_module(f"{__package__}.train_{mode}")
     try:
-        return module.train(parser.parse_args())
+        return module.train(args)
     except CdinnError as err:  # a bad option, a checkpoint of another run: one line, exit 2
         parser.error(str(err))

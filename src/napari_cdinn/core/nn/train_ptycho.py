@@ -27,9 +27,16 @@ from ..progress import run_to_end
 from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, patch_offset, probe_weight, sample_patches
 from .ptycho_net import PtychoNet, intensity_scale, preprocess
-from .registry import save_model, user_dir
-from .train_options import check_counts
-from .training import Log, data_recipe, resume, train_within_budget, training_record
+from .registry import save_model
+from .training import (
+    CHECKPOINT,
+    Log,
+    data_recipe,
+    prepare_run,
+    resume,
+    train_within_budget,
+    training_record,
+)
 
 HELD_OUT_SEED = 999_999  # the held-out scan; training scans use seed * 100_000 + index
 TRAINING_TEXTURES = tuple(t for t in TEXTURES if t not in HELD_OUT_TEXTURES)
@@ -100,13 +107,10 @@ def evaluate(model: PtychoNet, device: str = "cpu") -> dict[str, float]:
 
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
-    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
-    args.out = args.out or user_dir()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    log = Log(args.log or args.workdir / "train_ptycho.log")
+    model_file, log = prepare_run(args, "ptycho")
     log(f"start: {vars(args)}")
     data = training_data(args.n_scans, args.seed, args.workdir, log, args.patch, args.threads)
     inputs = torch.as_tensor(data["inputs"]).to(device)
@@ -121,7 +125,7 @@ def train(args: argparse.Namespace) -> Path:
         device, memory_format=torch.channels_last
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    checkpoint = args.workdir / "checkpoint.pt"
+    checkpoint = args.workdir / CHECKPOINT
     state = resume(checkpoint, model, optimizer, log, data_recipe(args))
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
@@ -177,6 +181,6 @@ def train(args: argparse.Namespace) -> Path:
         ),
         "held_out": held_out,
     }
-    path = save_model(model, args.out / f"{args.name}.safetensors", card)
+    path = save_model(model, model_file, card, bundled=getattr(args, "bundled", False))
     log(f"wrote {path} and its card: {json.dumps(held_out)}")
     return path

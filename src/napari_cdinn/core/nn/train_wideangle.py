@@ -30,11 +30,12 @@ from ..simulate.wideangle import (
     Detector,
     simulate_shots,
 )
-from .registry import save_model, user_dir
-from .train_options import check_counts
+from .registry import save_model
 from .training import (
+    CHECKPOINT,
     Log,
     data_recipe,
+    prepare_run,
     resume,
     train_within_budget,
     training_precision,
@@ -126,14 +127,11 @@ def evaluate(model: WideAngleNet, n: int = 1000, device: torch.device | str = "c
 
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
-    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
     args.precision = training_precision(args.precision) if device.type == "cpu" else "float32"
-    args.out = args.out or user_dir()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    log = Log(args.log or args.workdir / "train_wideangle.log")
+    model_file, log = prepare_run(args, "wideangle")
     log(f"start: {vars(args)}")
     data = training_data(args.n_shots, args.seed, args.workdir, log, args.threads)
     images = torch.as_tensor(data["images"]).to(device)
@@ -148,7 +146,7 @@ def train(args: argparse.Namespace) -> Path:
         width=args.width, equalise=args.equalise, stem=args.stem, orientation=args.orientation
     ).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    checkpoint = args.workdir / "checkpoint.pt"
+    checkpoint = args.workdir / CHECKPOINT
     state = resume(checkpoint, model, optimizer, log, data_recipe(args))
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
     # the augmentation draws on the data's device (the CPU's stream is the bundled recipe's)
@@ -223,6 +221,6 @@ def train(args: argparse.Namespace) -> Path:
         ),
         "held_out": held_out,
     }
-    path = save_model(model, args.out / f"{args.name}.safetensors", card)
+    path = save_model(model, model_file, card, bundled=getattr(args, "bundled", False))
     log(f"wrote {path} and its card: {json.dumps(held_out)}")
     return path
