@@ -269,3 +269,52 @@ def test_a_diverged_run_saves_neither_checkpoint_nor_model(tmp_path):
     assert not (tmp_path / "w" / "checkpoint.pt").exists()
     with pytest.raises(InputError, match="--minutes 0 and no epoch to resume"):
         run(nan_loss, minutes=0)
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_by_name(tmp_path):
+    """A truncated or empty checkpoint.pt, or one from before the arguments were recorded of
+    another --width, crashed the run with a traceback."""
+    import torch
+
+    from napari_cdinn.core.errors import InputError
+    from napari_cdinn.core.nn.cdi_net import CDINet
+    from napari_cdinn.core.nn.training import Log, resume, save_checkpoint
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    log = Log(tmp_path / "log")
+    model = CDINet(size=16, width=4)
+    optimizer = torch.optim.Adam(model.parameters())
+    save_checkpoint(checkpoint, model, optimizer, {"epoch": 2, "elapsed_s": 6.0, "history": []})
+    whole = checkpoint.read_bytes()
+    old = torch.load(checkpoint, weights_only=True)
+    wider = CDINet(size=16, width=8)
+    old["model"] = wider.state_dict()
+    del old["arguments"]  # a checkpoint of before they were recorded
+    for content in (whole[: len(whole) // 2], b"", b"not a checkpoint", None):
+        if content is None:
+            torch.save(old, checkpoint)
+        else:
+            checkpoint.write_bytes(content)
+        with pytest.raises(
+            InputError, match=r"checkpoint\.pt: damaged or not a checkpoint of this run: delete"
+        ):
+            resume(checkpoint, model, optimizer, log)
+    checkpoint.write_bytes(whole)
+    assert resume(checkpoint, model, optimizer, log)["epoch"] == 2
+
+
+def test_a_damaged_data_cache_is_simulated_again(tmp_path):
+    """A truncated data_*.npz crashed every later run with a traceback."""
+    import numpy as np
+
+    from napari_cdinn.core.nn.train_cdi import training_data
+    from napari_cdinn.core.nn.training import Log
+
+    log = Log(tmp_path / "log")
+    data = training_data(4, 16, 0, tmp_path, log, processes=1)
+    (cache,) = tmp_path.glob("data_*.npz")
+    cache.write_bytes(cache.read_bytes()[:300])
+    again = training_data(4, 16, 0, tmp_path, log, processes=1)
+    np.testing.assert_array_equal(again["intensities"], data["intensities"])
+    assert "damaged" in (tmp_path / "log").read_text()
+    assert training_data(4, 16, 0, tmp_path, log, processes=1)["target"].shape == (4, 8, 8)

@@ -26,9 +26,11 @@ from .cdi_net import CDINet, preprocess
 from .registry import save_model
 from .training import (
     CHECKPOINT,
+    cached,
     data_recipe,
     prepare_run,
     resume,
+    save_cache,
     train_within_budget,
     training_record,
 )
@@ -57,19 +59,16 @@ def training_data(
 ) -> dict[str, np.ndarray]:
     """Simulate (in ``processes`` processes) or load the cached training set."""
     cache = workdir / f"data_n{n}_s{size}_seed{seed}.npz"
-    if cache.exists():
-        log(f"loading cached training data {cache}")
-        with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
+    data = cached(cache, log, ("intensities", "target", "twin"))
+    if data is not None:
+        return data
     start = time.time()
     jobs = [(min(CHUNK, n - lo), size, seed * 1000 + i) for i, lo in enumerate(range(0, n, CHUNK))]
     with Pool(processes) as pool:
         parts = pool.map(simulate_chunk, jobs)
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     log(f"simulated {n} patterns in {time.time() - start:.0f} s")
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(cache)
+    save_cache(cache, data)
     return data
 
 

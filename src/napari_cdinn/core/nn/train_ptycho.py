@@ -31,9 +31,11 @@ from .registry import save_model
 from .training import (
     CHECKPOINT,
     Log,
+    cached,
     data_recipe,
     prepare_run,
     resume,
+    save_cache,
     train_within_budget,
     training_record,
 )
@@ -70,10 +72,9 @@ def training_data(
 ) -> dict[str, np.ndarray]:
     """Simulate (in ``processes`` processes) or load the cached training scans."""
     cache = workdir / f"scans_n{n_scans}_seed{seed}_patch{patch}.npz"
-    if cache.exists():
-        log(f"loading cached training data {cache}")
-        with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
+    data = cached(cache, log, ("inputs", "targets", "weight", "scan_of"))
+    if data is not None:
+        return data
     start = time.time()
     with Pool(processes) as pool:
         seeds = [seed * 100_000 + i for i in range(n_scans)]
@@ -83,9 +84,7 @@ def training_data(
     log(
         f"simulated {n_scans} scans, {len(data['targets'])} patterns in {time.time() - start:.0f} s"
     )
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(cache)
+    save_cache(cache, data)
     return data
 
 

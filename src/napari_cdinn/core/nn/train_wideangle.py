@@ -34,9 +34,11 @@ from .registry import save_model
 from .training import (
     CHECKPOINT,
     Log,
+    cached,
     data_recipe,
     prepare_run,
     resume,
+    save_cache,
     train_within_budget,
     training_precision,
     training_record,
@@ -79,10 +81,9 @@ def training_data(
     """Simulate (in ``processes`` single-threaded processes) or load the cached training
     shots."""
     cache = workdir / f"shots_n{n_shots}_seed{seed}.npz"
-    if cache.exists():
-        log(f"loading cached training shots {cache}")
-        with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
+    data = cached(cache, log, ("images", "orientations", "radii"))
+    if data is not None:
+        return data
     start = time.time()
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[name] = "1"  # read by the spawned workers as they start
@@ -95,9 +96,7 @@ def training_data(
         "radii": np.concatenate([p[2] for p in parts])[:n_shots],
     }
     log(f"simulated {n_shots} shots in {time.time() - start:.0f} s")
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(cache)
+    save_cache(cache, data)
     return data
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -18,6 +19,7 @@ from .registry import all_finite, check_model_file, user_dir
 from .train_options import check_counts
 
 CHECKPOINT = "checkpoint.pt"  # in --workdir
+CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "elapsed_s", "history"}
 
 
 class Log:
@@ -142,7 +144,16 @@ def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = N
     was recorded resume as they did)."""
     state = {"epoch": 0, "elapsed_s": 0.0, "history": [], "recipe": recipe or {}}
     if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # GPU-made too
+        damaged = InputError(
+            checkpoint,
+            "damaged or not a checkpoint of this run: delete it or choose another --workdir",
+        )
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # GPU-made too
+        except Exception:  # truncated, empty, not a torch file: whatever the damage
+            raise damaged from None
+        if not isinstance(saved, dict) or not saved.keys() >= CHECKPOINT_KEYS:
+            raise damaged
         if saved.get("arguments", model.arguments()) != model.arguments():
             raise InputError(
                 checkpoint,
@@ -155,11 +166,45 @@ def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = N
                 f"a checkpoint of a run with {saved['recipe']}, not {state['recipe']}: choose "
                 "another --workdir or delete it to start afresh",
             )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        if not all_finite(saved["model"]):
+            raise InputError(
+                checkpoint, "weights hold NaN/Inf (a diverged run): delete it or choose another "
+                "--workdir",
+            )  # fmt: skip
+        try:  # an old checkpoint (no arguments recorded) of another width: sizes differ
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError):
+            raise damaged from None
         state.update({k: saved[k] for k in ("epoch", "elapsed_s", "history")})
         log(f"resumed from epoch {state['epoch']} ({state['elapsed_s'] / 60:.1f} min trained)")
     return state
+
+
+def cached(cache: Path, log: Log, keys: Iterable[str]) -> dict[str, np.ndarray] | None:
+    """The arrays of a simulated-data cache, or None when there is none or it is damaged
+    (truncated, not an NPZ file, arrays missing): said in the log, and simulated again."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as err:  # a zip, pickle or zlib error: whatever the damage
+        log(f"{cache}: damaged ({type(err).__name__}: {err}); simulating it again")
+        return None
+    missing = set(keys) - arrays.keys()
+    if missing:
+        log(f"{cache}: lacks {', '.join(sorted(missing))}; simulating it again")
+        return None
+    log(f"loading cached training data {cache}")
+    return arrays
+
+
+def save_cache(cache: Path, data: dict[str, np.ndarray]) -> None:
+    """Write a cache whole or not at all (a temporary file renamed onto it)."""
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    tmp.replace(cache)
 
 
 def save_checkpoint(checkpoint: Path, model, optimizer, state: dict) -> None:
