@@ -666,6 +666,39 @@ def test_train_cdi_writes_the_model_where_o_says(tmp_path, capsys):
     assert main(argv) == 0
     assert model.exists() and model.with_suffix(".json").exists()
     assert f"model written to {model}" in capsys.readouterr().out
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["training"]["script"] == "napari-cdinn train cdi"  # not training/train_cdi.py
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-o", "{tmp}/m", "--out", "{tmp}/else"], "give one or the other"),
+        (["-o", "{tmp}/m", "--name", "foo"], "give one or the other"),
+        (["-o", "{tmp}/settings"], "settings.json: exists and napari-cdinn did not write it"),
+        (["-o", "{tmp}/folder"], "folder: is a folder; give a file name for the model"),
+        (["-o", "{tmp}/new/"], "new/: is a folder; give a file name for the model"),
+        (["--out", "{tmp}/settings.json"], "settings.json: is a file, not a folder (--out)"),
+    ],
+)
+def test_train_cdi_refuses_a_model_file_it_must_not_write_before_the_work(
+    tmp_path, capsys, argv, message
+):
+    """-o m1/x --out elsewhere silently dropped --out; -o m1/ wrote m1.safetensors beside the
+    folder; -o settings replaced the user's settings.json; --out a file failed after the
+    training."""
+    (tmp_path / "settings.json").write_text('{"theme": "dark"}')
+    (tmp_path / "folder").mkdir()
+    work = ["--workdir", str(tmp_path / "w"), "--log", str(tmp_path / "log"), "--minutes", "0.01"]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        code = main(["train", "cdi", *work, *argv])
+    except SystemExit as exit_:  # argparse's usage error
+        code = exit_.code
+    assert code in (1, 2) and message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before any simulation
+    assert (tmp_path / "settings.json").read_text() == '{"theme": "dark"}'
+    assert not list(tmp_path.glob("*.safetensors"))
 
 
 def test_train_cdi_without_o_never_replaces_a_model_and_names_unused_options(
@@ -676,7 +709,7 @@ def test_train_cdi_without_o_never_replaces_a_model_and_names_unused_options(
     from napari_cdinn.core.nn import registry
 
     monkeypatch.setattr(registry, "user_dir", lambda: tmp_path / "models")
-    monkeypatch.setattr("napari_cdinn.core.nn.train_cdi.user_dir", lambda: tmp_path / "models")
+    monkeypatch.setattr("napari_cdinn.core.nn.training.user_dir", lambda: tmp_path / "models")
     argv = ["train", "cdi", "--n-train", "128", "--n-val", "8", "--batch", "64", "--minutes",
             "0.01", "--workdir", str(tmp_path / "w"), "--log", str(tmp_path / "log"),
             "--model", "base.safetensors", "--seconds", "30"]  # fmt: skip

@@ -5,6 +5,8 @@
     # (a quick try keeps its cache, checkpoint and log out of training/: a checkpoint resumes
     # only a run of its own recipe, and the log here is the bundled model's)
 
+Any other choice of options is refused unless --out names the folder for its model: only
+the bundled recipe writes into the package and appends to training/logs.
 Interrupted runs resume from training/runs/cdi/checkpoint.pt; the log is training/logs/train_cdi.log.
 """
 

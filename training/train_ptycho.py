@@ -3,6 +3,8 @@
     python training/train_ptycho.py              # the bundled model: 600 scans (~71k patterns), 45 min
     python training/train_ptycho.py --minutes 1 --n-scans 20 --workdir /tmp/ptycho --out /tmp/ptycho --log /tmp/ptycho/log  # a quick try
 
+Any other choice of options is refused unless --out names the folder for its model: only
+the bundled recipe writes into the package and appends to training/logs.
 Interrupted runs resume from training/runs/ptycho/checkpoint.pt; the log is
 training/logs/train_ptycho.log.
 """

@@ -7,6 +7,8 @@
     python training/train_wideangle.py
     python training/train_wideangle.py --minutes 1 --n-shots 1000 --n-val 100 --workdir /tmp/wa --out /tmp/wa --log /tmp/wa/log  # a quick try
 
+Any other choice of options is refused unless --out names the folder for its model: only
+the bundled recipe writes into the package and appends to training/logs.
 Interrupted runs resume from training/runs/wideangle/checkpoint.pt (the simulated shots are
 cached there too); the log is training/logs/train_wideangle.log.
 """
@@ -16,4 +18,6 @@ from pathlib import Path
 from napari_cdinn.core.nn.train_options import run_bundled_recipe
 
 if __name__ == "__main__":
-    run_bundled_recipe("wideangle", __doc__, Path(__file__).resolve().parent)
+    # the bundled model's recipe on a GPU (above) is one too: the package's model by default
+    GPU_RECIPE = {"batch": 256, "minutes": 5.2, "n_val": 1000}
+    run_bundled_recipe("wideangle", __doc__, Path(__file__).resolve().parent, (GPU_RECIPE,))

@@ -532,11 +532,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .core.nn.train_cdi import train
 
     if args.output:  # -o names the model file (checked up front), as for ptycho
+        if args.out is not None or args.name != "cdi_nn":
+            raise CdinnError(
+                "train cdi: -o names the model file, --out and --name its folder and name: "
+                "give one or the other"
+            )
         written = weights_path(args.output)
         args.out, args.name = written.parent, written.stem
-    elif args.out is None and args.name == "cdi_nn":  # the user models folder: a new name, so
-        args.name = f"cdi_nn_{time.strftime('%Y%m%d_%H%M%S')}"  # no earlier model is replaced
-    weights = train(args)
+    args.command = f"{PROG} train cdi"  # on the card: what trained the model
+    weights = train(args)  # the default name timestamped (train_cdi.prepare_run)
     print(f"model written to {weights} (use it with: napari-cdinn invert FILE --model {weights})")
     return 0
 
@@ -713,7 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--region",
         help="y0:y1,x0:x1 in scan coordinates (object pixels); --region=-5:90,... if negative",
     )
-    few_shot.add_argument("-o", "--output", type=Path, help="model file to write")
+    few_shot.add_argument(
+        "-o",
+        "--output",
+        type=_model_file,
+        help="model file to write (cdi: instead of --out/--name)",
+    )
     few_shot.add_argument("--model", type=Path, help="start from this model (default: bundled)")
     few_shot.add_argument(
         "--seconds", type=_at_least(1, float), default=55.0, help="training time budget"
@@ -776,26 +785,35 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
     return [p for path in paths for p in (frame_files(path, frames) if path.is_dir() else [path])]
 
 
-def _output_suffixes(args: argparse.Namespace) -> tuple[str, ...] | None:
+def _output_suffixes(args: argparse.Namespace) -> tuple[str, ...]:
     """The endings ``-o`` may have: the kind of file the command writes."""
     from .core.io.results import HDF5_SUFFIXES
 
-    if args.func is cmd_info:
-        return (".json",)
-    if args.func in (cmd_invert, cmd_simulate):
-        return HDF5_SUFFIXES
-    return None  # train: weights_path adds .safetensors
+    return (".json",) if args.func is cmd_info else HDF5_SUFFIXES
 
 
-def _written(args: argparse.Namespace) -> list[Path]:
-    """The files ``-o`` makes the command write: for ``train``, a model's weights (.safetensors
-    added when missing) and its card, else ``-o`` itself."""
-    if args.func is not cmd_train:
-        return [args.output]
-    from .core.nn.registry import card_path, weights_path
+def _check_output(args: argparse.Namespace) -> None:
+    """``-o`` checked before the work, not after it: for ``train``, a model's weights
+    (.safetensors added when missing) and card that replace no file but a model's, else
+    ``-o`` itself."""
+    if args.func is cmd_train:
+        from .core.nn.registry import check_model_file
 
-    weights = weights_path(args.output)
-    return [weights, card_path(weights)]
+        if Path(args.output).is_dir():  # -o m1 would write m1.safetensors beside the folder
+            raise CdinnError(f"{args.output}: is a folder; give a file name for the model")
+        check_model_file(args.output, _inputs(args))
+        return
+    from .core.io.results import check_output
+
+    kind = {cmd_simulate: "data", cmd_info: "summary"}.get(args.func, "results")
+    check_output(args.output, _inputs(args), _output_suffixes(args), kind)
+
+
+def _model_file(text: str) -> Path:
+    """An argparse type for ``train -o``: a file name (``m1/`` names a folder)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name for the model")
+    return Path(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -804,11 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = _QuietWhenUnread(sys.stdout)
     try:
         if getattr(args, "output", None) is not None:
-            from .core.io.results import check_output
-
-            for target in _written(args):  # before the work, not after it
-                kind = {cmd_simulate: "data", cmd_info: "summary"}.get(args.func, "results")
-                check_output(target, _inputs(args), _output_suffixes(args), kind)
+            _check_output(args)
         return int(args.func(args) or 0)
     except CdinnError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

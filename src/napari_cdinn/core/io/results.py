@@ -58,8 +58,8 @@ def check_output(
     in one of ``suffixes`` when given, and, if it is an HDF5 file already there, one that
     napari-cdinn wrote of the kind it ``writes`` ("results", or "data": a simulated scan), so
     neither a raw data file nor a simulated scan is replaced by results, nor results by a
-    simulation.  The command line checks it before the work, so a mistyped path costs no
-    minutes of computing."""
+    simulation; a "model" (weights or card) replaces only a model's file.  The command line
+    checks it before the work, so a mistyped path costs no minutes of computing."""
     target = Path(target)
     if target.is_dir():
         raise CdinnError(f"{target}: is a folder; give a file name for the output")
@@ -83,7 +83,9 @@ def check_output(
         kind = _kind_written(target)
     elif suffix in TIFF_SUFFIXES or writes == "summary":
         kind = writes if _written_by_us(target) else None
-    else:  # a model file (train -o): replaced by its own kind
+    elif writes == "model":  # weights or card: replaced only when they are a model's
+        kind = writes if _is_model(target) else None
+    else:
         kind = writes
     if kind is None:
         raise CdinnError(
@@ -111,6 +113,19 @@ def _written_by_us(target: Path) -> bool:
     except Exception:  # not readable as such: not ours
         return False
     return isinstance(content, dict) and content.get("creator") == CREATOR
+
+
+def _is_model(target: Path) -> bool:
+    """Whether ``target`` (weights or card) is one of a model pair napari-cdinn writes: its
+    card, beside it or itself, is one the model registry reads (a settings.json of the user's
+    is not)."""
+    from ..nn.registry import read_card  # torch: imported only to replace a model
+
+    try:
+        read_card(target.with_suffix(".safetensors"))
+    except CdinnError:
+        return False
+    return True
 
 
 def mark_as_ours(h5: h5py.File) -> None:

@@ -6,8 +6,11 @@ JSON, and the architecture is looked up by name among the classes this package d
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -20,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, InputWarning
-from ..io.results import atomic_path
+from ..io.results import atomic_path, check_output
 from .cdi_net import CDINet
 from .ptycho_net import PtychoNet
 from .wideangle_net import WideAngleNet
@@ -31,6 +34,9 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "WideAngleNet": WideAngleNet,
 }
 ARCHITECTURE_MODES = {"CDINet": "cdi", "PtychoNet": "ptycho", "WideAngleNet": "wideangle"}
+# (step, least) of the pattern size each architecture takes: the CDI and ptychography encoders
+# halve it three times, over an object of at least 8 pixels; the wide-angle one halves it five
+SIZE_STEPS = {"CDINet": (8, 16), "PtychoNet": (8, 16), "WideAngleNet": (32, 32)}
 
 
 def bundled_dir() -> Path:
@@ -103,12 +109,23 @@ def read_card(weights: str | Path) -> dict[str, Any]:
     arguments = card["arguments"]
     if not isinstance(arguments, dict):
         raise InputError(path, "model card's 'arguments' is not a JSON object")
-    for key, least in (("size", 1), ("width", 1), ("patch", 1), ("mixing", 0)):  # where given
+    for key, least in (("size", 1), ("width", 2), ("patch", 1), ("mixing", 0)):  # where given
         value = arguments.get(key, least)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputError(
                 path, f"model card's '{key}' is {value!r}, not a whole number >= {least}"
             )
+    step, least = SIZE_STEPS.get(card["architecture"], (1, 1))
+    size = arguments.get("size", least)
+    if size < least or size % step:
+        raise InputError(
+            path,
+            f"model card's 'size' is {size}: {card['architecture']} takes multiples of {step} "
+            f"from {least}",
+        )
+    for key in ("equalise",):  # "no" is a true value in Python: a JSON true or false only
+        if key in arguments and not isinstance(arguments[key], bool):
+            raise InputError(path, f"model card's '{key}' is {arguments[key]!r}, not true or false")
     return card
 
 
@@ -119,17 +136,76 @@ def weights_path(path: str | Path) -> Path:
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
 
 
-def save_model(model: nn.Module, weights: str | Path, card: dict[str, Any]) -> Path:
-    """Write weights (safetensors) and card (JSON) side by side, each whole or not at all."""
-    weights = Path(weights)
-    weights.parent.mkdir(parents=True, exist_ok=True)
+def refuse_bundled_folder(weights: Path, bundled: bool = False) -> None:
+    """Refuse a model file in the bundled models' folder, unless ``bundled``."""
+    if not bundled and weights.parent.resolve() == bundled_dir().resolve():
+        raise InputError(
+            weights,
+            "is in the folder of napari-cdinn's bundled models, which only their recipes "
+            "(training/train_<mode>.py) write; choose another folder",
+        )
+
+
+def check_model_file(
+    weights: str | Path, inputs: Sequence[str | Path] = (), *, bundled: bool = False
+) -> Path:
+    """``weights`` (.safetensors added) as a model file to write, checked before any training:
+    it and its card may be written, replace no file but a model's own (``check_output``), and
+    are not in the bundled models' folder unless ``bundled`` (their recipes,
+    training/train_<mode>.py, alone write there: a model put there becomes a bundled one)."""
+    weights = weights_path(weights)
+    refuse_bundled_folder(weights, bundled)
+    for target in (weights, card_path(weights)):
+        check_output(target, inputs, None, "model")
+    return weights
+
+
+def save_model(
+    model: nn.Module, weights: str | Path, card: dict[str, Any], *, bundled: bool = False
+) -> Path:
+    """Write weights (safetensors) and card (JSON) side by side, each whole or not at all,
+    never into the bundled models' folder unless ``bundled`` (``check_model_file``); the card
+    records the weights' SHA-256, so a save killed between the two renames leaves a pair that
+    :func:`load_model` refuses rather than mixes.  Weights holding NaN/Inf (a diverged
+    training) are refused: they would answer NaN for every pattern."""
+    weights = weights_path(weights)
+    refuse_bundled_folder(weights, bundled)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if not all_finite(state):
+        raise InputError(weights, "weights hold NaN/Inf (a diverged training?): not saved")
+    weights.parent.mkdir(parents=True, exist_ok=True)
     # both written before either replaces its file: a failed card leaves no new weights beside
     # an old card
-    with atomic_path(weights) as new_weights, atomic_path(card_path(weights)) as new_card:
+    with (
+        atomic_path(weights, writes="model") as new_weights,
+        atomic_path(card_path(weights), writes="model") as new_card,
+    ):
         save_file(state, str(new_weights))
-        new_card.write_text(json.dumps(card, indent=2, default=str) + "\n")
+        card = {**finite_json(card), "weights_sha256": sha256(new_weights)}
+        new_card.write_text(json.dumps(card, indent=2, default=str, allow_nan=False) + "\n")
     return weights
+
+
+def all_finite(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of a state dict is free of NaN and Inf."""
+    return all(bool(t.isfinite().all()) for t in state.values() if t.is_floating_point())
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with its non-finite floats as None: JSON has no NaN (a bare NaN in a card made
+    it unreadable to other JSON readers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 MODE_NAMES = {"cdi": "CDI", "ptycho": "ptychography", "wideangle": "wide-angle"}
@@ -171,6 +247,14 @@ def load_model(weights: str | Path, device: torch.device | str = "cpu") -> tuple
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise InputError(weights, f"not a readable safetensors file: {err}") from None
+    if "weights_sha256" in card and card["weights_sha256"] != sha256(weights):
+        raise InputError(
+            weights,
+            f"not the weights its card {card_path(weights).name} describes (another SHA-256: "
+            "a save interrupted between the two files?); save or copy the model again",
+        )
+    if not all_finite(state):
+        raise InputError(weights, "weights hold NaN/Inf")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -23,9 +23,17 @@ from ..device import resolve_device
 from ..simulate.cdi import simulate_cdi
 from .cdi import inference_model, predict, training_targets, twin_invariant_loss
 from .cdi_net import CDINet, preprocess
-from .registry import save_model, user_dir
-from .train_options import check_counts
-from .training import Log, data_recipe, resume, train_within_budget, training_record
+from .registry import save_model
+from .training import (
+    CHECKPOINT,
+    cached,
+    data_recipe,
+    prepare_run,
+    resume,
+    save_cache,
+    train_within_budget,
+    training_record,
+)
 
 HELD_OUT_SEED = 999_999  # never used for training data
 CHUNK = 5000
@@ -51,19 +59,16 @@ def training_data(
 ) -> dict[str, np.ndarray]:
     """Simulate (in ``processes`` processes) or load the cached training set."""
     cache = workdir / f"data_n{n}_s{size}_seed{seed}.npz"
-    if cache.exists():
-        log(f"loading cached training data {cache}")
-        with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
+    data = cached(cache, log, ("intensities", "target", "twin"))
+    if data is not None:
+        return data
     start = time.time()
     jobs = [(min(CHUNK, n - lo), size, seed * 1000 + i) for i, lo in enumerate(range(0, n, CHUNK))]
     with Pool(processes) as pool:
         parts = pool.map(simulate_chunk, jobs)
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     log(f"simulated {n} patterns in {time.time() - start:.0f} s")
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(cache)
+    save_cache(cache, data)
     return data
 
 
@@ -87,13 +92,10 @@ def evaluate(model: CDINet, n: int, size: int) -> dict[str, float]:
 def train(args: argparse.Namespace) -> Path:
     """Run the training described by ``args`` (see ``train_options.add_cdi_arguments``);
     returns the weights file."""
-    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
-    args.out = args.out or user_dir()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    log = Log(args.log or args.workdir / "train_cdi.log")
+    model_file, log = prepare_run(args, "cdi")
 
     log(f"start: {vars(args)}")
     n = args.n_train + args.n_val
@@ -105,7 +107,7 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     model = CDINet(size=args.size, width=args.width).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    checkpoint = args.workdir / "checkpoint.pt"
+    checkpoint = args.workdir / CHECKPOINT
     state = resume(checkpoint, model, optimizer, log, data_recipe(args))
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
 
@@ -161,6 +163,6 @@ def train(args: argparse.Namespace) -> Path:
         ),
         "held_out": held_out,
     }
-    weights = save_model(model, args.out / f"{args.name}.safetensors", card)
+    weights = save_model(model, model_file, card, bundled=getattr(args, "bundled", False))
     log(f"wrote {weights} and its card: {json.dumps(held_out)}")
     return weights

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from pathlib import Path
 
 from ..errors import CdinnError
 
 
-def at_least(low: float, kind: type = int, high: float = float("inf")):
-    """An argparse type: a number of ``kind`` not below ``low`` (0 or negative epochs, sizes or
-    steps are refused up front instead of quietly doing nothing or taking the default) and not
-    above ``high``."""
+def at_least(low: float, kind: type = int, high: float = float("inf"), above: bool = False):
+    """An argparse type: a finite number of ``kind`` not below ``low`` (0 or negative epochs,
+    sizes or steps are refused up front instead of quietly doing nothing or taking the
+    default), above it when ``above`` (a gradient clipped to norm 0 does not learn), and not
+    above ``high``; NaN and infinity are refused (an infinite time budget never ends)."""
 
     def number(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not value >= low:  # NaN too
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+        if above and not value > low:
+            raise argparse.ArgumentTypeError(f"{text}: must be more than {low:g}")
+        if not value >= low:
             raise argparse.ArgumentTypeError(f"{text}: must be at least {low:g}")
         if value > high:
             raise argparse.ArgumentTypeError(f"{text}: must be at most {high:g}")
@@ -29,25 +35,36 @@ def at_least(low: float, kind: type = int, high: float = float("inf")):
     return number
 
 
+MIN_SIZE = 16  # an object in the central half of its grid: 8 x 8 pixels at least
+
+
 def multiple_of_8(text: str) -> int:
-    """An argparse type for pattern sizes: the networks halve them three times."""
-    value = at_least(8)(text)
+    """An argparse type for pattern sizes: the networks halve them three times, and the
+    simulated crystal needs room (at 8 pixels its convex support is never drawn: a hang)."""
+    value = at_least(MIN_SIZE)(text)
     if value % 8:
         raise argparse.ArgumentTypeError(f"{text}: must be a multiple of 8")
     return value
 
 
+MAX_MINUTES = 7 * 24 * 60.0  # a week: a longer budget is a typing slip
+
+
 def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, minutes: float):
     """The options every recipe has: network width, optimiser, time budget, seeds, folders."""
-    parser.add_argument("--width", type=at_least(1), default=width)
+    parser.add_argument(  # the encoder's first layer has width // 2 channels
+        "--width", type=at_least(2), default=width
+    )
     parser.add_argument("--batch", type=at_least(1), default=batch)
-    parser.add_argument("--lr", type=at_least(1e-12, float), default=2e-3)
+    parser.add_argument("--lr", type=at_least(0.0, float, high=1.0, above=True), default=2e-3)
     parser.add_argument(
-        "--clip-norm", type=float, help="clip each step's gradient to this norm (default: none)"
-    )
+        "--clip-norm", type=at_least(0.0, float, above=True),
+        help="clip each step's gradient to this norm (default: none)",
+    )  # fmt: skip
     parser.add_argument(
-        "--minutes", type=at_least(0.0, float), default=minutes, help="training time budget"
-    )
+        "--minutes", type=at_least(0.0, float, high=MAX_MINUTES), default=minutes,
+        help="training time budget (0: only write the model of a checkpoint in --workdir)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument(
         "--workdir", type=Path, default=Path(f"{mode}_training"), help="cache + checkpoint"
@@ -76,7 +93,10 @@ def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-scans", type=at_least(2), default=600)
     parser.add_argument("--n-val-scans", type=at_least(1), default=10, help="fewer than --n-scans")
     parser.add_argument(
-        "--mixing", type=int, default=16, help="channels of the global bottleneck layer, 0: none"
+        "--mixing",
+        type=at_least(0),
+        default=16,
+        help="channels of the global bottleneck layer, 0: none",
     )
     parser.add_argument(
         "--patch", type=int, default=64, choices=(32, 64), help="predicted patch (middle)"
@@ -86,7 +106,9 @@ def add_ptycho_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-shots", type=at_least(2), default=60_000)
-    parser.add_argument("--n-val", type=at_least(1), default=2000, help="fewer than --n-shots")
+    parser.add_argument(
+        "--n-val", type=at_least(1), default=2000, help="validation shots (simulated apart)"
+    )
     parser.add_argument(
         "--equalise", action=argparse.BooleanOptionalAction, default=True,
         help="replace each image by its pixels' ranks first (nn.wideangle_net.equalised)",
@@ -114,13 +136,14 @@ def add_wideangle_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """What one option's type cannot check: validation data that leaves training data, and
-    (for recipes counted in examples, not scans) at least one batch of it: an epoch without a
-    batch divided by zero."""
+    """What one option's type cannot check: validation data carved out of the data must leave
+    training data (CDI examples, ptychography scans; the wide-angle validation shots are a
+    set of their own), and (for recipes counted in examples, not scans) at least one batch of
+    training data: an epoch without a batch divided by zero."""
     if hasattr(args, "n_scans"):
         total, validation = args.n_scans, args.n_val_scans
     elif hasattr(args, "n_shots"):
-        total, validation = args.n_shots, args.n_val
+        total, validation = args.n_shots, 0  # --n-val shots are simulated apart
     else:
         total, validation = args.n_train + args.n_val, args.n_val
     if validation >= total:
@@ -140,18 +163,44 @@ RECIPES = {
 }
 
 
-def run_bundled_recipe(mode: str, doc: str, training_folder: Path) -> Path:
-    """training/train_<mode>.py: the bundled model's recipe, its cache and checkpoint in
-    training/runs/<mode>, its log in training/logs, its weights into the package."""
+# options that change where or how fast a run goes, not the model it makes
+MACHINE_OPTIONS = ("workdir", "out", "log", "threads", "device")
+
+
+def run_bundled_recipe(
+    mode: str, doc: str, training_folder: Path, variants: tuple[dict, ...] = ()
+) -> Path:
+    """training/train_<mode>.py.  The bundled model's recipe (every option at its default but
+    those of ``MACHINE_OPTIONS``, or as in one of ``variants``) writes the package's model by
+    default, its cache and checkpoint in training/runs/<mode>, its log in training/logs.  Any
+    other recipe (a quick try) must say where its model goes (--out), is never written into
+    the package, and keeps its cache and log out of training/ unless told: it is refused up
+    front otherwise, before it could replace the bundled model or add to its log."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     RECIPES[mode](parser)
-    parser.set_defaults(
-        workdir=training_folder / "runs" / mode,
-        out=training_folder.parent / "src" / "napari_cdinn" / "weights",
-        log=training_folder / "logs" / f"train_{mode}.log",
-    )
+    parser.set_defaults(workdir=None)
+    args = parser.parse_args()
+    defaults = vars(parser.parse_args([]))
+    changed = {k: v for k, v in vars(args).items() if k not in MACHINE_OPTIONS and v != defaults[k]}
+    package = training_folder.parent / "src" / "napari_cdinn" / "weights"
+    if args.out is None and changed not in ({}, *variants):
+        given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        parser.error(
+            f"{given}: not the bundled model's recipe; give --out FOLDER for its model (the "
+            f"default, {package}, and the log in {training_folder / 'logs'} are the bundled "
+            "model's)"
+        )
+    recipe = changed in ({}, *variants)
+    args.out = args.out or package
+    args.bundled = recipe and args.out.resolve() == package.resolve()
+    args.command = f"training/train_{mode}.py"
+    # its checkpoint resumes only this recipe; another's goes where napari-cdinn train's does
+    args.workdir = args.workdir or (training_folder / "runs" / mode if recipe else None)
+    args.workdir = args.workdir or Path(f"{mode}_training")
+    if args.bundled:
+        args.log = args.log or training_folder / "logs" / f"train_{mode}.log"
     module = importlib.import_module(f"{__package__}.train_{mode}")
     try:
-        return module.train(parser.parse_args())
+        return module.train(args)
     except CdinnError as err:  # a bad option, a checkpoint of another run: one line, exit 2
         parser.error(str(err))

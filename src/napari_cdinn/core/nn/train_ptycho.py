@@ -27,9 +27,18 @@ from ..progress import run_to_end
 from ..simulate.ptycho import HELD_OUT_TEXTURES, TEXTURES, simulate_ptycho
 from .ptycho import normalised, patch_loss, patch_offset, probe_weight, sample_patches
 from .ptycho_net import PtychoNet, intensity_scale, preprocess
-from .registry import save_model, user_dir
-from .train_options import check_counts
-from .training import Log, data_recipe, resume, train_within_budget, training_record
+from .registry import save_model
+from .training import (
+    CHECKPOINT,
+    Log,
+    cached,
+    data_recipe,
+    prepare_run,
+    resume,
+    save_cache,
+    train_within_budget,
+    training_record,
+)
 
 HELD_OUT_SEED = 999_999  # the held-out scan; training scans use seed * 100_000 + index
 TRAINING_TEXTURES = tuple(t for t in TEXTURES if t not in HELD_OUT_TEXTURES)
@@ -63,10 +72,9 @@ def training_data(
 ) -> dict[str, np.ndarray]:
     """Simulate (in ``processes`` processes) or load the cached training scans."""
     cache = workdir / f"scans_n{n_scans}_seed{seed}_patch{patch}.npz"
-    if cache.exists():
-        log(f"loading cached training data {cache}")
-        with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
+    data = cached(cache, log, ("inputs", "targets", "weight", "scan_of"))
+    if data is not None:
+        return data
     start = time.time()
     with Pool(processes) as pool:
         seeds = [seed * 100_000 + i for i in range(n_scans)]
@@ -76,9 +84,7 @@ def training_data(
     log(
         f"simulated {n_scans} scans, {len(data['targets'])} patterns in {time.time() - start:.0f} s"
     )
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(cache)
+    save_cache(cache, data)
     return data
 
 
@@ -100,13 +106,10 @@ def evaluate(model: PtychoNet, device: str = "cpu") -> dict[str, float]:
 
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
-    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
-    args.out = args.out or user_dir()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    log = Log(args.log or args.workdir / "train_ptycho.log")
+    model_file, log = prepare_run(args, "ptycho")
     log(f"start: {vars(args)}")
     data = training_data(args.n_scans, args.seed, args.workdir, log, args.patch, args.threads)
     inputs = torch.as_tensor(data["inputs"]).to(device)
@@ -121,7 +124,7 @@ def train(args: argparse.Namespace) -> Path:
         device, memory_format=torch.channels_last
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    checkpoint = args.workdir / "checkpoint.pt"
+    checkpoint = args.workdir / CHECKPOINT
     state = resume(checkpoint, model, optimizer, log, data_recipe(args))
 
     def loss_of(index: torch.Tensor) -> torch.Tensor:
@@ -177,6 +180,6 @@ def train(args: argparse.Namespace) -> Path:
         ),
         "held_out": held_out,
     }
-    path = save_model(model, args.out / f"{args.name}.safetensors", card)
+    path = save_model(model, model_file, card, bundled=getattr(args, "bundled", False))
     log(f"wrote {path} and its card: {json.dumps(held_out)}")
     return path

@@ -30,12 +30,15 @@ from ..simulate.wideangle import (
     Detector,
     simulate_shots,
 )
-from .registry import save_model, user_dir
-from .train_options import check_counts
+from .registry import save_model
 from .training import (
+    CHECKPOINT,
     Log,
+    cached,
     data_recipe,
+    prepare_run,
     resume,
+    save_cache,
     train_within_budget,
     training_precision,
     training_record,
@@ -78,10 +81,9 @@ def training_data(
     """Simulate (in ``processes`` single-threaded processes) or load the cached training
     shots."""
     cache = workdir / f"shots_n{n_shots}_seed{seed}.npz"
-    if cache.exists():
-        log(f"loading cached training shots {cache}")
-        with np.load(cache) as data:
-            return {k: data[k] for k in data.files}
+    data = cached(cache, log, ("images", "orientations", "radii"))
+    if data is not None:
+        return data
     start = time.time()
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[name] = "1"  # read by the spawned workers as they start
@@ -94,9 +96,7 @@ def training_data(
         "radii": np.concatenate([p[2] for p in parts])[:n_shots],
     }
     log(f"simulated {n_shots} shots in {time.time() - start:.0f} s")
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(cache)
+    save_cache(cache, data)
     return data
 
 
@@ -126,14 +126,11 @@ def evaluate(model: WideAngleNet, n: int = 1000, device: torch.device | str = "c
 
 def train(args: argparse.Namespace) -> Path:
     """Run the pretraining described by ``args``; returns the weights file."""
-    check_counts(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.device = str(device)  # as recorded on the card
     args.precision = training_precision(args.precision) if device.type == "cpu" else "float32"
-    args.out = args.out or user_dir()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    log = Log(args.log or args.workdir / "train_wideangle.log")
+    model_file, log = prepare_run(args, "wideangle")
     log(f"start: {vars(args)}")
     data = training_data(args.n_shots, args.seed, args.workdir, log, args.threads)
     images = torch.as_tensor(data["images"]).to(device)
@@ -148,7 +145,7 @@ def train(args: argparse.Namespace) -> Path:
         width=args.width, equalise=args.equalise, stem=args.stem, orientation=args.orientation
     ).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    checkpoint = args.workdir / "checkpoint.pt"
+    checkpoint = args.workdir / CHECKPOINT
     state = resume(checkpoint, model, optimizer, log, data_recipe(args))
     generator = torch.Generator().manual_seed(args.seed + state["epoch"])
     # the augmentation draws on the data's device (the CPU's stream is the bundled recipe's)
@@ -223,6 +220,6 @@ def train(args: argparse.Namespace) -> Path:
         ),
         "held_out": held_out,
     }
-    path = save_model(model, args.out / f"{args.name}.safetensors", card)
+    path = save_model(model, model_file, card, bundled=getattr(args, "bundled", False))
     log(f"wrote {path} and its card: {json.dumps(held_out)}")
     return path

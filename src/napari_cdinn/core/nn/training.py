@@ -3,29 +3,86 @@ and the checkpoint that lets an interrupted run resume."""
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import InputError
+from .registry import all_finite, check_model_file, user_dir
+from .train_options import check_counts
+
+CHECKPOINT = "checkpoint.pt"  # in --workdir
+CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "elapsed_s", "history"}
 
 
 class Log:
-    """Print a timestamped line and append it to a file."""
+    """Print a timestamped line and append it to a file (checked as it is made, so a log that
+    cannot be written is said before the run)."""
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise InputError(path, "is a folder; give a file name for the log (--log)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a"):
+                pass
+        except OSError as err:
+            raise InputError(path, f"the log cannot be written ({err.strerror or err})") from None
 
     def __call__(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         print(line, flush=True)
         with open(self.path, "a") as handle:
             handle.write(line + "\n")
+
+
+def writable_folder(folder: Path, option: str) -> Path:
+    """``folder`` created if need be and checked writable, or an InputError naming it and
+    ``option`` (a file given for a folder, /proc/..., a read-only place)."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(folder, f"is a file, not a folder ({option})")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(folder, f"cannot be created ({option}: {err.strerror or err})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(folder, f"is not writable ({option})")
+    return folder
+
+
+def prepare_run(args: argparse.Namespace, mode: str) -> tuple[Path, Log]:
+    """Everything a pretraining run writes, checked before its minutes of simulation and
+    training: ``--out`` (default: the user models folder) and ``--workdir`` writable folders,
+    ``--log`` a file that can be appended to, ``--name`` a plain file name whose model
+    replaces no file but a model's (never a bundled one: ``args.bundled`` is set only by the
+    bundled recipes), and a time budget or a checkpoint to write a model of.  The default
+    name gets a timestamp outside the bundled folder, so the model is neither taken for the
+    bundled one (layers labelled "(NN)") nor replaces an earlier run's.  Returns the weights
+    file and the log."""
+    check_counts(args)
+    bundled = getattr(args, "bundled", False)
+    if args.name == f"{mode}_nn" and not bundled and getattr(args, "output", None) is None:
+        args.name = f"{mode}_nn_{time.strftime('%Y%m%d_%H%M%S')}"
+    if args.name in ("", ".", "..") or Path(args.name).name != args.name:
+        raise InputError(args.name, "--name: give a file name without folders (--out: the folder)")
+    args.out = writable_folder(args.out or user_dir(), "--out")
+    weights = check_model_file(args.out / f"{args.name}.safetensors", bundled=bundled)
+    writable_folder(args.workdir, "--workdir")
+    if args.minutes == 0 and not (args.workdir / CHECKPOINT).exists():
+        raise InputError(
+            args.workdir,
+            "--minutes 0 and no checkpoint here to resume: the model would be untrained; give "
+            "a time budget",
+        )
+    return weights, Log(args.log or args.workdir / f"train_{mode}.log")
 
 
 def cosine_lr(base: float, fraction: float) -> float:
@@ -50,9 +107,10 @@ def machine(device: str = "cpu") -> str:
 
 
 def training_record(script: str, loss: str, args, state: dict) -> dict:
-    """The model card's "training" entry, the same for every pretraining script."""
+    """The model card's "training" entry, the same for every pretraining script; ``script``
+    unless ``args.command`` says what ran it (``napari-cdinn train cdi``)."""
     return {
-        "script": script,
+        "script": getattr(args, "command", script),
         "loss": loss,
         "optimizer": f"Adam, lr {args.lr} cosine-decayed over the time budget, batch {args.batch}"
         + (f", gradient norm clipped at {args.clip_norm:g}" if args.clip_norm else "")
@@ -86,7 +144,16 @@ def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = N
     was recorded resume as they did)."""
     state = {"epoch": 0, "elapsed_s": 0.0, "history": [], "recipe": recipe or {}}
     if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # GPU-made too
+        damaged = InputError(
+            checkpoint,
+            "damaged or not a checkpoint of this run: delete it or choose another --workdir",
+        )
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # GPU-made too
+        except Exception:  # truncated, empty, not a torch file: whatever the damage
+            raise damaged from None
+        if not isinstance(saved, dict) or not saved.keys() >= CHECKPOINT_KEYS:
+            raise damaged
         if saved.get("arguments", model.arguments()) != model.arguments():
             raise InputError(
                 checkpoint,
@@ -99,11 +166,45 @@ def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = N
                 f"a checkpoint of a run with {saved['recipe']}, not {state['recipe']}: choose "
                 "another --workdir or delete it to start afresh",
             )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        if not all_finite(saved["model"]):
+            raise InputError(
+                checkpoint, "weights hold NaN/Inf (a diverged run): delete it or choose another "
+                "--workdir",
+            )  # fmt: skip
+        try:  # an old checkpoint (no arguments recorded) of another width: sizes differ
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError):
+            raise damaged from None
         state.update({k: saved[k] for k in ("epoch", "elapsed_s", "history")})
         log(f"resumed from epoch {state['epoch']} ({state['elapsed_s'] / 60:.1f} min trained)")
     return state
+
+
+def cached(cache: Path, log: Log, keys: Iterable[str]) -> dict[str, np.ndarray] | None:
+    """The arrays of a simulated-data cache, or None when there is none or it is damaged
+    (truncated, not an NPZ file, arrays missing): said in the log, and simulated again."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as err:  # a zip, pickle or zlib error: whatever the damage
+        log(f"{cache}: damaged ({type(err).__name__}: {err}); simulating it again")
+        return None
+    missing = set(keys) - arrays.keys()
+    if missing:
+        log(f"{cache}: lacks {', '.join(sorted(missing))}; simulating it again")
+        return None
+    log(f"loading cached training data {cache}")
+    return arrays
+
+
+def save_cache(cache: Path, data: dict[str, np.ndarray]) -> None:
+    """Write a cache whole or not at all (a temporary file renamed onto it)."""
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    tmp.replace(cache)
 
 
 def save_checkpoint(checkpoint: Path, model, optimizer, state: dict) -> None:
@@ -119,6 +220,16 @@ def save_checkpoint(checkpoint: Path, model, optimizer, state: dict) -> None:
         tmp,
     )
     tmp.replace(checkpoint)
+
+
+def diverged(checkpoint: Path, epoch: int, what: str) -> None:
+    """Refuse to go on, or to write a checkpoint or model, after a step gave NaN/Inf: such a
+    model answers NaN for every pattern."""
+    raise InputError(
+        checkpoint.parent,
+        f"the training diverged in epoch {epoch} ({what}); nothing of this epoch is saved: "
+        "a smaller --lr or a --clip-norm may help",
+    )
 
 
 def train_within_budget(
@@ -138,8 +249,11 @@ def train_within_budget(
     """Epochs until ``minutes`` of training are spent (across resumes): each epoch runs the
     index batches of ``batches()`` with a cosine-decayed learning rate (each step's gradient
     clipped to ``clip_norm`` when given), then logs the validation loss and writes the
-    checkpoint; ``state`` (epoch, elapsed_s, history) is updated in place."""
+    checkpoint; ``state`` (epoch, elapsed_s, history) is updated in place.  A loss or weight
+    that turns NaN/Inf stops the run before anything of it is saved (``diverged``)."""
     budget = minutes * 60
+    if state["epoch"] == 0 and budget <= 0:  # an untrained model is no model to write
+        raise InputError(checkpoint.parent, "--minutes 0 and no epoch to resume: nothing trained")
     while state["elapsed_s"] < budget:
         model.train()
         epoch_start = time.time()
@@ -156,11 +270,17 @@ def train_within_budget(
             optimizer.step()
             total += loss.item()
             n_batches += 1
+            if not math.isfinite(total):
+                diverged(checkpoint, state["epoch"] + 1, f"a training loss of {loss.item():g}")
             if fraction >= 1.0:
                 break
         model.eval()
         with torch.no_grad():
             val_loss = validation_loss()
+        if not math.isfinite(val_loss):
+            diverged(checkpoint, state["epoch"] + 1, f"a validation loss of {val_loss:g}")
+        if not all_finite(model.state_dict()):
+            diverged(checkpoint, state["epoch"] + 1, "weights of NaN/Inf")
         state["epoch"] += 1
         state["elapsed_s"] += time.time() - epoch_start
         state["history"].append([state["epoch"], total / n_batches, val_loss])
