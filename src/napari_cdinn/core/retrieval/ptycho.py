@@ -121,7 +121,8 @@ def checked_scan(
         raise InputError(source, "scan positions hold NaN or infinite values")
     if overlap and len(intensities) < 2:
         raise InputError(source, "a scan of one position has no overlap to reconstruct from")
-    counts = intensities.sum(axis=(-2, -1), where=True if mask is None else mask)
+    with np.errstate(over="ignore"):  # an overflow is refused just below
+        counts = intensities.sum(axis=(-2, -1), where=True if mask is None else mask)
     if not np.isfinite(counts).all():
         raise InputError(
             source,
