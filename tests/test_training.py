@@ -318,3 +318,30 @@ def test_a_damaged_data_cache_is_simulated_again(tmp_path):
     np.testing.assert_array_equal(again["intensities"], data["intensities"])
     assert "damaged" in (tmp_path / "log").read_text()
     assert training_data(4, 16, 0, tmp_path, log, processes=1)["target"].shape == (4, 8, 8)
+
+
+@pytest.mark.slow
+def test_an_interrupted_wide_angle_simulation_resumes_with_the_chunks_it_finished(
+    tmp_path, monkeypatch
+):
+    """Chunks of shots are cached as they finish: a run stopped in the simulation (about 14
+    minutes of it on 2 cores) keeps them, and the resumed set equals an uninterrupted one."""
+    import numpy as np
+
+    from napari_cdinn.core.nn import train_wideangle
+    from napari_cdinn.core.nn.training import Log
+
+    monkeypatch.setattr(train_wideangle, "CHUNK", 2)
+    whole = train_wideangle.training_data(5, 3, tmp_path / "a", Log(tmp_path / "a.log"), 1)
+    assert whole["images"].shape == (5, 128, 128) and whole["images"].dtype == np.uint8
+    assert not (tmp_path / "a" / "shots_seed3_chunks").exists()  # joined, then removed
+    # a run stopped after its first chunk, the second half-written
+    chunks = tmp_path / "b" / "shots_seed3_chunks"
+    chunks.mkdir(parents=True)
+    train_wideangle._simulate_chunk((3_000_000, 2, chunks / "chunk_00000.npz"))
+    (chunks / "chunk_00001.npz").write_bytes(b"PK\x03\x04 half")
+    log = Log(tmp_path / "b.log")
+    resumed = train_wideangle.training_data(5, 3, tmp_path / "b", log, 1)
+    assert "1 of 3 chunks of shots already simulated" in (tmp_path / "b.log").read_text()
+    for key in ("images", "orientations", "radii"):
+        np.testing.assert_array_equal(resumed[key], whole[key])

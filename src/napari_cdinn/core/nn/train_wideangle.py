@@ -70,33 +70,55 @@ ORIENTATION_LOSSES = {
 }
 
 
-def _simulate_chunk(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    images, orientations, radii = simulate_shots(CHUNK, seed)
-    return np.round(images * 255).astype(np.uint8), orientations, radii
+def _simulate_chunk(task: tuple[int, int, Path]) -> None:
+    """Simulate one chunk of shots (its seed, its size) into its own cache file, whole or not
+    at all, so that an interrupted simulation resumes with the chunks it finished."""
+    seed, size, path = task
+    images, orientations, radii = simulate_shots(size, seed)
+    images = np.round(images * 255).astype(np.uint8)
+    save_cache(path, {"images": images, "orientations": orientations, "radii": radii})
+
+
+def _quiet(message: str) -> None:
+    """A log that says nothing: one line per chunk of a cache would bury the training's."""
 
 
 def training_data(
     n_shots: int, seed: int, workdir: Path, log: Log, processes: int = 2
 ) -> dict[str, np.ndarray]:
     """Simulate (in ``processes`` single-threaded processes) or load the cached training
-    shots."""
+    shots.  Chunks are cached one by one as they finish (the simulation of 60k shots takes
+    about 14 minutes on 2 cores: a run stopped in it resumes where it was) and joined into one
+    cache at the end; a chunk's shots depend only on its seed, so a resumed set is the same."""
     cache = workdir / f"shots_n{n_shots}_seed{seed}.npz"
-    data = cached(cache, log, ("images", "orientations", "radii"))
+    keys = ("images", "orientations", "radii")
+    data = cached(cache, log, keys)
     if data is not None:
         return data
     start = time.time()
+    chunks = workdir / f"shots_seed{seed}_chunks"
+    chunks.mkdir(parents=True, exist_ok=True)
+    tasks = [
+        (seed * 1_000_000 + i, CHUNK, chunks / f"chunk_{i:05d}.npz")
+        for i in range(-(-n_shots // CHUNK))
+    ]
+    missing = [task for task in tasks if cached(task[-1], _quiet, keys) is None]
+    if len(missing) < len(tasks):
+        log(f"{len(tasks) - len(missing)} of {len(tasks)} chunks of shots already simulated")
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[name] = "1"  # read by the spawned workers as they start
-    seeds = [seed * 1_000_000 + i for i in range(-(-n_shots // CHUNK))]
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        parts = pool.map(_simulate_chunk, seeds)
-    data = {
-        "images": np.concatenate([p[0] for p in parts])[:n_shots],
-        "orientations": np.concatenate([p[1] for p in parts])[:n_shots],
-        "radii": np.concatenate([p[2] for p in parts])[:n_shots],
-    }
+    if missing:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            for done, _ in enumerate(pool.imap_unordered(_simulate_chunk, missing), 1):
+                if done % 20 == 0:
+                    log(f"simulated {done} of {len(missing)} chunks of {CHUNK} shots")
+    parts = [cached(path, _quiet, keys) for *_, path in tasks]
+    data = {key: np.concatenate([part[key] for part in parts])[:n_shots] for key in keys}
     log(f"simulated {n_shots} shots in {time.time() - start:.0f} s")
     save_cache(cache, data)
+    for *_, path in tasks:
+        path.unlink()
+    chunks.rmdir()
     return data
 
 
