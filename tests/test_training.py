@@ -345,3 +345,43 @@ def test_an_interrupted_wide_angle_simulation_resumes_with_the_chunks_it_finishe
     assert "1 of 3 chunks of shots already simulated" in (tmp_path / "b.log").read_text()
     for key in ("images", "orientations", "radii"):
         np.testing.assert_array_equal(resumed[key], whole[key])
+
+
+def test_a_resumed_run_records_each_session_on_its_card(tmp_path):
+    """A run cut by a time limit and resumed elsewhere (a GPU, then a CPU; float32, then
+    bfloat16) has each session's machine and precision, with its epochs, on the card: the
+    card named only the last session's."""
+    import torch
+
+    from napari_cdinn.core.nn.training import Log, resume, train_within_budget, training_record
+
+    class Tiny(torch.nn.Linear):
+        def arguments(self) -> dict:
+            return {}
+
+    model = Tiny(2, 1)
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def run(session: dict, minutes: float) -> dict:
+        optimizer = torch.optim.Adam(model.parameters())
+        state = resume(checkpoint, model, optimizer, Log(tmp_path / "log"))
+        x = torch.ones(4, 2)
+        train_within_budget(
+            model, optimizer, state, minutes=minutes, lr=1e-3,
+            batches=lambda: [torch.arange(4)], loss_of=lambda i: model(x[i]).pow(2).mean(),
+            validation_loss=lambda: 0.5, checkpoint=checkpoint, log=Log(tmp_path / "log"),
+            session=session,
+        )  # fmt: skip
+        return state
+
+    first = run({"machine": "GPU", "precision": "float32"}, 1e-4)
+    later = first["elapsed_s"] / 60 + 1e-4  # a budget with epochs left whatever the speed
+    state = run({"machine": "CPU", "precision": "bfloat16"}, later)
+    args = type("Args", (), {"lr": 1e-3, "batch": 4, "clip_norm": None})()
+    sessions = training_record("train.py", "mse", args, state)["sessions"]
+    assert [(s["machine"], s["precision"]) for s in sessions] == [
+        ("GPU", "float32"), ("CPU", "bfloat16"),
+    ]  # fmt: skip
+    assert sessions[0]["first_epoch"] == 1
+    assert sessions[1]["first_epoch"] == sessions[0]["last_epoch"] + 1
+    assert sessions[1]["last_epoch"] == state["epoch"]

@@ -31,6 +31,7 @@ from .training import (
     prepare_run,
     resume,
     save_cache,
+    session_facts,
     train_within_budget,
     training_record,
 )
@@ -131,6 +132,7 @@ def train(args: argparse.Namespace) -> Path:
         model, optimizer, state, minutes=args.minutes, lr=args.lr, batches=batches,
         loss_of=loss_of, validation_loss=validation_loss, checkpoint=checkpoint, log=log,
         clip_norm=args.clip_norm,
+        session=session_facts(args),
     )  # fmt: skip
 
     held_out = evaluate(model, 1000, args.size)

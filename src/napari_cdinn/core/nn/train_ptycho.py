@@ -36,6 +36,7 @@ from .training import (
     prepare_run,
     resume,
     save_cache,
+    session_facts,
     train_within_budget,
     training_record,
 )
@@ -142,6 +143,7 @@ def train(args: argparse.Namespace) -> Path:
         validation_loss=lambda: float(np.mean([float(loss_of(b)) for b in val_index.split(512)])),
         checkpoint=checkpoint, log=log,
         clip_norm=args.clip_norm,
+        session=session_facts(args),
     )  # fmt: skip
 
     held_out = evaluate(model, args.device)

@@ -39,6 +39,7 @@ from .training import (
     prepare_run,
     resume,
     save_cache,
+    session_facts,
     train_within_budget,
     training_precision,
     training_record,
@@ -196,6 +197,7 @@ def train(args: argparse.Namespace) -> Path:
         batches=lambda: torch.randperm(len(images), generator=generator).split(args.batch),
         loss_of=loss_of, validation_loss=validation_loss, checkpoint=checkpoint, log=log,
         clip_norm=args.clip_norm,
+        session=session_facts(args),
     )  # fmt: skip
 
     held_out = evaluate(model, device=device)

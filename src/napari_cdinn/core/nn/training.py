@@ -122,7 +122,19 @@ def training_record(script: str, loss: str, args, state: dict) -> dict:
         "epochs": state["epoch"],
         "minutes": round(state["elapsed_s"] / 60, 1),
         "machine": machine(getattr(args, "device", "cpu")),
+        # what ran which epochs, where a run was resumed elsewhere (a GPU run cut by its time
+        # limit, finished on a CPU) or with other precision
+        "sessions": state.get("sessions", []),
         "history": state["history"],
+    }
+
+
+def session_facts(args) -> dict:
+    """The facts of this session of a run (it may resume on another machine): recorded per
+    session in the checkpoint and on the card."""
+    return {
+        "machine": machine(getattr(args, "device", "cpu")),
+        "precision": getattr(args, "precision", "float32"),
     }
 
 
@@ -177,6 +189,7 @@ def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = N
         except (RuntimeError, ValueError, KeyError, TypeError):
             raise damaged from None
         state.update({k: saved[k] for k in ("epoch", "elapsed_s", "history")})
+        state["sessions"] = saved.get("sessions", [])  # checkpoints before it have none
         log(f"resumed from epoch {state['epoch']} ({state['elapsed_s'] / 60:.1f} min trained)")
     return state
 
@@ -245,6 +258,7 @@ def train_within_budget(
     checkpoint: Path,
     log: Log,
     clip_norm: float | None = None,
+    session: dict | None = None,
 ) -> None:
     """Epochs until ``minutes`` of training are spent (across resumes): each epoch runs the
     index batches of ``batches()`` with a cosine-decayed learning rate (each step's gradient
@@ -254,6 +268,8 @@ def train_within_budget(
     budget = minutes * 60
     if state["epoch"] == 0 and budget <= 0:  # an untrained model is no model to write
         raise InputError(checkpoint.parent, "--minutes 0 and no epoch to resume: nothing trained")
+    sessions = state.setdefault("sessions", [])
+    this_session = {**(session or {}), "first_epoch": state["epoch"] + 1}
     while state["elapsed_s"] < budget:
         model.train()
         epoch_start = time.time()
@@ -284,6 +300,9 @@ def train_within_budget(
         state["epoch"] += 1
         state["elapsed_s"] += time.time() - epoch_start
         state["history"].append([state["epoch"], total / n_batches, val_loss])
+        if not sessions or sessions[-1] is not this_session:
+            sessions.append(this_session)  # a session that trains no epoch is not recorded
+        this_session["last_epoch"] = state["epoch"]
         log(
             f"epoch {state['epoch']}: train {total / n_batches:.4f} val {val_loss:.4f} "
             f"lr {optimizer.param_groups[0]['lr']:.2e} ({state['elapsed_s'] / 60:.1f} min)"
