@@ -234,6 +234,19 @@ def test_ptycho_epie_then_retraining_on_a_region_then_the_network(tmp_path, caps
     assert "cdi_nn.safetensors" in err and "not a ptychography one" in err
 
 
+def test_train_ptycho_refuses_a_stray_position_before_making_any_array(tmp_path, capsys):
+    """One position at 1e7 pixels: refused by name, not a 91 TiB region mask."""
+    scan = io.read(SAMPLES / "ptycho_scan.cxi")
+    positions = scan.positions.copy()
+    positions[3] = 1e7
+    path = tmp_path / "stray.npz"
+    np.savez(path, data=scan.stack.frames()[None], scan=positions[None], probe=scan.probe)
+    argv = ["train", "ptycho", str(path), "--reference", str(path), "--region", "0:50,0:50",
+            "-o", str(tmp_path / "m.safetensors")]  # fmt: skip
+    assert main(argv) == 1
+    assert "stray.npz" in (err := capsys.readouterr().err) and "a stray position" in err
+
+
 def test_ptycho_network_counts_the_positions_it_inverted(tmp_path, capsys):
     """A frame of NaN is left out of the network's input: the summary says so."""
     scan = io.read(SAMPLES / "ptycho_scan.cxi")

@@ -540,7 +540,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         written = weights_path(args.output)
         args.out, args.name = written.parent, written.stem
     args.command = f"{PROG} train cdi"  # on the card: what trained the model
-    weights = train(args)  # the default name timestamped (train_cdi.prepare_run)
+    weights = train(args)  # the default name timestamped (training.prepare_run)
     print(f"model written to {weights} (use it with: napari-cdinn invert FILE --model {weights})")
     return 0
 
@@ -573,18 +573,20 @@ def _train_ptycho(args: argparse.Namespace) -> int:
     from .core.nn.ptycho import FineTuning
     from .core.nn.registry import load_model, require_mode, user_dir
     from .core.progress import run_to_end
-    from .core.retrieval.ptycho import ObjectGrid
+    from .core.retrieval.ptycho import ObjectGrid, check_span
 
     if not (args.scan and args.reference and args.region):
         raise CdinnError("train ptycho needs SCAN, --reference RECON.h5 and --region y0:y1,x0:x1")
     scan = io.read(args.scan, dataset=args.dataset)
     if not isinstance(scan, PtychoScan):
         raise CdinnError(f"{args.scan}: holds no scan positions")
+    positions = np.asarray(scan.positions, float)
+    check_span(positions, scan.stack.frame_shape, args.scan, overlap=False)  # before any array
     reference = _teacher(io.read_results(args.reference), args.reference)
     base = args.model or ptycho.default_model()
     model, card = load_model(base)
     require_mode(card, "ptycho", base)
-    grid = ObjectGrid.around(scan.positions, scan.stack.frame_shape)  # the network's and ePIE's
+    grid = ObjectGrid.around(positions, scan.stack.frame_shape)  # the network's and ePIE's
     region = ptycho.region_mask(grid, rectangle=parse_region(args.region))
     run = FineTuning(model)
     steps = ptycho.retrain_steps(
