@@ -77,8 +77,17 @@ def flat(values: np.ndarray) -> bool:
 
 def unusable(images: np.ndarray) -> np.ndarray:
     """Per shot of ``shot_images``' output, whether it holds nothing to invert: no signal (all
-    zero: blank, all NaN, a missed shot), or one value in every pixel with signal (``flat``)."""
-    return np.array([not (image > 0).any() or flat(image[image > 0]) for image in images], bool)
+    zero: blank, all NaN, a missed shot), or one value over at least half the detector and in
+    every pixel with signal (``flat``: saturated, a blank grey image).  A 1-bit or thresholded
+    pattern, or a shot of single photons, is also one value where it has signal, but over a
+    minority of the pixels: its pattern is where they lie, and it is inverted."""
+    return np.array(
+        [
+            not (lit := image > 0).any() or (lit.mean() >= 0.5 and flat(image[lit]))
+            for image in images
+        ],
+        bool,
+    )
 
 
 def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
