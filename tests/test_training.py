@@ -182,14 +182,18 @@ def test_paths_a_run_writes_are_checked_before_it_starts(tmp_path):
     ):
         with pytest.raises(InputError, match=message):
             prepare_run(parsed("cdi", *work, *argv), "cdi")
+    assert not (tmp_path / "w").exists()  # a refused run leaves no folder behind
     with pytest.raises(InputError, match=r"a_file: is a file, not a folder \(--workdir\)"):
         prepare_run(parsed("cdi", "--workdir", str(a_file), "--out", str(tmp_path)), "cdi")
+    (tmp_path / "w").mkdir()
     (tmp_path / "w" / "checkpoint.pt").write_bytes(b"")
     args = parsed("cdi", *work, "--out", str(tmp_path / "out"), "--minutes", "0")
     weights, log = prepare_run(args, "cdi")  # a checkpoint's model, written as it is
     # the default name is not the bundled model's, and replaces no earlier run's model
     assert weights.parent == tmp_path / "out" and weights.stem.startswith("cdi_nn_")
     assert log.path == tmp_path / "w" / "train_cdi.log"
+    named = parsed("cdi", *work, "--out", str(tmp_path / "out"), "--name", "cdi_nn")
+    assert prepare_run(named, "cdi")[0].stem == "cdi_nn"  # a name given is kept
 
 
 def bundled_recipe(monkeypatch, tmp_path, *argv: str, mode: str = "cdi", variants=()):
@@ -334,9 +338,9 @@ def test_an_interrupted_wide_angle_simulation_resumes_with_the_chunks_it_finishe
     monkeypatch.setattr(train_wideangle, "CHUNK", 2)
     whole = train_wideangle.training_data(5, 3, tmp_path / "a", Log(tmp_path / "a.log"), 1)
     assert whole["images"].shape == (5, 128, 128) and whole["images"].dtype == np.uint8
-    assert not (tmp_path / "a" / "shots_seed3_chunks").exists()  # joined, then removed
+    assert not (tmp_path / "a" / "shots_n5_seed3_chunks").exists()  # joined, then removed
     # a run stopped after its first chunk, the second half-written
-    chunks = tmp_path / "b" / "shots_seed3_chunks"
+    chunks = tmp_path / "b" / "shots_n5_seed3_chunks"
     chunks.mkdir(parents=True)
     train_wideangle._simulate_chunk((3_000_000, 2, chunks / "chunk_00000.npz"))
     (chunks / "chunk_00001.npz").write_bytes(b"PK\x03\x04 half")

@@ -454,7 +454,13 @@ def _write_partial(
     which shots it holds."""
     from .core import io, wideangle
 
-    held = [f"the network's answers for all {len(r.radii_nm)} shot(s)" for r in results]
+    held = [
+        f"the network's answers for {int(np.isfinite(r.radii_nm).sum())} of its "
+        f"{len(r.radii_nm)} shot(s) (the others left out)"
+        if not np.isfinite(r.radii_nm).all()
+        else f"the network's answers for all {len(r.radii_nm)} shot(s)"
+        for r in results
+    ]
     if finished:
         fitted = wideangle.merged([result for _, result in finished])
         results = [*results, _with_frames(fitted, args, frames, meta)]
@@ -532,7 +538,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .core.nn.train_cdi import train
 
     if args.output:  # -o names the model file (checked up front), as for ptycho
-        if args.out is not None or args.name != "cdi_nn":
+        if args.out is not None or args.name is not None:
             raise CdinnError(
                 "train cdi: -o names the model file, --out and --name its folder and name: "
                 "give one or the other"

@@ -97,7 +97,7 @@ def training_data(
     if data is not None:
         return data
     start = time.time()
-    chunks = workdir / f"shots_seed{seed}_chunks"
+    chunks = workdir / f"shots_n{n_shots}_seed{seed}_chunks"  # a run of its own
     chunks.mkdir(parents=True, exist_ok=True)
     tasks = [
         (seed * 1_000_000 + i, CHUNK, chunks / f"chunk_{i:05d}.npz")

@@ -8,6 +8,8 @@ import math
 import os
 import platform
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -65,24 +67,28 @@ def prepare_run(args: argparse.Namespace, mode: str) -> tuple[Path, Log]:
     replaces no file but a model's (never a bundled one: ``args.bundled`` is set only by the
     bundled recipes), and a time budget or a checkpoint to write a model of.  The default
     name gets a timestamp outside the bundled folder, so the model is neither taken for the
-    bundled one (layers labelled "(NN)") nor replaces an earlier run's.  Returns the weights
-    file and the log."""
+    bundled one (layers labelled "(NN)") nor replaces an earlier run's; a name given is kept.
+    Returns the weights file and the log."""
     check_counts(args)
     bundled = getattr(args, "bundled", False)
-    if args.name == f"{mode}_nn" and not bundled and getattr(args, "output", None) is None:
-        args.name = f"{mode}_nn_{time.strftime('%Y%m%d_%H%M%S')}"
+    if args.name is None:
+        args.name = f"{mode}_nn" if bundled else f"{mode}_nn_{time.strftime('%Y%m%d_%H%M%S')}"
     if args.name in ("", ".", "..") or Path(args.name).name != args.name:
         raise InputError(args.name, "--name: give a file name without folders (--out: the folder)")
-    args.out = writable_folder(args.out or user_dir(), "--out")
-    weights = check_model_file(args.out / f"{args.name}.safetensors", bundled=bundled)
-    writable_folder(args.workdir, "--workdir")
+    # the refusals that need no folder first: a refused run leaves none behind
+    log_file = args.log or args.workdir / f"train_{mode}.log"
+    if log_file.is_dir():
+        raise InputError(log_file, "is a folder; give a file name for the log (--log)")
     if args.minutes == 0 and not (args.workdir / CHECKPOINT).exists():
         raise InputError(
             args.workdir,
             "--minutes 0 and no checkpoint here to resume: the model would be untrained; give "
             "a time budget",
         )
-    return weights, Log(args.log or args.workdir / f"train_{mode}.log")
+    args.out = writable_folder(args.out or user_dir(), "--out")
+    weights = check_model_file(args.out / f"{args.name}.safetensors", bundled=bundled)
+    writable_folder(args.workdir, "--workdir")
+    return weights, Log(log_file)
 
 
 def cosine_lr(base: float, fraction: float) -> float:
@@ -202,7 +208,8 @@ def cached(cache: Path, log: Log, keys: Iterable[str]) -> dict[str, np.ndarray] 
     try:
         with np.load(cache) as data:
             arrays = {k: data[k] for k in data.files}
-    except Exception as err:  # a zip, pickle or zlib error: whatever the damage
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        # damage, not a lack of memory: that would be simulated again for nothing
         log(f"{cache}: damaged ({type(err).__name__}: {err}); simulating it again")
         return None
     missing = set(keys) - arrays.keys()
