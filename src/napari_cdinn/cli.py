@@ -476,12 +476,11 @@ def _write_partial(
 def _limit_note(result: Any, n: int) -> str:
     """ " (at the model's limit: ...)" for a radius pinned at an end of the model's range,
     which is no measurement, else ""."""
-    pinned = result.radius_at_limit
-    if pinned is None or not pinned[n]:
-        return ""
-    low, high = result.provenance.parameters["radius_range_nm"]
-    bigger = "larger" if result.radii_nm[n] > (low + high) / 2 else "smaller"
-    return f" (at the model's limit: the cluster may be {bigger})"
+    from .core import wideangle
+
+    limits = result.provenance.parameters.get("radius_range_nm")
+    note = wideangle.radius_limit_note(result.radii_nm[n], limits and tuple(limits))
+    return f" ({note})" if note else ""
 
 
 def _print_answers(result: Any, rows: np.ndarray, output: Path) -> None:

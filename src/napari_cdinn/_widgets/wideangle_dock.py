@@ -357,16 +357,13 @@ class WideAngleDock(WorkerDock):
             )  # fmt: skip
             if not np.isfinite(radius):  # left out: no signal, or one value everywhere
                 cells = (method, "left out", "", "no signal, or one value everywhere", "", "", "")
-            pinned = bool(np.isclose(radius, RADII, rtol=0, atol=1e-3).any())
-            if pinned:  # clipped to the model's range: no measurement
+            pinned = wideangle.radius_limit_note(radius)  # clipped there: no measurement
+            if pinned:
                 cells = (method, f"{radius:.1f} (at limit)", *cells[2:])
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if pinned and column == 1:
-                    item.setToolTip(
-                        f"at the model's limit ({RADII[0]:g}-{RADII[1]:g} nm): the cluster may "
-                        f"be {'larger' if radius > RADII[0] else 'smaller'}"
-                    )
+                    item.setToolTip(pinned)
                 self.table.setItem(row, column, item)
         self.table.resizeColumnsToContents()
         return rows

@@ -90,6 +90,17 @@ def unusable(images: np.ndarray) -> np.ndarray:
     )
 
 
+def radius_limit_note(radius: float, limits: tuple[float, float] | None = RADII) -> str:
+    """For a radius pinned at an end of the model's range ``limits`` (where the network and the
+    fit clip their answers, so it is no measurement): "at the model's limit (30-160 nm): the
+    cluster may be larger" (or smaller); else ""."""
+    if limits is None or not np.isclose(radius, limits, rtol=0, atol=1e-3).any():
+        return ""
+    low, high = limits
+    bigger = "larger" if radius > (low + high) / 2 else "smaller"
+    return f"at the model's limit ({low:g}-{high:g} nm): the cluster may be {bigger}"
+
+
 def shot_images(data: ShotSet | DiffractionStack) -> np.ndarray:
     """(N, 128, 128) float32 log images in [0, 1] from shots as read; refuses what the network
     cannot take (wrong size, no shots), naming the file; NaN and infinite pixels become 0 (no
