@@ -334,6 +334,13 @@ def test_a_mask_per_frame_keeps_levelling_on_the_pixels_all_frames_measure(small
         axis=(1, 2)
     ) / np.abs(truth).sum(axis=(1, 2))
     np.testing.assert_allclose(ratio / np.median(ratio), 1.0, rtol=2e-2)
+    # masks that differ everywhere (2 % of the pixels, at random, in each frame) share too few
+    # pixels to compare counts by: not levelled, and said
+    scattered = np.random.default_rng(7).random(patterns.shape) > 0.02
+    stack = replace(DiffractionStack(patterns), mask=scattered)
+    with pytest.warns(InputWarning, match="not levelled to their counts"):
+        data = ptycho.network_input(PtychoScan(stack, whole, small_scan.probe), 64)
+    assert data.lit is None
 
 
 def test_the_network_weighs_by_the_probe_given_or_the_scan_own(small_scan, device):

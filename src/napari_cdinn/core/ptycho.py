@@ -128,9 +128,22 @@ def network_input(
     if mask is not None:
         intensities = np.where(mask, intensities, 0)
     patterns = binned(intensities, factor)
-    # levelling compares frames' counts: over the pixels all of them measure
+    # levelling compares frames' counts: over the pixels all of them measure, if those hold
+    # most of what a frame measures (masks that differ everywhere leave too few to compare)
     shared = True if mask is None else measured_everywhere(np.asarray(mask))
     counts = (intensities * shared).sum(axis=(-2, -1), dtype=np.float64)
+    measured = intensities.sum(axis=(-2, -1), dtype=np.float64)
+    comparable = float(counts.sum()) >= 0.5 * float(measured.sum())
+    if not comparable:
+        warnings.warn(
+            InputWarning(
+                f"{scan.meta.source}: the detector pixels every frame measures hold "
+                f"{100 * counts.sum() / max(measured.sum(), 1e-30):.0f} % of the counts (masks "
+                "that differ from frame to frame): too few to compare frames by, so the "
+                "network's patches are not levelled to their counts"
+            ),
+            stacklevel=2,
+        )
     grid = ObjectGrid.around(positions, (frame, frame))  # ePIE's, whichever frames are used
     blank = patterns.sum(axis=(-2, -1)) <= 0  # wholly masked (a NaN frame) or no counts
     if blank.any():  # its patch would be a guess from nothing, stitched among the others
@@ -155,7 +168,7 @@ def network_input(
         corners=positions + patch_offset(frame, patch),
         weight=probe_weight(probe, frame, patch),
         stitch_weight=probe_weight(probe, frame, patch, STITCH_FLOOR),
-        lit=None if probe is None else probe_weight(probe, frame, patch, 0.0),
+        lit=None if probe is None or not comparable else probe_weight(probe, frame, patch, 0.0),
         counts=counts,
         grid=grid,
     )
