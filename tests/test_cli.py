@@ -612,7 +612,9 @@ def test_a_radius_at_the_models_limit_is_printed_as_such(tmp_path, capsys, real_
     shot = str(real_path("wideangle/barke5.png"))
     assert main(["invert", shot, "-o", str(tmp_path / "r.h5")]) == 0
     printed = capsys.readouterr().out
-    assert "radius 160.0 nm (at the model's limit (30-160 nm): the cluster may be larger)" in printed
+    assert (
+        "radius 160.0 nm (at the model's limit (30-160 nm): the cluster may be larger)" in printed
+    )
     (network,) = io.read_results(tmp_path / "r.h5")
     assert network.radius_at_limit.tolist() == [True]
 
