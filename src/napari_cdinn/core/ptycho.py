@@ -130,9 +130,11 @@ def network_input(
     patterns = binned(intensities, factor)
     # levelling compares frames' counts: over the pixels all of them measure, if those hold
     # most of what a frame measures (masks that differ everywhere leave too few to compare)
-    shared = True if mask is None else measured_everywhere(np.asarray(mask))
-    counts = (intensities * shared).sum(axis=(-2, -1), dtype=np.float64)
     measured = intensities.sum(axis=(-2, -1), dtype=np.float64)
+    counts = measured  # one mask for all frames (or none): every measured pixel is shared
+    if mask is not None and np.ndim(mask) == 3:  # no copy of the frames: einsum sums in place
+        shared = measured_everywhere(np.asarray(mask)).astype(intensities.dtype)
+        counts = np.einsum("nij,ij->n", intensities, shared).astype(np.float64)
     comparable = float(counts.sum()) >= 0.5 * float(measured.sum())
     if not comparable:
         warnings.warn(
