@@ -1,7 +1,7 @@
 """Bragg CDI benchmark: accuracy and speed of the network, NN-seeded refinement and the
 620-iteration ER/HIO recipe, measured side by side in one process (ratios, not absolute claims).
 
-    python benchmarks/bench_cdi.py                      # the issue's figures (about 15 min on 2 cores)
+    python benchmarks/bench_cdi.py                      # the issue's figures (about 10 to 15 min on 2 cores)
     python benchmarks/bench_cdi.py --n 200 --quick      # a smaller run
 
 Sections: held-out accuracy (noiseless, 1e7 and 1e5 photons), network throughput, iterative cost

@@ -1,6 +1,6 @@
 """Ptychography benchmark: ePIE, the bundled network and few-shot retraining, side by side.
 
-    python benchmarks/bench_ptycho.py            # the issue's figures (about 3 min on 2 cores)
+    python benchmarks/bench_ptycho.py            # the issue's figures (about 9 min on 2 cores)
     python benchmarks/bench_ptycho.py --quick    # a smaller simulated scan, fewer epochs
     python benchmarks/bench_ptycho.py --only speed   # section (4) alone (about 1 min)
 

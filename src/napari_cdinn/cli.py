@@ -59,7 +59,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    """Open napari with the plugin's dock and, if given, the file."""
+    """Open napari with the plugin's docks and, if given, the file."""
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
@@ -633,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("-o", "--output", type=Path, help="also write the summary as JSON")
     info.set_defaults(func=cmd_info)
 
-    view = sub.add_parser("view", help="open napari with the plugin's dock (and FILE)")
+    view = sub.add_parser("view", help="open napari with the plugin's docks (and FILE)")
     view.add_argument("file", type=Path, nargs="?")
     view.add_argument("--dataset", help="HDF5 dataset path or NPZ array name to read")
     view.add_argument("--screenshot", type=Path, help="save a screenshot of the window and quit")

@@ -69,13 +69,23 @@ def _common(parser: argparse.ArgumentParser, mode: str, width: int, batch: int, 
     parser.add_argument(
         "--workdir", type=Path, default=Path(f"{mode}_training"), help="cache + checkpoint"
     )
-    parser.add_argument("--out", type=Path, help="folder for weights + card (default: user models)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for weights + card (default: the user models folder; for the training "
+        "scripts' bundled recipe, the package's weights)",
+    )
     parser.add_argument(
         "--name",
-        help=f"the model's name (default: {mode}_nn for the bundled recipe, else "
-        f"{mode}_nn_YYYYMMDD_HHMMSS)",
+        help=f"the model's name (default: {mode}_nn_YYYYMMDD_HHMMSS; for the training scripts' "
+        f"bundled recipe, {mode}_nn)",
     )
-    parser.add_argument("--log", type=Path, help=f"log file (default: WORKDIR/train_{mode}.log)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        help=f"log file (default: WORKDIR/train_{mode}.log; for the training scripts' bundled "
+        f"recipe, training/logs/train_{mode}.log)",
+    )
     parser.add_argument("--threads", type=at_least(1), default=2, help="CPU threads and processes")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto",
