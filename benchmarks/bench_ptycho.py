@@ -250,7 +250,7 @@ def sparse(scan: PtychoScan, model_path: Path, region: np.ndarray, args) -> None
     refine(thin, truth, outside, args)
 
 
-def tike(args: argparse.Namespace, figure: Path) -> None:
+def tike(args: argparse.Namespace, figure: Path | None) -> None:
     scan = io.read(TIKE)
     n = len(scan.positions)
     print(f"\n(3) real scan: {TIKE.name}, {n} positions, 128 x 128 frames (binned 2 x 2 for the "
@@ -277,6 +277,9 @@ def tike(args: argparse.Namespace, figure: Path) -> None:
     from_flat, _, from_network, _ = flat_and_seeded(scan, model_path, epochs, epie.objects, right)
     print(f"  ePIE {epochs} epochs against ePIE {args.epochs} on the right half: from a flat object "
           f"{from_flat}; from the retrained network's image {from_network}")  # fmt: skip
+    if figure is None:
+        print("  picture: not drawn (--quick or another model; --figure FILE draws it)")
+        return
     save_figure(epie, network, scanned, middle - grid.origin[1], figure)
     print(f"  picture: {figure}")
 
@@ -431,10 +434,17 @@ def main() -> None:
     parser.add_argument(
         "--projections", type=int, default=100, help="per-pattern projections in section (5)"
     )
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "ptycho_tike.png")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        help="where to draw the tike picture (default: docs/ptycho_tike.png, the README's, on a "
+        "full run of the bundled model; none otherwise, so that no other run replaces it)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.epochs = min(args.epochs, 30)
+    readme_run = not args.quick and args.model == ptycho.default_model()
+    args.figure = args.figure or (REPO / "docs" / "ptycho_tike.png" if readme_run else None)
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, "
           f"CPU {cpu_model()}")  # fmt: skip

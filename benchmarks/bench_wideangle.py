@@ -220,7 +220,7 @@ def speed_section(args, model, images, orientations, radii, bfloat16=None) -> No
           f"median misorientation {median:.2f} deg over the {n}")  # fmt: skip
 
 
-def real_section(args, model_path: Path, figure: Path) -> None:
+def real_section(args, model_path: Path, figure: Path | None) -> None:
     names = ("barke5", "barke6")
     if not SHOTS.exists():
         print(f"\n(4) skipped: {SHOTS} not found")
@@ -252,6 +252,9 @@ def real_section(args, model_path: Path, figure: Path) -> None:
         print(f"  ({name}: network {network.provenance.wall_time_s * 1e3:.0f} ms including "
               f"loading the model, simplex fit {t_fit:.0f} s)")  # fmt: skip
         rows.append((name, image, network))
+    if figure is None:
+        print("  picture: not drawn (--quick or another model; --figure FILE draws it)")
+        return
     save_figure(rows, figure)
     print(f"  picture: {figure}")
 
@@ -316,7 +319,12 @@ def main() -> None:
         nargs="+",
         help="other models scored beside it in (2) on the same shots",
     )
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "wideangle_real.png")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        help="where to draw the real shots (default: docs/wideangle_real.png, the README's, on a "
+        "full run of the bundled model; none otherwise, so that no other run replaces it)",
+    )
     parser.add_argument("--skip-simulator", action="store_true", help="skip section (1)")
     parser.add_argument(
         "--only", choices=("simulator", "network", "real"),
@@ -335,7 +343,9 @@ def main() -> None:
     if "network" in parts:
         network_and_speed(args, model, model_path, card)
     if "real" in parts:
-        real_section(args, model_path, args.figure)
+        readme_run = not args.quick and args.model is None
+        figure = args.figure or (REPO / "docs" / "wideangle_real.png" if readme_run else None)
+        real_section(args, model_path, figure)
 
 
 if __name__ == "__main__":
