@@ -389,3 +389,6 @@ def test_a_resumed_run_records_each_session_on_its_card(tmp_path):
     assert sessions[0]["first_epoch"] == 1
     assert sessions[1]["first_epoch"] == sessions[0]["last_epoch"] + 1
     assert sessions[1]["last_epoch"] == state["epoch"]
+    # the second session's other budget is said: the schedule decays over the new one
+    assert "resumed with --minutes" in (tmp_path / "log").read_text()
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary checkpoint renamed, not left

@@ -196,6 +196,8 @@ def resume(checkpoint: Path, model, optimizer, log: Log, recipe: dict | None = N
             raise damaged from None
         state.update({k: saved[k] for k in ("epoch", "elapsed_s", "history")})
         state["sessions"] = saved.get("sessions", [])  # checkpoints before it have none
+        if "minutes" in saved:
+            state["minutes"] = saved["minutes"]
         log(f"resumed from epoch {state['epoch']} ({state['elapsed_s'] / 60:.1f} min trained)")
     return state
 
@@ -221,15 +223,16 @@ def cached(cache: Path, log: Log, keys: Iterable[str]) -> dict[str, np.ndarray] 
 
 
 def save_cache(cache: Path, data: dict[str, np.ndarray]) -> None:
-    """Write a cache whole or not at all (a temporary file renamed onto it)."""
-    tmp = cache.with_suffix(".tmp.npz")
+    """Write a cache whole or not at all (a temporary file of this process renamed onto it)."""
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **data)
     tmp.replace(cache)
 
 
 def save_checkpoint(checkpoint: Path, model, optimizer, state: dict) -> None:
-    """Write atomically, so a run killed mid-write still resumes from the previous epoch."""
-    tmp = checkpoint.with_suffix(".tmp")
+    """Write atomically, so a run killed mid-write still resumes from the previous epoch (the
+    temporary file is this process's: two runs in one workdir do not write into one file)."""
+    tmp = checkpoint.with_name(f"{checkpoint.name}.{os.getpid()}.tmp")
     torch.save(
         {
             "model": model.state_dict(),
@@ -275,6 +278,12 @@ def train_within_budget(
     budget = minutes * 60
     if state["epoch"] == 0 and budget <= 0:  # an untrained model is no model to write
         raise InputError(checkpoint.parent, "--minutes 0 and no epoch to resume: nothing trained")
+    if state.get("minutes", minutes) != minutes:  # the schedule is laid over the budget
+        log(
+            f"resumed with --minutes {minutes:g}, the run before with {state['minutes']:g}: the "
+            "learning-rate schedule now decays over the new budget"
+        )
+    state["minutes"] = minutes
     sessions = state.setdefault("sessions", [])
     this_session = {**(session or {}), "first_epoch": state["epoch"] + 1}
     while state["elapsed_s"] < budget:
