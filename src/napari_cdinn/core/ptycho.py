@@ -117,7 +117,7 @@ def network_input(
     """Bin the scan's patterns for a network taking ``size`` x ``size`` patterns and giving
     ``patch`` x ``patch`` patches (default ``size``); ``probe`` (default the scan's) weighs
     them, refused, naming ``probe_source`` (default the scan), when it is of another size."""
-    intensities, positions, mask = checked_scan(scan, overlap=False)
+    intensities, positions, mask, measured = checked_scan(scan, overlap=False)
     frame = intensities.shape[-1]
     if intensities.shape[-2] != frame:
         raise InputError(
@@ -130,7 +130,6 @@ def network_input(
     patterns = binned(intensities, factor)
     # levelling compares frames' counts: over the pixels all of them measure, if those hold
     # most of what a frame measures (masks that differ everywhere leave too few to compare)
-    measured = intensities.sum(axis=(-2, -1), dtype=np.float64)
     counts = measured  # one mask for all frames (or none): every measured pixel is shared
     if mask is not None and np.ndim(mask) == 3:  # no copy of the frames: einsum sums in place
         shared = measured_everywhere(np.asarray(mask)).astype(intensities.dtype)

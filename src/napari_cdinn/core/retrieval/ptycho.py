@@ -102,10 +102,11 @@ def initial_probe(intensities: np.ndarray) -> np.ndarray:
 
 def checked_scan(
     scan: PtychoScan, overlap: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The scan's frames in memory, its positions and its mask, refusing what ePIE (or, with
-    ``overlap`` False, the network, which inverts each pattern alone) cannot use; NaN/Inf
-    pixels of a lazily read stack (repaired only now that it is in memory) masked."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """The scan's frames in memory, its positions, its mask and each frame's measured counts
+    (float64, summed where the mask measures), refusing what ePIE (or, with ``overlap``
+    False, the network, which inverts each pattern alone) cannot use; NaN/Inf pixels of a
+    lazily read stack (repaired only now that it is in memory) masked."""
     source = scan.meta.source
     intensities, mask = frames_in_memory(scan.stack)
     intensities = np.asarray(intensities, np.float32)
@@ -123,7 +124,7 @@ def checked_scan(
         raise InputError(source, "a scan of one position has no overlap to reconstruct from")
     with np.errstate(over="ignore"):  # an overflow is refused just below
         counts = intensities.sum(axis=(-2, -1), where=True if mask is None else mask)
-    if not np.isfinite(counts).all():
+    if not np.isfinite(counts).all():  # in single precision, as ePIE computes
         raise InputError(
             source,
             f"intensities up to {float(np.nanmax(intensities)):.3g}: a frame's counts overflow "
@@ -135,7 +136,7 @@ def checked_scan(
     check_span(positions, intensities.shape[-2:], source, overlap)
     if overlap:
         warn_without_overlap(positions, intensities.shape[-2:], source)
-    return intensities, positions, mask
+    return intensities, positions, mask, counts.astype(np.float64)
 
 
 # An object array both this many times the area its frames can cover and of more than
@@ -208,7 +209,7 @@ def run_epie(
     the probe, and the mean Fourier error per epoch.
     """
     recipe = recipe or EpieRecipe()
-    intensities, positions, mask = checked_scan(scan)
+    intensities, positions, mask, counts = checked_scan(scan)
     torch_device = resolve_device(device)
     n, h, w = intensities.shape
     grid = ObjectGrid.around(positions, (h, w))
@@ -218,8 +219,7 @@ def run_epie(
     magnitudes = torch.fft.ifftshift(
         torch.as_tensor(np.sqrt(np.maximum(intensities, 0)), device=torch_device), dim=(-2, -1)
     )
-    measured_counts = intensities if mask is None else np.where(mask, intensities, 0)
-    power = float(np.mean(np.sum(measured_counts, axis=(-2, -1))))
+    power = float(np.mean(counts))
     valid = None  # the detector mask (one, or one per frame) in FFT order
     if mask is not None:
         valid = torch.fft.ifftshift(torch.as_tensor(mask, device=torch_device), dim=(-2, -1))
