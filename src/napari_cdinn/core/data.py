@@ -180,6 +180,13 @@ class ObjectResult:
         return np.angle(self.objects).astype(np.float32)
 
 
+def at_limit(radii: np.ndarray | float, limits) -> np.ndarray:
+    """Whether each radius sits at an end of ``limits`` (low, high nm), where the network and
+    the fit clip their answers: no measurement there, the cluster may be larger (or smaller)."""
+    radii = np.asarray(radii, float)[..., None]
+    return np.isclose(radii, np.asarray(limits, float), rtol=0, atol=1e-3).any(axis=-1)
+
+
 @dataclass
 class OrientationResult:
     """Per shot: unit quaternion (w, x, y, z) in the icosahedral fundamental domain, radius in nm,
@@ -198,10 +205,7 @@ class OrientationResult:
         limits = self.provenance.parameters.get("radius_range_nm")
         if not (isinstance(limits, list) and len(limits) == 2):
             return None
-        radii = np.asarray(self.radii_nm, float)
-        return np.isclose(radii, limits[0], rtol=0, atol=1e-3) | np.isclose(
-            radii, limits[1], rtol=0, atol=1e-3
-        )
+        return at_limit(self.radii_nm, limits)
 
 
 Result = ObjectResult | OrientationResult

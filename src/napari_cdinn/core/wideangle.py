@@ -27,7 +27,7 @@ from scipy.ndimage import gaussian_filter, median_filter
 from scipy.optimize import minimize
 
 from . import icosahedral
-from .data import DiffractionStack, OrientationResult, Provenance, ShotSet
+from .data import DiffractionStack, OrientationResult, Provenance, ShotSet, at_limit
 from .device import resolve_device
 from .errors import InputError, InputWarning
 from .io.checks import frames_in_memory
@@ -94,7 +94,7 @@ def radius_limit_note(radius: float, limits: tuple[float, float] | None = RADII)
     """For a radius pinned at an end of the model's range ``limits`` (where the network and the
     fit clip their answers, so it is no measurement): "at the model's limit (30-160 nm): the
     cluster may be larger" (or smaller); else ""."""
-    if limits is None or not np.isclose(radius, limits, rtol=0, atol=1e-3).any():
+    if limits is None or not at_limit(radius, limits):
         return ""
     low, high = limits
     bigger = "larger" if radius > (low + high) / 2 else "smaller"
