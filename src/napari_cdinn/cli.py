@@ -138,13 +138,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 PTYCHO_SIMULATION = ("object_size", "step", "scan", "every")  # the options only ptycho uses
 
 
+def _given(args: argparse.Namespace, names: tuple[str, ...], bare: list[str]) -> list[str]:
+    """Those of the options ``names`` that this command line sets away from the defaults of
+    the bare command line ``bare`` (the same command with nothing chosen)."""
+    defaults = vars(build_parser().parse_args(bare))
+    return [name for name in names if getattr(args, name) != defaults[name]]
+
+
 def _warn_unused_simulate(args: argparse.Namespace) -> None:
     """Name the given ptychography options that simulating another mode does not use, rather
     than drop them (``simulate wideangle --every 5 --step 3`` said nothing)."""
     if args.mode == "ptycho":
         return
-    defaults = vars(build_parser().parse_args(["simulate", args.mode, "-o", "x"]))
-    given = [name for name in PTYCHO_SIMULATION if getattr(args, name) != defaults[name]]
+    given = _given(args, PTYCHO_SIMULATION, ["simulate", args.mode, "-o", "x"])
     if given:
         named = ", ".join("--" + n.replace("_", "-") for n in given)
         warnings.warn(f"ignored with simulate {args.mode} (ptycho only): {named}", stacklevel=2)
@@ -520,9 +526,8 @@ CDI_TRAINING = ("n_train", "n_val", "size", "width", "batch", "lr", "clip_norm",
 def _warn_unused_training(args: argparse.Namespace) -> None:
     """Name the given options that the other training mode uses, rather than drop them (train
     cdi --model base.safetensors trained from scratch without a word)."""
-    defaults = vars(build_parser().parse_args(["train", args.mode]))
     other = CDI_TRAINING if args.mode == "ptycho" else PTYCHO_TRAINING
-    given = [name for name in other if getattr(args, name) != defaults[name]]
+    given = _given(args, other, ["train", args.mode])
     if given:
         named = ", ".join("SCAN" if n == "scan" else "--" + n.replace("_", "-") for n in given)
         warnings.warn(f"ignored with train {args.mode}: {named}", stacklevel=2)
