@@ -103,7 +103,8 @@ def training_data(
         (seed * 1_000_000 + i, CHUNK, chunks / f"chunk_{i:05d}.npz")
         for i in range(-(-n_shots // CHUNK))
     ]
-    missing = [task for task in tasks if cached(task[-1], _quiet, keys) is None]
+    parts = {path: cached(path, _quiet, keys) for *_, path in tasks}  # None: to simulate
+    missing = [task for task in tasks if parts[task[-1]] is None]
     if len(missing) < len(tasks):
         log(f"{len(tasks) - len(missing)} of {len(tasks)} chunks of shots already simulated")
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -113,8 +114,9 @@ def training_data(
             for done, _ in enumerate(pool.imap_unordered(_simulate_chunk, missing), 1):
                 if done % 20 == 0:
                     log(f"simulated {done} of {len(missing)} chunks of {CHUNK} shots")
-    parts = [cached(path, _quiet, keys) for *_, path in tasks]
-    data = {key: np.concatenate([part[key] for part in parts])[:n_shots] for key in keys}
+    for *_, path in missing:  # each chunk read once: those of a run before are in parts
+        parts[path] = cached(path, _quiet, keys)
+    data = {key: np.concatenate([part[key] for part in parts.values()])[:n_shots] for key in keys}
     log(f"simulated {n_shots} shots in {time.time() - start:.0f} s")
     save_cache(cache, data)
     for *_, path in tasks:
